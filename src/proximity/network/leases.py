@@ -1,0 +1,68 @@
+"""The dnsmasq lease file, as dnsmasq really writes it.
+
+IPv4 lines are ``EXPIRY MAC IP HOSTNAME CLIENT-ID`` (hostname ``*`` when the
+client sent none). With DHCPv6 on there is a ``duid SERVER-DUID`` line and
+IPv6 lines ``EXPIRY IAID IPV6 HOSTNAME CLIENT-DUID``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+MAC_RE = re.compile(r"^(?:[0-9a-f]{2}:){5}[0-9a-f]{2}$|^\*$|^(?:[0-9a-f]{2}:)*[0-9a-f]{2}-(?:[0-9a-f]{2}:)*[0-9a-f]{2}$", re.I)
+
+
+@dataclass(frozen=True)
+class Lease:
+    expiry: int  # seconds since the epoch; 0 for an infinite lease
+    mac: str  # for IPv6 leases: the IAID
+    ip: str
+    hostname: str | None
+    client_id: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def parse_leases(text: str, source: str = "lease file") -> tuple[list[Lease], list[str]]:
+    """Leases in file order, and one warning per malformed line (naming its number)."""
+    leases: list[Lease] = []
+    warnings: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0] == "duid":
+            continue
+        lease = _parse_line(fields)
+        if lease is None:
+            warning = f"{source} line {number}: skipped malformed lease {line.strip()!r}"
+            log.warning(warning)
+            warnings.append(warning)
+        else:
+            leases.append(lease)
+    return leases, warnings
+
+
+def _parse_line(fields: list[str]) -> Lease | None:
+    if len(fields) != 5 or not fields[0].isdigit():
+        return None
+    expiry, mac, ip, hostname, client_id = fields
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if address.version == 4 and not MAC_RE.match(mac):
+        return None
+    if address.version == 6 and not mac.isdigit():  # the IAID
+        return None
+    return Lease(
+        expiry=int(expiry),
+        mac=mac.lower(),
+        ip=str(address),
+        hostname=None if hostname == "*" else hostname,
+        client_id=None if client_id == "*" else client_id,
+    )

@@ -1,0 +1,181 @@
+"""Pure rendering: settings in, text and rules out. No I/O here."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from proximity.settings import Settings
+
+# The rule Proxmox documents for masquerading bridges when its firewall is on
+# ("Masquerading (NAT) with iptables", Proxmox VE network configuration).
+PVE_CONNTRACK_ZONE = ("-i", "fwbr+")
+
+HEADER = "# Managed by Proximity: 'proximity up' rewrites this file from its settings.\n"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One iptables rule Proximity owns, written in iptables-save's own order.
+
+    Writing it the way ``iptables-save`` prints it lets us tell our live rules
+    apart from stale ones by plain text comparison.
+    """
+
+    table: str
+    chain: str
+    spec: tuple[str, ...]
+    insert: bool = False  # True: at the top of the chain (drops must win); False: appended
+
+    def argv(self, op: str) -> list[str]:
+        return ["iptables", "-w", "5", "-t", self.table, op, self.chain, *self.spec]
+
+    @property
+    def add_op(self) -> str:
+        return "-I" if self.insert else "-A"
+
+    def saved(self) -> str:
+        """The line ``iptables-save -t TABLE`` prints for this rule."""
+        return " ".join(["-A", self.chain, *(_save_quote(part) for part in self.spec)])
+
+    def ensure_shell(self) -> str:
+        """A post-up command: add the rule unless it is there (re-running never duplicates)."""
+        check = shlex.join(self.argv("-C"))
+        return f"{check} 2>/dev/null || {shlex.join(self.argv(self.add_op))}"
+
+    def remove_shell(self) -> str:
+        return f"{shlex.join(self.argv('-D'))} 2>/dev/null || true"
+
+
+def _save_quote(part: str) -> str:
+    return f'"{part}"' if " " in part else part
+
+
+def comment(settings: Settings) -> str:
+    return f"proximity:{settings.bridge}"
+
+
+def firewall_rules(settings: Settings, uplink: str, pve_firewall: bool) -> list[Rule]:
+    """NAT out of the uplink, plus the forwarding rules that keep the outside out.
+
+    MASQUERADE alone lets a LAN host that routes the subnet via this host reach
+    containers, so new connections forwarded *into* the bridge are dropped.
+    """
+    br, net, tag = settings.bridge, str(settings.subnet), ("-m", "comment", "--comment", comment(settings))
+    rules = [
+        Rule("nat", "POSTROUTING", ("-s", net, "-o", uplink, *tag, "-j", "MASQUERADE")),
+        Rule(
+            "filter",
+            "FORWARD",
+            ("!", "-i", br, "-o", br, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "DROP"),
+            insert=True,
+        ),
+        Rule("filter", "FORWARD", ("-i", br, "!", "-o", br, *tag, "-j", "ACCEPT")),
+        Rule(
+            "filter",
+            "FORWARD",
+            ("!", "-i", br, "-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"),
+        ),
+    ]
+    if pve_firewall:
+        rules.append(Rule("raw", "PREROUTING", (*PVE_CONNTRACK_ZONE, *tag, "-j", "CT", "--zone", "1"), insert=True))
+    return rules
+
+
+def bridge_stanza(settings: Settings, uplink: str, pve_firewall: bool) -> list[str]:
+    """The seed's stanza, with post-up commands that are safe to run again.
+
+    The seed's ``iptables -A`` in post-up adds a duplicate rule on every
+    ``ifreload -a``; check-then-add keeps exactly one.
+    """
+    br = settings.bridge
+    lines = [
+        f"auto {br}",
+        f"iface {br} inet static",
+        f"\taddress {settings.gateway}",
+        "\tbridge-ports none",
+        "\tbridge-stp off",
+        "\tbridge-fd 0",
+        "\tpost-up echo 1 > /proc/sys/net/ipv4/ip_forward",
+    ]
+    rules = firewall_rules(settings, uplink, pve_firewall)
+    lines += [f"\tpost-up {rule.ensure_shell()}" for rule in rules]
+    lines += [f"\tpost-down {rule.remove_shell()}" for rule in rules]
+    return lines
+
+
+def bridge_options(settings: Settings) -> dict[str, str]:
+    """What a hand-written stanza must say for Proximity to adopt it."""
+    return {"address": str(settings.gateway), "bridge-ports": "none", "bridge-stp": "off", "bridge-fd": "0"}
+
+
+def dnsmasq_conf(settings: Settings) -> str:
+    """dnsmasq.conf for the bridge only: never the uplink, never lo, no distro config."""
+    s = settings
+    upstream = "".join(f"server={server}\n" for server in s.upstream_dns)
+    netmask = s.subnet.netmask
+    return (
+        HEADER
+        + f"""\
+# Listen on the bridge address only, and answer nothing on the uplink or lo.
+interface={s.bridge}
+except-interface=lo
+bind-interfaces
+# Our own config only: no /etc/resolv.conf, no /etc/hosts, no /etc/dnsmasq.d.
+no-resolv
+no-hosts
+{upstream}\
+# Containers resolve as NAME.{s.domain}; the domain never goes upstream.
+domain={s.domain}
+local=/{s.domain}/
+expand-hosts
+domain-needed
+bogus-priv
+cache-size=1000
+# DHCP: fast leases, no ping check, authoritative for the subnet.
+dhcp-range={s.dhcp_start},{s.dhcp_end},{netmask},{s.lease_time}
+dhcp-option=option:router,{s.gateway.ip}
+dhcp-option=option:dns-server,{s.gateway.ip}
+dhcp-authoritative
+dhcp-rapid-commit
+no-ping
+dhcp-leasefile={s.leases_file}
+"""
+    )
+
+
+def dnsmasq_argv(settings: Settings, dnsmasq: str, *, foreground: bool) -> list[str]:
+    """The explicit argv dnsmasq runs with, so /etc/dnsmasq.conf is never read."""
+    argv = [dnsmasq, f"--conf-file={settings.dnsmasq_conf}"]
+    if foreground:  # under systemd: the journal gets the log
+        return [*argv, "--keep-in-foreground", "--log-facility=-", f"--pid-file=/run/{settings.service_name}.pid"]
+    return [*argv, f"--pid-file={settings.dns_pid_file}", f"--log-facility={settings.dns_log_file}"]
+
+
+def systemd_unit(settings: Settings, dnsmasq: str) -> str:
+    start = shlex.join(dnsmasq_argv(settings, dnsmasq, foreground=True))
+    test = shlex.join([dnsmasq, "--test", f"--conf-file={settings.dnsmasq_conf}"])
+    return f"""\
+{HEADER}[Unit]
+Description=Proximity DNS and DHCP for {settings.bridge} (dnsmasq)
+Documentation=man:dnsmasq(8)
+After=network.target networking.service
+Wants=network.target
+
+[Service]
+Type=simple
+ExecStartPre={test}
+ExecStart={start}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def container_net0(settings: Settings, hwaddr: str | None = None) -> str:
+    """The Proxmox ``net0`` property string for a container on the bridge."""
+    value = f"name=eth0,bridge={settings.bridge},ip=dhcp,firewall=1"
+    return f"{value},hwaddr={hwaddr}" if hwaddr else value

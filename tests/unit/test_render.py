@@ -1,0 +1,97 @@
+import shutil
+import subprocess
+
+import pytest
+
+from proximity.network import render
+from proximity.settings import load_settings
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(
+        dnsmasq_conf=str(tmp_path / "dnsmasq.conf"), leases_file=str(tmp_path / "leases"),
+        systemd_dir=str(tmp_path / "systemd"),
+    )
+
+
+def test_stanza_is_the_seeds_with_rerunnable_post_up(settings):
+    lines = render.bridge_stanza(settings, "vmbr0", pve_firewall=False)
+    assert lines[:6] == [
+        "auto prox-net", "iface prox-net inet static", "\taddress 10.10.0.1/24",
+        "\tbridge-ports none", "\tbridge-stp off", "\tbridge-fd 0",
+    ]
+    assert "\tpost-up echo 1 > /proc/sys/net/ipv4/ip_forward" in lines
+    masquerade = [line for line in lines if "MASQUERADE" in line]
+    assert len(masquerade) == 2  # one post-up, one post-down
+    up, down = masquerade
+    # check-then-add: a second `ifreload -a` must not duplicate the rule
+    assert up.startswith("\tpost-up iptables -w 5 -t nat -C POSTROUTING -s 10.10.0.0/24 -o vmbr0")
+    assert "|| iptables -w 5 -t nat -A POSTROUTING -s 10.10.0.0/24 -o vmbr0" in up
+    assert down.startswith("\tpost-down iptables -w 5 -t nat -D POSTROUTING -s 10.10.0.0/24 -o vmbr0")
+    assert not any("CT --zone" in line for line in lines)
+
+
+def test_proxmox_firewall_adds_the_documented_conntrack_zone_rule(settings):
+    rules = render.firewall_rules(settings, "vmbr0", pve_firewall=True)
+    zone = [r for r in rules if r.table == "raw"]
+    assert len(zone) == 1
+    assert zone[0].chain == "PREROUTING" and zone[0].insert
+    assert zone[0].spec[:2] == ("-i", "fwbr+") and zone[0].spec[-4:] == ("-j", "CT", "--zone", "1")
+
+
+def test_rules_keep_the_outside_out(settings):
+    rules = render.firewall_rules(settings, "eno1", pve_firewall=False)
+    drop = [r for r in rules if r.spec[-1] == "DROP"]
+    assert len(drop) == 1 and drop[0].insert  # the drop must win over later accepts
+    assert "! -i prox-net -o prox-net" in drop[0].saved()
+    assert "! --ctstate RELATED,ESTABLISHED" in drop[0].saved()
+    assert rules[0].saved() == (
+        "-A POSTROUTING -s 10.10.0.0/24 -o eno1 -m comment --comment proximity:prox-net -j MASQUERADE"
+    )
+
+
+def test_dnsmasq_conf_binds_the_bridge_only_and_reads_nothing_else(settings):
+    conf = render.dnsmasq_conf(settings)
+    lines = conf.splitlines()
+    for expected in [
+        "interface=prox-net", "except-interface=lo", "bind-interfaces", "no-resolv", "no-hosts",
+        "server=1.1.1.1", "server=8.8.8.8", "domain=prox.local", "local=/prox.local/",
+        "dhcp-range=10.10.0.100,10.10.0.250,255.255.255.0,12h",
+        "dhcp-option=option:router,10.10.0.1", "dhcp-option=option:dns-server,10.10.0.1",
+        "dhcp-authoritative", "dhcp-rapid-commit", "no-ping", f"dhcp-leasefile={settings.leases_file}",
+    ]:
+        assert expected in lines
+    assert not any(line.startswith(("conf-dir", "conf-file", "interface=vmbr0")) for line in lines)
+
+
+@pytest.mark.skipif(not shutil.which("dnsmasq"), reason="dnsmasq not installed")
+def test_dnsmasq_accepts_the_rendered_config(settings, tmp_path):
+    path = tmp_path / "test.conf"
+    path.write_text(render.dnsmasq_conf(settings))
+    result = subprocess.run(["dnsmasq", "--test", f"--conf-file={path}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "syntax check OK" in result.stderr
+
+
+def test_dnsmasq_argv_never_reads_the_distro_config(settings):
+    for foreground in (True, False):
+        argv = render.dnsmasq_argv(settings, "/usr/sbin/dnsmasq", foreground=foreground)
+        assert f"--conf-file={settings.dnsmasq_conf}" in argv
+        assert any(a.startswith("--pid-file=") for a in argv)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_unit_verifies(settings, tmp_path):
+    unit = tmp_path / "proximity-dns.service"
+    unit.write_text(render.systemd_unit(settings, shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"))
+    text = unit.read_text()
+    assert "After=network.target networking.service" in text
+    assert "Restart=on-failure" in text
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines() if "proximity-dns" in line]
+    assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_container_net0(settings):
+    assert render.container_net0(settings) == "name=eth0,bridge=prox-net,ip=dhcp,firewall=1"

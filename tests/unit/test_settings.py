@@ -1,0 +1,114 @@
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proximity.settings import SettingsError, is_hostname_label, lease_seconds, load_settings
+
+
+def test_defaults_are_the_seed_architecture():
+    s = load_settings()
+    assert s.bridge == "prox-net"
+    assert str(s.gateway) == "10.10.0.1/24"
+    assert (str(s.dhcp_start), str(s.dhcp_end)) == ("10.10.0.100", "10.10.0.250")
+    assert s.lease_time == "12h" and lease_seconds(s.lease_time) == 43200
+    assert s.domain == "prox.local"
+    assert [str(a) for a in s.upstream_dns] == ["1.1.1.1", "8.8.8.8"]
+    assert s.uplink is None
+    assert str(s.interfaces_file) == "/etc/network/interfaces"
+    assert str(s.dnsmasq_conf) == "/etc/proximity/dnsmasq.conf"
+    assert str(s.leases_file) == "/var/lib/proximity/dnsmasq.leases"
+    assert s.service_name == "proximity-dns"
+    assert s.pool_size == 151
+
+
+def test_toml_file_and_environment(tmp_path, monkeypatch):
+    config = tmp_path / "proximity.toml"
+    config.write_text('bridge = "lab-net"\ndomain = "lab.example"\n')
+    monkeypatch.setenv("PROXIMITY_CONFIG", str(config))
+    monkeypatch.setenv("PROXIMITY_DOMAIN", "env.example")
+    s = load_settings()
+    assert s.bridge == "lab-net"
+    assert s.domain == "env.example"  # the environment beats the file
+    assert load_settings(domain="cli.example").domain == "cli.example"  # the caller beats both
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "fix"),
+    [
+        ({"gateway": "10.10.0.0/24"}, "gateway", "host address"),
+        ({"gateway": "10.10.0.1/31"}, "gateway", "/29"),
+        ({"gateway": "not-an-ip"}, "gateway", ""),
+        ({"dhcp_start": "10.11.0.5"}, "dhcp_start", "between 10.10.0.1 and 10.10.0.254"),
+        ({"dhcp_end": "10.10.0.255"}, "dhcp_end", "broadcast"),
+        ({"dhcp_start": "10.10.0.200", "dhcp_end": "10.10.0.100"}, "dhcp_start", "swap"),
+        ({"dhcp_start": "10.10.0.1"}, "dhcp_start", "contains the gateway"),
+        ({"bridge": "a-very-long-bridge-name"}, "bridge", "1 to 15"),
+        ({"bridge": "prox net"}, "bridge", "1 to 15"),
+        ({"domain": "-bad.local"}, "domain", "dot-separated labels"),
+        ({"lease_time": "12 hours"}, "lease_time", "'12h'"),
+        ({"lease_time": "30s"}, "lease_time", "2 minutes"),
+        ({"upstream_dns": ["1.1.1.x"]}, "upstream_dns", ""),
+    ],
+)
+def test_bad_settings_name_the_field_and_the_fix(overrides, field, fix):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    message = str(caught.value)
+    assert field in message
+    assert fix in message
+    assert "Traceback" not in message
+
+
+def test_malformed_toml_is_a_clear_error(tmp_path, monkeypatch):
+    config = tmp_path / "proximity.toml"
+    config.write_text("bridge = \n")
+    monkeypatch.setenv("PROXIMITY_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="proximity.toml"):
+        load_settings()
+
+
+@st.composite
+def subnets_and_ranges(draw):
+    prefix = draw(st.integers(min_value=8, max_value=29))
+    base = draw(st.integers(min_value=0, max_value=2**32 - 1))
+    net = ipaddress.IPv4Network((base >> (32 - prefix) << (32 - prefix), prefix))
+    hosts = int(net.broadcast_address) - int(net.network_address) - 1
+    offsets = sorted(draw(st.lists(st.integers(1, hosts), min_size=3, max_size=3, unique=True)))
+    gateway, start, end = draw(st.permutations(offsets))
+    return net, gateway, start, end
+
+
+@given(subnets_and_ranges())
+def test_valid_ranges_are_accepted_and_invalid_ones_refused(case):
+    net, gateway, start, end = case
+    at = lambda offset: net.network_address + offset  # noqa: E731
+    overrides = {"gateway": f"{at(gateway)}/{net.prefixlen}", "dhcp_start": str(at(start)), "dhcp_end": str(at(end))}
+    valid = start <= end and not (start <= gateway <= end)
+    if valid:
+        s = load_settings(**overrides)
+        assert s.dhcp_start in s.subnet and s.dhcp_end in s.subnet
+        assert s.gateway.ip not in (s.subnet.network_address, s.subnet.broadcast_address)
+    else:
+        with pytest.raises(SettingsError, match="dhcp_start"):
+            load_settings(**overrides)
+
+
+@given(st.ip_addresses(v=4), st.integers(min_value=8, max_value=29))
+def test_range_outside_the_subnet_is_refused(outside, prefix):
+    net = ipaddress.IPv4Network(f"10.10.0.1/{prefix}", strict=False)
+    if outside in net:
+        return
+    with pytest.raises(SettingsError, match="outside the subnet"):
+        load_settings(gateway=f"10.10.0.1/{prefix}", dhcp_start=str(outside))
+
+
+@pytest.mark.parametrize("name", ["nginx-01", "a", "x" * 63, "WordPress2"])
+def test_hostname_labels_accepted(name):
+    assert is_hostname_label(name)
+
+
+@pytest.mark.parametrize("name", ["", "-a", "a-", "x" * 64, "a.b", "a_b", "ä"])
+def test_hostname_labels_refused(name):
+    assert not is_hostname_label(name)
