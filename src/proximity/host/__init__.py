@@ -184,9 +184,11 @@ class Host:
         self.run(["sysctl", "-q", "-w", f"{key}={value}"])
 
     def udp_socket(self) -> socket.socket:
-        """A UDP socket that lives in this host's network namespace."""
+        """A non-blocking UDP socket in this host's network namespace (what dnspython expects)."""
         with inside_netns(self.netns):
-            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock
 
     # -- processes ---------------------------------------------------------------
     @property

@@ -375,7 +375,8 @@ class NetworkManager:
         path = self.settings.interfaces_file
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         backup = self.settings.backup_dir / f"{path.name}.{stamp}"
-        self.host.write_text(backup, old, mode=0o600)
+        if not self.host.dry_run:  # a dry run's plan lists the files that matter, not the backup
+            self.host.write_text(backup, old, mode=0o600)
         report.actions.append(f"backed up {path} to {backup}")
         self._write_file(path, new, revert, report)
 
@@ -439,7 +440,10 @@ class NetworkManager:
         found = set()
         for table in ("nat", "filter", "raw"):
             result = self.host.query(["iptables-save", "-t", table])
-            found |= {(table, line) for line in result.stdout.splitlines() if line.startswith("-A ") and tag in line}
+            for line in result.stdout.splitlines():
+                line = line.replace('"', "")  # iptables-nft quotes every comment, legacy does not
+                if line.startswith("-A ") and tag in line:
+                    found.add((table, line))
         return found
 
     def _change(self, report: Report, description: str, argv: list[str]) -> None:

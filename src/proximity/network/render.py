@@ -35,8 +35,8 @@ class Rule:
         return "-I" if self.insert else "-A"
 
     def saved(self) -> str:
-        """The line ``iptables-save -t TABLE`` prints for this rule."""
-        return " ".join(["-A", self.chain, *(_save_quote(part) for part in self.spec)])
+        """The line ``iptables-save -t TABLE`` prints for this rule (quotes removed)."""
+        return " ".join(["-A", self.chain, *self.spec])
 
     def ensure_shell(self) -> str:
         """A post-up command: add the rule unless it is there (re-running never duplicates)."""
@@ -45,10 +45,6 @@ class Rule:
 
     def remove_shell(self) -> str:
         return f"{shlex.join(self.argv('-D'))} 2>/dev/null || true"
-
-
-def _save_quote(part: str) -> str:
-    return f'"{part}"' if " " in part else part
 
 
 def comment(settings: Settings) -> str:

@@ -1,0 +1,3 @@
+from proximity.cli import app
+
+app(prog_name="proximity")

@@ -1,0 +1,227 @@
+"""The `proximity` command: Rich tables for people, --json for scripts."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from proximity import sandbox as sandboxes
+from proximity.host import CommandError
+from proximity.network.doctor import run_doctor
+from proximity.network.manager import ConvergeError, NetworkManager, Report
+from proximity.network.service import ServiceError
+from proximity.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="Proximity: a managed, isolated network (prox-net) for the containers of a Proxmox host.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+sandbox_app = typer.Typer(help="The sandbox host: a Proxmox-like host made of network namespaces.",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SandboxOpt = Annotated[str | None, typer.Option("--sandbox", envvar="PROXIMITY_SANDBOX",
+                                                help="Act on this sandbox host instead of the machine.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Change nothing; show the diff of every file and every command.")]
+InterfacesOpt = Annotated[str | None, typer.Option("--interfaces-file", help="The interfaces file to manage.")]
+UplinkOpt = Annotated[str | None, typer.Option("--uplink", help="Interface to masquerade out of (default: the default route's).")]
+
+USER_ERRORS = (SettingsError, ConvergeError, ServiceError, sandboxes.SandboxError, CommandError, PermissionError)
+
+
+def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can cause into one clear message and exit code, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SettingsError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+        except USER_ERRORS as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def settings_for(sandbox: str | None, **overrides: Any) -> Settings:
+    """Settings for the machine, or for a sandbox host; flags given on the command line win."""
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if sandbox:
+        overrides = {**sandboxes.load(sandbox).settings_overrides(), **overrides}
+    return load_settings(**overrides)
+
+
+def manager_for(sandbox: str | None, dry_run: bool = False, **overrides: Any) -> NetworkManager:
+    return NetworkManager(settings_for(sandbox, **overrides), dry_run=dry_run)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def show_report(report: Report, as_json: bool, verb: str) -> None:
+    if as_json:
+        print_json(report.as_dict())
+        return
+    if report.dry_run:
+        out.print(f"[bold]Dry run of `proximity {verb}`: nothing was changed.[/]")
+        for change in report.files:
+            diff = difflib.unified_diff(
+                change["before"].splitlines(keepends=True), change["after"].splitlines(keepends=True),
+                fromfile=f"{change['path']} (now)", tofile=f"{change['path']} (after {verb})",
+            )
+            out.print("".join(diff), markup=False, highlight=False, end="")
+        for argv in report.commands:
+            out.print(f"[cyan]would run:[/] {shlex.join(argv)}", highlight=False)
+        if not report.files and not report.commands:
+            out.print("Nothing to do: the host already matches the settings.")
+    elif report.changed:
+        for action in report.actions:
+            out.print(f"[green]✓[/] {action}", highlight=False)
+    else:
+        out.print("Nothing to do: the host already matches the settings.")
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@app.command()
+@friendly
+def up(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+       interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None) -> None:
+    """Converge the host: bridge, NAT and forwarding, dnsmasq. Safe to run again."""
+    manager = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink)
+    report = manager.up()
+    show_report(report, as_json, "up")
+    if not dry_run and not as_json:
+        show_status(manager, as_json=False)
+
+
+@app.command()
+@friendly
+def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+         interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None,
+         purge: Annotated[bool, typer.Option("--purge", help="Also delete the leases file.")] = False) -> None:
+    """Remove the managed block, rules, service and config (leases are kept unless --purge)."""
+    report = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink).down(purge=purge)
+    show_report(report, as_json, "down")
+
+
+@app.command()
+@friendly
+def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """Show whether the managed network is healthy, read from netlink and /proc."""
+    show_status(manager_for(sandbox), as_json)
+
+
+def show_status(manager: NetworkManager, as_json: bool) -> None:
+    st = manager.status()
+    if as_json:
+        print_json(st.as_dict())
+        return
+    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[st.health_status]
+    table = Table(title=f"prox-net status: [{colour}]{st.health_status}[/]", show_header=False)
+    yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
+    for key, value in [
+        ("bridge", f"{st.bridge_name} ({st.bridge_ip}, subnet {st.subnet})"),
+        ("bridge up", yes(st.bridge_up)), ("gateway assigned", yes(st.gateway_assigned)),
+        ("uplink", st.uplink or "-"), ("NAT configured", yes(st.nat_configured)),
+        ("isolation rules", yes(st.isolation_configured)), ("ip_forward", yes(st.ip_forward)),
+        ("dnsmasq running", yes(st.dhcp_service_running) + (f" (pid {st.dns_pid})" if st.dns_pid else "")),
+        ("DNS answering", yes(st.dns_answering)), ("DHCP served", yes(st.dhcp_served)),
+        ("DHCP range", st.dhcp_range), ("DNS domain", st.dns_domain),
+        ("leases in use", f"{st.leases_in_use} of {st.pool_size}"),
+    ]:
+        table.add_row(key, value)
+    out.print(table)
+    for reason in st.reasons:
+        out.print(f"[{colour}]•[/] {reason}", highlight=False)
+
+
+@app.command()
+@friendly
+def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """List DHCP leases from dnsmasq's lease file."""
+    manager = manager_for(sandbox)
+    found, warnings = manager.leases()
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if as_json:
+        print_json([lease.as_dict() for lease in found])
+        return
+    table = Table(title=f"DHCP leases ({manager.settings.leases_file})")
+    for column in ("hostname", "IP", "MAC", "expires", "client id"):
+        table.add_column(column)
+    for lease in found:
+        expires = "never" if lease.expiry == 0 else datetime.fromtimestamp(lease.expiry).strftime("%Y-%m-%d %H:%M:%S")
+        name = f"{lease.hostname}.{manager.settings.domain}" if lease.hostname else "-"
+        table.add_row(name, lease.ip, lease.mac, expires, lease.client_id or "-")
+    out.print(table)
+
+
+@app.command()
+@friendly
+def doctor(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """Run every troubleshooting check; each failure comes with the exact fix."""
+    checks = run_doctor(manager_for(sandbox), sandboxes.load(sandbox) if sandbox else None)
+    if as_json:
+        print_json([check.__dict__ for check in checks])
+    else:
+        table = Table(title="proximity doctor")
+        for column in ("check", "result", "detail", "fix"):
+            table.add_column(column)
+        for check in checks:
+            result = "[green]pass[/]" if check.ok else ("[yellow]warn[/]" if check.warning else "[red]FAIL[/]")
+            table.add_row(check.name, result, check.detail, "" if check.ok else check.fix)
+        out.print(table)
+    if any(not check.ok and not check.warning for check in checks):
+        raise typer.Exit(1)
+
+
+@sandbox_app.command("create")
+@friendly
+def sandbox_create(name: str) -> None:
+    """Create a sandbox host NAME (namespaces NAME and NAME-lan, vmbr0, an upstream DNS)."""
+    sb = sandboxes.create(name)
+    out.print(f"[green]✓[/] sandbox {sb.name} ready: files in {sb.root}; try `proximity up --sandbox {sb.name}`")
+
+
+@sandbox_app.command("destroy")
+@friendly
+def sandbox_destroy(name: str) -> None:
+    """Destroy a sandbox host and everything in it (processes, namespaces, files)."""
+    sandboxes.destroy(name)
+    out.print(f"[green]✓[/] sandbox {name} destroyed")
+
+
+@sandbox_app.command("attach")
+@friendly
+def sandbox_attach(name: str, hostname: str) -> None:
+    """Attach a client namespace to the sandbox's bridge and take a DHCP lease as HOSTNAME."""
+    client = sandboxes.attach_client(sandboxes.load(name), hostname)
+    out.print(f"[green]✓[/] {client.hostname} leased {client.ip} (namespace {client.ns})")
+
+
+@sandbox_app.command("exec")
+@friendly
+def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.Argument()]) -> None:
+    """Run a command inside the client namespace of HOSTNAME."""
+    sb = sandboxes.load(name)
+    result = sandboxes.ns_run(f"{sb.name}-{hostname}", command, check=False)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    raise typer.Exit(result.returncode)

@@ -1,0 +1,33 @@
+"""Integration fixtures: a real sandbox host (network namespaces), torn down even on failure."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from proximity import sandbox as sandboxes
+
+pytestmark = pytest.mark.root
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="integration tests need root (network namespaces)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(needs_root)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}{os.getpid() % 100000}"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    name = unique_name("pn")
+    sandboxes.destroy(name)
+    sb = sandboxes.create(name)
+    try:
+        yield sb
+    finally:
+        sandboxes.destroy(name)

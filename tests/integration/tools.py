@@ -1,0 +1,80 @@
+"""Tools the integration tests share: run proximity, listen, connect, resolve inside namespaces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+PROXIMITY = [sys.executable, "-m", "proximity"]
+
+def proximity(*args: str, check: bool = True, timeout: float = 120, env: dict | None = None):
+    """Run the real `proximity` command, as a user would."""
+    result = subprocess.run(
+        [*PROXIMITY, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"proximity {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+LISTENER = r"""
+import socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(8)
+print("ready", flush=True)
+while True:
+    conn, peer = srv.accept()
+    print(peer[0], flush=True)
+    conn.sendall(b"hello from " + sys.argv[1].encode() + b"\n"); conn.close()
+"""
+
+CONNECT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+print(s.recv(100).decode().strip())
+"""
+
+
+class Listener:
+    """A TCP server inside a namespace that reports each peer address; stopped by pid."""
+
+    def __init__(self, ns: str, address: str, port: int):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER, address, str(port)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def next_peer(self) -> str:
+        return self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def connect(ns: str, address: str, port: int, timeout: float = 3) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, address, str(port), str(timeout)],
+        capture_output=True, text=True, timeout=timeout + 10,
+    )
+
+
+def resolve(ns: str, name: str, server: str, timeout: float = 2.0) -> list[str]:
+    """A real DNS query for an A record, sent from inside namespace ``ns``."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    from proximity.host import Host
+
+    with Host(ns).udp_socket() as sock:
+        answer = dns.query.udp(dns.message.make_query(name, "A"), server, timeout=timeout, sock=sock)
+    return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]
