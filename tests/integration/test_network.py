@@ -257,3 +257,36 @@ def test_hand_written_bridge_is_adopted_or_refused(host):
         if bridge_exists(sb):
             sandboxes.ns_run(sb.name, ["ifreload", "-a"])
             sandboxes.ns_run(sb.name, ["ip", "link", "delete", "prox-net"], check=False)
+
+
+def test_doctor_finds_drift_and_up_repairs_only_that(host):
+    sb = host
+    proximity("up", "--sandbox", sb.name)
+    checks = json.loads(proximity("doctor", "--sandbox", sb.name, "--json").stdout)
+    assert all(check["ok"] or check["warning"] for check in checks), checks
+    names = {check["name"] for check in checks}
+    assert {"NAT rule", "ip_forward", "dnsmasq running", "DNS answering", "ports 53/67", "FORWARD policy",
+            "source interfaces.d", "leases"} <= names
+
+    # Someone deletes the NAT rule and, like Docker, sets the FORWARD policy to DROP.
+    masquerade = next(line for line in own_rules(sb) if "MASQUERADE" in line)
+    sandboxes.ns_run(sb.name, ["iptables", "-t", "nat", *masquerade.replace("-A", "-D", 1).replace('"', "").split()])
+    sandboxes.ns_run(sb.name, ["iptables", "-P", "FORWARD", "DROP"])
+    try:
+        result = proximity("doctor", "--sandbox", sb.name, "--json", check=False)
+        assert result.returncode == 1
+        failed = {c["name"]: c for c in json.loads(result.stdout) if not c["ok"]}
+        assert "proximity up" in failed["NAT rule"]["fix"]
+        assert "DROP" in failed["FORWARD policy"]["detail"]
+        status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+        assert status["health_status"] == "degraded" and any("NAT" in r for r in status["reasons"])
+
+        repair = json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)
+        assert len(repair["actions"]) == 1 and "MASQUERADE" in repair["actions"][0]
+        # With FORWARD on DROP, Proximity's own ACCEPT rules still let containers out.
+        client = sandboxes.attach_client(sb, "web-1")
+        with Listener(sb.lan_ns, sandboxes.INTERNET_HOST, 8081) as internet:
+            assert connect(client.ns, sandboxes.INTERNET_HOST, 8081).returncode == 0
+            assert internet.next_peer() == "198.51.100.2"
+    finally:
+        sandboxes.ns_run(sb.name, ["iptables", "-P", "FORWARD", "ACCEPT"])

@@ -150,7 +150,7 @@ class NetworkManager:
                     self._verify()
             except BaseException as exc:
                 failures = revert.run()
-                raise self._failed("up", exc, failures) from exc
+                raise self._failed("up", exc, failures, report.warnings) from exc
         self._finish(report)
         return report
 
@@ -164,12 +164,13 @@ class NetworkManager:
                 if self.dns.running_pid() is not None:
                     self.dns.stop()
                     report.actions.append(f"stopped {self.dns.describe()}")
-                for path in [*self.dns.unit_files(), s.dnsmasq_conf] + ([s.leases_file] if purge else []):
+                units = [path for path in self.dns.unit_files() if self.host.read_text(path) is not None]
+                if units:
+                    self.dns.disable()  # while its unit file still exists
+                for path in [*units, s.dnsmasq_conf] + ([s.leases_file] if purge else []):
                     if self.host.read_text(path) is not None:
                         self.host.remove(path)
                         report.actions.append(f"removed {path}")
-                if self.dns.unit_files():
-                    self.dns.disable()
                 new_text = interfaces.remove_block(text)
                 if new_text != text:
                     self._write_interfaces(text, new_text, revert, report)
@@ -283,7 +284,12 @@ class NetworkManager:
         rules_before = self._own_rules()
 
         def undo_live() -> None:
-            self._ifreload(None)
+            # The file is restored by then (undos run in reverse). Put the live state back even
+            # if this reload fails too (e.g. another stanza's post-up hangs): that is what matters.
+            try:
+                self._ifreload(None)
+            except CommandError as exc:
+                report.warnings.append(f"while undoing: {exc}")
             if link is None and read_host_network(self.host).link(s.bridge) is not None:
                 self.host.run(["ip", "link", "delete", s.bridge])
             for table, line in self._own_rules() - rules_before:
@@ -501,8 +507,12 @@ class NetworkManager:
             report.files = self.host.files
             report.commands = self.host.commands
 
-    def _failed(self, verb: str, exc: BaseException, failures: list[str]) -> ConvergeError:
+    def _failed(
+        self, verb: str, exc: BaseException, failures: list[str], notes: list[str] = ()
+    ) -> ConvergeError:
         message = f"`proximity {verb}` failed: {exc}"
+        for note in notes:
+            message += f"\nNote: {note}"
         if failures:
             message += "\nCould NOT undo: " + "; ".join(failures) + f"\nCheck {self.settings.interfaces_file} by hand."
         else:

@@ -151,7 +151,6 @@ class SystemdDns:
             raise ServiceError(f"{exc}; see `journalctl -u {self.unit} -n 50`") from None
 
     def start(self) -> None:
-        self._systemctl("daemon-reload")
         self._systemctl("start", self.unit)
 
     def restart(self) -> None:
@@ -163,6 +162,7 @@ class SystemdDns:
             self._systemctl("stop", self.unit)
 
     def enable(self) -> None:
+        self._systemctl("daemon-reload")  # the unit file may be new or changed
         self._systemctl("enable", self.unit)
 
     def disable(self) -> None:
