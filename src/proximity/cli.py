@@ -164,12 +164,12 @@ def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
         print_json([lease.as_dict() for lease in found])
         return
     table = Table(title=f"DHCP leases ({manager.settings.leases_file})")
-    for column in ("hostname", "IP", "MAC", "expires", "client id"):
-        table.add_column(column)
+    for column in ("DNS name", "IP", "MAC", "expires"):
+        table.add_column(column, no_wrap=True)
     for lease in found:
-        expires = "never" if lease.expiry == 0 else datetime.fromtimestamp(lease.expiry).strftime("%Y-%m-%d %H:%M:%S")
+        expires = "never" if lease.expiry == 0 else datetime.fromtimestamp(lease.expiry).strftime("%Y-%m-%d %H:%M")
         name = f"{lease.hostname}.{manager.settings.domain}" if lease.hostname else "-"
-        table.add_row(name, lease.ip, lease.mac, expires, lease.client_id or "-")
+        table.add_row(name, lease.ip, lease.mac, expires)
     out.print(table)
 
 
