@@ -290,3 +290,14 @@ def test_doctor_finds_drift_and_up_repairs_only_that(host):
             assert internet.next_peer() == "198.51.100.2"
     finally:
         sandboxes.ns_run(sb.name, ["iptables", "-P", "FORWARD", "ACCEPT"])
+
+
+def test_proxmox_firewall_gets_the_conntrack_zone_rule(host):
+    sb = host
+    proximity("up", "--sandbox", sb.name, env={"PROXIMITY_PROXMOX_FIREWALL": "on"})
+    raw = sandboxes.ns_run(sb.name, ["iptables-save", "-t", "raw"]).stdout
+    assert [line for line in raw.splitlines() if "CT --zone 1" in line and "-i fwbr+" in line]
+    assert "CT --zone 1" in sb.interfaces_file.read_text()  # and again at boot, from post-up
+    # Turning it off again removes exactly that rule.
+    proximity("up", "--sandbox", sb.name, env={"PROXIMITY_PROXMOX_FIREWALL": "off"})
+    assert "CT --zone" not in sandboxes.ns_run(sb.name, ["iptables-save", "-t", "raw"]).stdout
