@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base iptables busybox python3 python3-venv)
+packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils iptables busybox python3 python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

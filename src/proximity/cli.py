@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from proximity import sandbox as sandboxes
+from proximity.containers.base import BackendError
+from proximity.containers.manager import ContainerInfo, ContainerManager, MigrationError
 from proximity.host import CommandError
 from proximity.network.doctor import run_doctor
 from proximity.network.manager import ConvergeError, NetworkManager, Report
@@ -27,6 +29,8 @@ app = typer.Typer(help="Proximity: a managed, isolated network (prox-net) for th
 sandbox_app = typer.Typer(help="The sandbox host: a Proxmox-like host made of network namespaces.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+ct_app = typer.Typer(help="Application containers on the managed network.", no_args_is_help=True)
+app.add_typer(ct_app, name="ct")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -38,7 +42,8 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Change nothing; show
 InterfacesOpt = Annotated[str | None, typer.Option("--interfaces-file", help="The interfaces file to manage.")]
 UplinkOpt = Annotated[str | None, typer.Option("--uplink", help="Interface to masquerade out of (default: the default route's).")]
 
-USER_ERRORS = (SettingsError, ConvergeError, ServiceError, sandboxes.SandboxError, CommandError, PermissionError)
+USER_ERRORS = (SettingsError, ConvergeError, ServiceError, sandboxes.SandboxError, CommandError, PermissionError,
+               BackendError, MigrationError)
 
 
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -225,3 +230,110 @@ def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.A
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     raise typer.Exit(result.returncode)
+
+
+def containers_for(sandbox: str | None, **overrides: Any) -> ContainerManager:
+    from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
+
+    network = manager_for(sandbox, **overrides)
+    return ContainerManager(network, backend_for(network.settings))
+
+
+def show_containers(found: list[ContainerInfo], as_json: bool) -> None:
+    if as_json:
+        print_json([c.as_dict() for c in found])
+        return
+    table = Table(title="containers")
+    for column in ("id", "hostname", "state", "MAC", "IP", "DNS name", "bridge", "backend"):
+        table.add_column(column, no_wrap=True)
+    for c in found:
+        state = f"[green]{c.state}[/]" if c.state == "running" else c.state
+        table.add_row(str(c.vmid), c.hostname, state, c.mac or "-", c.ip or "-", c.dns_name or "-", c.bridge or "-",
+                      c.backend)
+    out.print(table)
+
+
+@ct_app.command("create")
+@friendly
+def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+              template: Annotated[str | None, typer.Option(help="Proxmox template volume id.")] = None,
+              memory: Annotated[int, typer.Option(min=16, help="Memory in MiB.")] = 256,
+              cores: Annotated[int, typer.Option(min=1, max=8192, help="CPU cores.")] = 1,
+              start: Annotated[bool, typer.Option("--start/--no-start", help="Start it once created.")] = True) -> None:
+    """Create a container on prox-net with a fixed MAC, a reserved address and a DNS name."""
+    manager = containers_for(sandbox)
+    if dry_run:
+        reservation, net0 = manager.plan_create(hostname)
+        plan = {"hostname": hostname, "ip": reservation.ip, "mac": reservation.mac, "net0": net0,
+                "dns_name": f"{hostname}.{manager.settings.domain}", "backend": manager.backend.name}
+        if as_json:
+            print_json(plan)
+        else:
+            out.print(f"Dry run: would reserve {reservation.ip} / {reservation.mac} for {hostname}, create it on "
+                      f"{manager.backend.name} with net0 {net0}" + (" and start it." if start else "."))
+        return
+    info = manager.create(hostname, memory=memory, cores=cores, template=template, start=start)
+    if as_json:
+        print_json(info.as_dict())
+    else:
+        out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.ip} ({info.dns_name}), MAC {info.mac}, {info.state}")
+
+
+@ct_app.command("list")
+@friendly
+def ct_list(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """List containers with their state, MAC, address and DNS name."""
+    show_containers(containers_for(sandbox).list(), as_json)
+
+
+def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
+    manager = containers_for(sandbox)
+    vmid = manager.resolve(ref)
+    if dry_run:
+        out.print(f"Dry run: would {verb} CT {vmid} ({manager.info(vmid).hostname}).")
+        return
+    if verb == "destroy":
+        manager.destroy(str(vmid))
+        out.print(f"[green]✓[/] CT {vmid} destroyed; its reservation and lease are released")
+        return
+    info = getattr(manager, verb)(str(vmid))
+    out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}")
+
+
+@ct_app.command("start")
+@friendly
+def ct_start(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Start a container (by id or hostname)."""
+    _ct_action("start", ref, sandbox, dry_run)
+
+
+@ct_app.command("stop")
+@friendly
+def ct_stop(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Shut a container down cleanly (by id or hostname)."""
+    _ct_action("stop", ref, sandbox, dry_run)
+
+
+@ct_app.command("destroy")
+@friendly
+def ct_destroy(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Destroy a container and release its reservation and lease."""
+    _ct_action("destroy", ref, sandbox, dry_run)
+
+
+@app.command()
+@friendly
+def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+            timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60) -> None:
+    """Move a container from vmbr0 to prox-net: snapshot, shut down, switch net0, start, verify; roll back on failure."""
+    manager = containers_for(sandbox)
+    report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
+                             progress=(lambda step: None) if as_json else
+                             (lambda step: out.print(f"[cyan]would:[/] {step}" if dry_run else f"[green]✓[/] {step}")))
+    if as_json:
+        print_json(report.as_dict())
+    elif dry_run:
+        out.print("Dry run: nothing was changed. The steps above are what `migrate` would do.")
+    else:
+        out.print(f"CT {vmid} is on {manager.settings.bridge} as {report.dns_name} ({report.ip}); "
+                  f"snapshot {report.snapshot} is kept for a manual rollback.")

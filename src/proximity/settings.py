@@ -79,6 +79,19 @@ class Settings(BaseSettings):
     ifreload_timeout: float = 60.0
     netns: str | None = None  # set by the sandbox: act inside this network namespace
 
+    # Containers. "auto": the lxc backend on a sandbox host, proxmox otherwise.
+    backend: Literal["auto", "proxmox", "lxc"] = "auto"
+    lxc_path: Path | None = None  # lxc backend: where containers live (default: state_dir/lxc)
+    proxmox_host: str = "localhost"
+    proxmox_port: int = 8006
+    proxmox_node: str | None = None  # default: this machine's hostname
+    proxmox_token_id: str | None = None  # "user@realm!tokenname"
+    proxmox_token_secret: str | None = None
+    proxmox_verify_tls: bool = True
+    proxmox_ca_file: Path | None = None
+    proxmox_storage: str = "local-lvm"
+    proxmox_template: str | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -189,6 +202,18 @@ class Settings(BaseSettings):
     @property
     def dns_log_file(self) -> Path:
         return self.state_dir / f"{self.service_name}.log"
+
+    @property
+    def reservations_db(self) -> Path:
+        return self.state_dir / "reservations.json"
+
+    @property
+    def dhcp_hosts_file(self) -> Path:
+        return self.state_dir / "dhcp-hosts"
+
+    @property
+    def addn_hosts_file(self) -> Path:
+        return self.state_dir / "hosts"
 
     @property
     def unit_file(self) -> Path:

@@ -167,7 +167,8 @@ class NetworkManager:
                 units = [path for path in self.dns.unit_files() if self.host.read_text(path) is not None]
                 if units:
                     self.dns.disable()  # while its unit file still exists
-                for path in [*units, s.dnsmasq_conf] + ([s.leases_file] if purge else []):
+                state = [s.leases_file, s.reservations_db, s.dhcp_hosts_file, s.addn_hosts_file]
+                for path in [*units, s.dnsmasq_conf] + (state if purge else []):
                     if self.host.read_text(path) is not None:
                         self.host.remove(path)
                         report.actions.append(f"removed {path}")
@@ -324,6 +325,9 @@ class NetworkManager:
 
     def _converge_dns(self, revert: Revert, report: Report) -> None:
         s = self.settings
+        for path in (s.dhcp_hosts_file, s.addn_hosts_file):  # dnsmasq reads them; `ct` fills them
+            if self.host.read_text(path) is None:
+                self._write_file(path, "", revert, report)
         files = {s.dnsmasq_conf: render.dnsmasq_conf(s), **self.dns.unit_files()}
         changed = {path: text for path, text in files.items() if self.host.read_text(path) != text}
         pid = self.dns.running_pid()

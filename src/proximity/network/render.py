@@ -136,6 +136,10 @@ dhcp-authoritative
 dhcp-rapid-commit
 no-ping
 dhcp-leasefile={s.leases_file}
+# Reservations of managed containers (MAC,IP,hostname) and their names before first boot;
+# both are re-read on SIGHUP.
+dhcp-hostsfile={s.dhcp_hosts_file}
+addn-hosts={s.addn_hosts_file}
 """
     )
 

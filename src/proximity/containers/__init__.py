@@ -1,0 +1,1 @@
+"""Containers on prox-net: backends (Proxmox, local LXC), reservations, admission, migration."""

@@ -1,0 +1,72 @@
+"""The one interface every container backend implements, and Proxmox's net0 property string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class BackendError(RuntimeError):
+    """A backend operation failed; the message says what failed and what to do."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to create. ``net0`` is a Proxmox property string (the network manager builds it)."""
+
+    hostname: str
+    net0: str
+    memory: int = 256  # MiB
+    cores: int = 1
+    template: str | None = None  # backend-specific: a Proxmox volume id, ignored by lxc
+    vmid: int | None = None  # None: the backend picks the next free id
+
+
+@dataclass(frozen=True)
+class Container:
+    vmid: int
+    hostname: str
+    state: str  # "running" or "stopped"
+    net0: str
+    backend: str
+
+
+class ContainerBackend(Protocol):
+    name: str
+
+    def next_id(self) -> int: ...
+    def create(self, spec: ContainerSpec) -> Container: ...
+    def start(self, vmid: int) -> None: ...
+    def shutdown(self, vmid: int, timeout: float = 30) -> None: ...
+    def stop(self, vmid: int) -> None: ...
+    def destroy(self, vmid: int) -> None: ...
+    def status(self, vmid: int) -> Container: ...
+    def list(self) -> list[Container]: ...
+    def get_net0(self, vmid: int) -> str: ...
+    def set_net0(self, vmid: int, value: str) -> None: ...
+    def snapshot(self, vmid: int, name: str) -> None: ...
+    def rollback(self, vmid: int, name: str) -> None: ...
+    def delete_snapshot(self, vmid: int, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Net0:
+    """A parsed ``net[n]`` property string: ``name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr=...``."""
+
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: str) -> Net0:
+        options: dict[str, str] = {}
+        for part in filter(None, value.split(",")):
+            key, sep, val = part.partition("=")
+            if not sep:
+                raise BackendError(f"net0 part {part!r} is not key=value (in {value!r})")
+            options[key.strip()] = val.strip()
+        return cls(options)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.options.get(key, default)
+
+    def __str__(self) -> str:
+        return ",".join(f"{key}={val}" for key, val in self.options.items())
