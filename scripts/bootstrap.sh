@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils iptables busybox python3 python3-venv)
+# Local LXC containers (the sandbox's backend). A Proxmox host has its own (lxc-pve): leave it alone.
+command -v pveversion >/dev/null 2>&1 || packages+=(lxc)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -13,8 +15,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || { echo "bootstrap: run as root to install: ${missing[*]}" >&2; exit 1; }
     echo "bootstrap: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Start no service while installing: Debian's lxc would otherwise bring up lxcbr0 on the host.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+    fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+    if [ -f /etc/default/lxc-net ]; then
+        sed -i 's/^USE_LXC_BRIDGE=.*/USE_LXC_BRIDGE="false"/' /etc/default/lxc-net
+    fi
 fi
 
 python=${PYTHON:-python3}
