@@ -873,6 +873,22 @@ def _etc_netns_is_ours(sb: Sandbox) -> bool:
         return False
 
 
+def _stop_containers(sb: Sandbox) -> list[str]:
+    """LXC containers have network namespaces of their own: stop them by name, not by namespace."""
+    lxcpath = sb.state_dir / "lxc"
+    if not lxcpath.is_dir() or not _ns_exists(sb.name):
+        return []
+    from proximity.containers.lxc import LxcBackend  # the sandbox works without LXC installed
+
+    backend, errors = LxcBackend(sb.name, lxcpath), []
+    for container in backend.list():
+        try:
+            backend.destroy(container.vmid)
+        except Exception as exc:  # keep destroying the rest
+            errors.append(f"container {container.vmid}: {exc}")
+    return errors
+
+
 def destroy(name: str) -> None:
     """Stop every process and remove every namespace, /etc/netns entry and file of the sandbox.
 
@@ -904,6 +920,7 @@ def destroy(name: str) -> None:
         _check_ns_name(ns)
 
     errors: list[str] = []
+    errors += _stop_containers(sb)
     ns_ids = {i for i in (_ns_id(NETNS_RUN_DIR / ns) for ns in namespaces if _ns_exists(ns)) if i}
 
     pids: set[int] = set()
