@@ -18,6 +18,9 @@ from rich.table import Table
 
 from proximity import sandbox as sandboxes
 
+sys.path.insert(0, os.path.dirname(__file__))
+import containers  # noqa: E402  (bench/containers.py)
+
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
 
@@ -52,6 +55,15 @@ def main() -> None:
     for label, samples in rows:
         table.add_row(label, *(f"{value:.3f}" for value in (statistics.median(samples), min(samples), max(samples))))
     Console().print(table)
+
+    count = int(os.environ.get("BENCH_CONTAINERS", "20"))
+    ready = Table(title=f"Network-ready time of {count} containers (seconds from the start call)")
+    for column in ("what", "median", "p95", "max"):
+        ready.add_column(column)
+    for label, samples in containers.run(count):
+        median, p95 = containers.summary(samples)
+        ready.add_row(label, f"{median:.3f}", f"{p95:.3f}", f"{max(samples):.3f}")
+    Console().print(ready)
 
 
 if __name__ == "__main__":

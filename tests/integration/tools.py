@@ -69,12 +69,20 @@ def connect(ns: str, address: str, port: int, timeout: float = 3) -> subprocess.
 
 def resolve(ns: str, name: str, server: str, timeout: float = 2.0) -> list[str]:
     """A real DNS query for an A record, sent from inside namespace ``ns``."""
+    import dns.exception
     import dns.message
     import dns.query
     import dns.rdatatype
 
     from proximity.host import Host
 
-    with Host(ns).udp_socket() as sock:
-        answer = dns.query.udp(dns.message.make_query(name, "A"), server, timeout=timeout, sock=sock)
+    query = dns.message.make_query(name, "A")
+    for attempt in range(3):  # like a stub resolver: UDP queries are retried
+        with Host(ns).udp_socket() as sock:
+            try:
+                answer = dns.query.udp(query, server, timeout=timeout, sock=sock)
+                break
+            except dns.exception.Timeout:
+                if attempt == 2:
+                    raise
     return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]

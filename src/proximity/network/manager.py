@@ -462,12 +462,14 @@ class NetworkManager:
 
     def _dns_answers(self) -> bool:
         query = dns.message.make_query(f"{self.settings.service_name}-probe.{self.settings.domain}", "A")
-        try:
-            with self.host.udp_socket() as sock:
-                dns.query.udp(query, str(self.settings.gateway.ip), timeout=1.0, sock=sock)
-            return True
-        except (dns.exception.DNSException, OSError):
-            return False
+        for _ in range(2):  # UDP: one lost datagram is not a dead server
+            try:
+                with self.host.udp_socket() as sock:
+                    dns.query.udp(query, str(self.settings.gateway.ip), timeout=1.0, sock=sock)
+                return True
+            except (dns.exception.DNSException, OSError):
+                continue
+        return False
 
     def _dhcp_served(self, pid: int) -> bool:
         return any(h.pid == pid and h.local.endswith(":67") for h in port_holders(self.host, self.settings))
