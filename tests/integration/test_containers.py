@@ -159,3 +159,49 @@ def test_failed_migration_rolls_back(network, lxc):
     assert lxc.status(old.vmid).state == "running"
     assert "inet 198.51.100.61/24" in in_ct(lxc, old.vmid, "ip", "-4", "-o", "addr", "show", "eth0")
     assert manager.reservations.find(hostname="legacy-02") is None
+
+
+@pytest.fixture
+def proxmox(network, lxc):
+    """The Proxmox backend, talking HTTPS to the API double whose containers are real LXC ones."""
+    from proximity.containers.factory import backend_for
+    from tests.integration.lxc_realizer import LxcRealizer
+    from tests.pve_double.server import PveDouble
+
+    token = ("root@pam!proximity", "5f6e7d8c-0000-4000-8000-000000000001")
+    with PveDouble(LxcRealizer(lxc), node="pve", token=token, tls=True) as double:
+        settings = load_settings(**{
+            **network.settings_overrides(), "backend": "proxmox", "proxmox_host": "127.0.0.1",
+            "proxmox_port": double.port, "proxmox_node": "pve", "proxmox_token_id": token[0],
+            "proxmox_token_secret": token[1], "proxmox_ca_file": double.ca_file,
+            "proxmox_template": "local:vztmpl/busybox-proximity.tar.gz",
+        })
+        yield double, ContainerManager(NetworkManager(settings), backend_for(settings))
+
+
+def test_proxmox_backend_end_to_end(network, lxc, proxmox):
+    double, manager = proxmox
+    nginx = manager.create("nginx-01").as_dict()
+    wordpress = manager.create("wordpress-02").as_dict()
+    assert nginx["backend"] == "proxmox" and nginx["state"] == "running"
+    check_on_network(network, lxc, nginx, wordpress)
+    create = next(r for r in double.requests if r["method"] == "POST" and r["path"] == "/nodes/pve/lxc")
+    assert create["params"]["net0"] == f"name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr={nginx['mac']}"
+    assert create["params"]["hostname"] == "nginx-01" and str(create["params"]["unprivileged"]) == "1"
+    assert all(r["status"] < 400 for r in double.requests), [r for r in double.requests if r["status"] >= 400]
+
+
+def test_proxmox_failed_task_is_reported_and_migration_rolls_back(network, lxc, proxmox):
+    double, manager = proxmox
+    legacy = manager.backend.create(ContainerSpec(
+        "legacy-03", "name=eth0,bridge=vmbr0,ip=198.51.100.62/24,gw=198.51.100.1"))
+    manager.backend.start(legacy.vmid)
+    double.fail_next["start"] = "startup for container '%d' failed" % legacy.vmid
+    with pytest.raises(MigrationError) as caught:
+        manager.migrate(legacy.vmid, timeout=10)
+    message = str(caught.value)
+    assert "startup for container" in message and "TASK ERROR" in message and "rolled back" in message
+    assert "bridge=vmbr0" in manager.backend.get_net0(legacy.vmid)
+    assert manager.backend.status(legacy.vmid).state == "running"
+    assert "inet 198.51.100.62/24" in in_ct(lxc, legacy.vmid, "ip", "-4", "-o", "addr", "show", "eth0")
+    assert manager.reservations.find(hostname="legacy-03") is None

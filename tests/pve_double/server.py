@@ -1,0 +1,1204 @@
+"""``PveDouble``: an HTTP test double of the Proxmox VE API for LXC containers.
+
+Every request is checked against the official API schema first (``schema.Schema``): a call
+Proxmox would refuse gets the same ``400 Parameter verification failed.`` with an
+``errors`` object, and nothing happens. Valid calls the double implements change the
+double's state (configs, status, snapshots, tasks) and tell a ``Realizer`` to make it real;
+the long-running ones return a UPID at once and run in a task thread, so a client has to
+poll ``/nodes/{node}/tasks/{upid}/status`` as it would against Proxmox.
+
+Semantic errors follow pve-container/pve-manager: HTTP 500 with the Perl ``die`` text as
+``message`` (for instance ``CT 101 already running\\n``), and errors found inside a task end
+the task with ``exitstatus`` = that text and a last log line ``TASK ERROR: <text>``.
+
+Locking follows Proxmox: create, destroy, start, stop and shutdown hold the container's
+config lock (waited for up to 10 s, then "can't lock file ... got timeout") for the whole
+task; snapshot, rollback and snapshot deletion hold it only to prepare and to commit, and in
+between the config says ``lock: snapshot`` (``rollback``, ``snapshot-delete``), which makes
+other calls fail at once with "CT is locked (snapshot)".
+
+Plain HTTP by default; ``tls=True`` serves HTTPS with a self-signed certificate for
+127.0.0.1 (``ca_file``), for clients such as proxmoxer that only speak HTTPS.
+
+Simplifications: no 3 s delay on a 401, one node, no HA, pools, permissions, pending
+changes or restore.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import http.server
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .schema import (
+    FormatError,
+    Schema,
+    coerce,
+    lookup_property,
+    parse_property_string,
+    parse_size,
+    perl_str,
+    print_property_string,
+    split_list,
+)
+
+API_BASE = "/api2"
+MAX_POST = 64 * 1024
+MAC_PREFIX = "BC:24:11"  # Proxmox's OUI, the default datacenter mac_prefix
+UPID_RE = re.compile(
+    r"^UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8,9}):"
+    r"([0-9A-Fa-f]{8}):([^:\s]+):([^:\s]*):([^:\s]+):$"
+)
+OPERATIONS = ("create", "start", "shutdown", "stop", "destroy", "snapshot", "rollback", "delete_snapshot")
+# Parameters of POST /nodes/{node}/lxc that are not container options (pve-container's create_vm).
+CREATE_ONLY = {
+    "node", "vmid", "ostemplate", "password", "ssh-public-keys", "storage", "start", "pool",
+    "restore", "force", "unique", "ignore-unpack-errors", "bwlimit", "ha-managed", "unprivileged",
+}
+NOT_OPTIONS = {"node", "vmid", "delete", "revert", "digest"}
+NEW_DISK_RE = re.compile(r"^(([^/:\s]+):)?(\d+(\.\d+)?)$")
+OSTYPE_ALIASES = {"rockylinux": "centos", "almalinux": "centos", "arch": "archlinux", "opensuse-leap": "opensuse"}
+
+
+# --------------------------------------------------------------------------- realizers
+
+
+@runtime_checkable
+class Realizer(Protocol):
+    """Makes containers real (the project backs this with real LXC containers in a sandbox host).
+
+    All methods may block for seconds; the task methods run inside task threads, while
+    ``set_config`` and ``interfaces`` run inside the HTTP request (as in Proxmox, where
+    ``PUT .../config`` and ``GET .../interfaces`` are synchronous). An exception ends the
+    task (or the request, with HTTP 500) with ``str(exception)`` as the error.
+    """
+
+    def create(self, vmid: int, params: dict[str, Any]) -> None: ...
+    def start(self, vmid: int) -> None: ...
+    def shutdown(self, vmid: int, timeout: int) -> None: ...
+    def stop(self, vmid: int) -> None: ...
+    def destroy(self, vmid: int) -> None: ...
+    def set_config(self, vmid: int, changes: dict[str, Any]) -> None: ...
+    def snapshot(self, vmid: int, name: str) -> None: ...
+    def rollback(self, vmid: int, name: str) -> None: ...
+    def delete_snapshot(self, vmid: int, name: str) -> None: ...
+    def interfaces(self, vmid: int) -> list[dict]: ...
+
+
+class MemoryRealizer:
+    """An in-memory Realizer: remembers what it was told, takes ``delay`` seconds per task call.
+
+    ``calls``      every call, as ``(operation, vmid, ...)``
+    ``containers`` vmid -> {"config": {...}, "running": bool, "snapshots": {name: config}}
+    ``errors``     operation -> message or exception raised by every call of it (until removed)
+    ``hold(op)``   returns an Event; calls of ``op`` block until it is set (for tests that
+                   must see a task still running, without relying on timing)
+    """
+
+    TASK_OPERATIONS = OPERATIONS
+
+    def __init__(self, delay: float = 0.05, *, subnet: str = "10.10.0", hold_timeout: float = 30.0):
+        self.delay = delay
+        self.subnet = subnet
+        self.hold_timeout = hold_timeout
+        self.calls: list[tuple[Any, ...]] = []
+        self.containers: dict[int, dict[str, Any]] = {}
+        self.errors: dict[str, BaseException | str] = {}
+        self._gates: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, operation: str) -> threading.Event:
+        gate = threading.Event()
+        self._gates[operation] = gate
+        return gate
+
+    def calls_of(self, operation: str) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return [c for c in self.calls if c[0] == operation]
+
+    def _enter(self, operation: str, *args: Any) -> None:
+        with self._lock:
+            self.calls.append((operation, *args))
+        gate = self._gates.get(operation)
+        if gate is not None and not gate.wait(self.hold_timeout):
+            raise RuntimeError(f"{operation}: held for more than {self.hold_timeout}s")
+        if operation in self.TASK_OPERATIONS and self.delay:
+            time.sleep(self.delay)
+        error = self.errors.get(operation)
+        if error is not None:
+            raise error if isinstance(error, BaseException) else RuntimeError(error)
+
+    def _ct(self, vmid: int) -> dict[str, Any]:
+        try:
+            return self.containers[vmid]
+        except KeyError:
+            raise RuntimeError(f"container {vmid} does not exist") from None
+
+    def create(self, vmid: int, params: dict[str, Any]) -> None:
+        self._enter("create", vmid, dict(params))
+        with self._lock:
+            self.containers[vmid] = {"config": dict(params), "running": False, "snapshots": {}}
+
+    def start(self, vmid: int) -> None:
+        self._enter("start", vmid)
+        with self._lock:
+            self._ct(vmid)["running"] = True
+
+    def shutdown(self, vmid: int, timeout: int) -> None:
+        self._enter("shutdown", vmid, timeout)
+        with self._lock:
+            self._ct(vmid)["running"] = False
+
+    def stop(self, vmid: int) -> None:
+        self._enter("stop", vmid)
+        with self._lock:
+            self._ct(vmid)["running"] = False
+
+    def destroy(self, vmid: int) -> None:
+        self._enter("destroy", vmid)
+        with self._lock:
+            self.containers.pop(vmid, None)
+
+    def set_config(self, vmid: int, changes: dict[str, Any]) -> None:
+        self._enter("set_config", vmid, dict(changes))
+        with self._lock:
+            config = self._ct(vmid)["config"]
+            for key, value in changes.items():
+                if value is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = value
+
+    def snapshot(self, vmid: int, name: str) -> None:
+        self._enter("snapshot", vmid, name)
+        with self._lock:
+            ct = self._ct(vmid)
+            ct["snapshots"][name] = copy.deepcopy(ct["config"])
+
+    def rollback(self, vmid: int, name: str) -> None:
+        self._enter("rollback", vmid, name)
+        with self._lock:
+            ct = self._ct(vmid)
+            ct["config"] = copy.deepcopy(ct["snapshots"][name])
+            ct["running"] = False
+
+    def delete_snapshot(self, vmid: int, name: str) -> None:
+        self._enter("delete_snapshot", vmid, name)
+        with self._lock:
+            self._ct(vmid)["snapshots"].pop(name, None)
+
+    def interfaces(self, vmid: int) -> list[dict]:
+        self._enter("interfaces", vmid)
+        with self._lock:
+            config = dict(self._ct(vmid)["config"])
+        result = [{"name": "lo", "hwaddr": "00:00:00:00:00:00", "inet": "127.0.0.1/8", "inet6": "::1/128"}]
+        nets = sorted((int(k[3:]), v) for k, v in config.items() if re.fullmatch(r"net\d+", k))
+        for index, value in nets:
+            parts = dict(p.split("=", 1) for p in str(value).split(",") if "=" in p)
+            iface: dict[str, Any] = {"name": parts.get("name", f"eth{index}"), "hwaddr": parts.get("hwaddr", "").lower()}
+            ip = parts.get("ip", "")
+            if "/" in ip:
+                iface["inet"] = ip
+            elif ip == "dhcp":
+                iface["inet"] = f"{self.subnet}.{10 + (vmid + index) % 240}/24"
+            if "/" in parts.get("ip6", ""):
+                iface["inet6"] = parts["ip6"]
+            result.append(iface)
+        return result
+
+
+# --------------------------------------------------------------------------- state
+
+
+class ApiError(Exception):
+    """An API answer other than 200: Proxmox's status, message and per-parameter errors."""
+
+    def __init__(self, status: int, message: str = "", errors: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = dict(errors) if errors else None
+
+
+def param_error(errors: Mapping[str, str]) -> ApiError:
+    return ApiError(400, "Parameter verification failed.\n", errors)
+
+
+class TaskError(Exception):
+    """A ``die`` inside a task: the task ends with this text."""
+
+
+@dataclass
+class Task:
+    upid: str
+    node: str
+    pid: int
+    pstart: int
+    starttime: int
+    type: str
+    id: str
+    user: str
+    operation: str
+    injected: str | None = None
+    status: str = "running"
+    exitstatus: str | None = None
+    log: list[str] = field(default_factory=list)
+    thread: threading.Thread | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Container:
+    vmid: int
+    config: dict[str, Any]
+    status: str = "stopped"
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float | None = None
+    pid: int | None = None
+
+    def digest(self) -> str:
+        """SHA1 of the config "file" (as Proxmox's digest), so it changes with every write."""
+        lines = [f"{k}: {v}" for k, v in sorted(self.config.items())]
+        for name, snap in sorted(self.snapshots.items()):
+            lines.append(f"[{name}]")
+            lines.extend(f"{k}: {v}" for k, v in sorted(snap.items()) if k != "config")
+            lines.extend(f"{k}: {v}" for k, v in sorted(snap["config"].items()))
+        return hashlib.sha1(("\n".join(lines) + "\n").encode()).hexdigest()
+
+
+def decode_urlencoded(data: str) -> dict[str, str | None]:
+    """``PVE::APIServer::AnyEvent::decode_urlencoded``: pairs split on ``&`` and ``;``, a
+    repeated key joined with NUL, and -- like Perl's ``split(/=/, $kv)`` -- only the text up
+    to a second unencoded ``=`` kept as the value."""
+    res: dict[str, str | None] = {}
+    if not data:
+        return res
+    for kv in re.split(r"[&;]", data):
+        pieces = kv.split("=")
+        key = urllib.parse.unquote(pieces[0].replace("+", " "), errors="replace")
+        value: str | None = None
+        if len(pieces) > 1:
+            value = urllib.parse.unquote(pieces[1].replace("+", " "), errors="replace")
+            old = res.get(key)
+            if old is not None:
+                value = f"{old}\0{value}"
+        res[key] = value
+    return res
+
+
+def _reason(message: str, status: int) -> str:
+    first = (message or "").split("\n", 1)[0].strip()
+    first = first.encode("latin-1", "replace").decode("latin-1")
+    return first or http.HTTPStatus(status).phrase
+
+
+# --------------------------------------------------------------------------- the double
+
+
+class PveDouble:
+    """A Proxmox VE API (``/api2/json``) for one node, backed by a Realizer.
+
+    ``url``        ``http://127.0.0.1:PORT`` once started (API under ``/api2/json``, see ``api``);
+                   ``https://`` with ``tls=True``, and then ``ca_file`` is the certificate
+                   to trust (``port`` is the port alone, for clients such as proxmoxer)
+    ``requests``   every request: {"method", "path" (below /api2/json), "params" (query and
+                   body as sent), "status"}
+    ``fail_next``  operation -> message: the next task of that operation ends with that
+                   exitstatus without calling the realizer (``create``, ``start``,
+                   ``shutdown``, ``stop``, ``destroy``, ``snapshot``, ``rollback``,
+                   ``delete_snapshot``; also ``set_config`` and ``interfaces``, which then
+                   answer HTTP 500 with the message)
+    """
+
+    def __init__(
+        self,
+        realizer: Realizer,
+        node: str = "pve",
+        token: tuple[str, str] = ("root@pam!proximity", "secret-uuid"),
+        schema: Schema | None = None,
+        *,
+        lock_timeout: float = 10.0,
+        tls: bool = False,
+    ):
+        self.realizer = realizer
+        self.tls = tls
+        self.ca_file: str | None = None  # with tls=True: the certificate to trust
+        self.port: int | None = None
+        self.node = node
+        self.token = token
+        self.schema = schema if schema is not None else Schema.load()
+        self.lock_timeout = lock_timeout
+        self.url: str | None = None
+        self.requests: list[dict[str, Any]] = []
+        self.fail_next: dict[str, str] = {}
+        self._state = threading.RLock()
+        self._cts: dict[int, Container] = {}
+        self._tasks: dict[str, Task] = {}
+        self._vm_locks: dict[int, threading.Lock] = {}
+        self._pids = itertools.count(random.randint(0x1000, 0x8000))
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._routes: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
+            ("GET", "/cluster/nextid"): self._nextid,
+            ("GET", "/nodes/{node}/lxc"): self._list,
+            ("POST", "/nodes/{node}/lxc"): self._create,
+            ("DELETE", "/nodes/{node}/lxc/{vmid}"): self._destroy,
+            ("GET", "/nodes/{node}/lxc/{vmid}/config"): self._get_config,
+            ("PUT", "/nodes/{node}/lxc/{vmid}/config"): self._set_config,
+            ("GET", "/nodes/{node}/lxc/{vmid}/status/current"): self._status,
+            ("POST", "/nodes/{node}/lxc/{vmid}/status/start"): self._start,
+            ("POST", "/nodes/{node}/lxc/{vmid}/status/shutdown"): self._shutdown,
+            ("POST", "/nodes/{node}/lxc/{vmid}/status/stop"): self._stop,
+            ("GET", "/nodes/{node}/lxc/{vmid}/snapshot"): self._list_snapshots,
+            ("POST", "/nodes/{node}/lxc/{vmid}/snapshot"): self._snapshot,
+            ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback"): self._rollback,
+            ("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}"): self._delete_snapshot,
+            ("GET", "/nodes/{node}/lxc/{vmid}/interfaces"): self._interfaces,
+            ("GET", "/nodes/{node}/tasks/{upid}/status"): self._task_status,
+            ("GET", "/nodes/{node}/tasks/{upid}/log"): self._task_log,
+        }
+        self._create_props = self.schema.properties("POST", "/nodes/{node}/lxc")
+        self._option_props = {
+            k: v for k, v in self.schema.properties("PUT", "/nodes/{node}/lxc/{vmid}/config").items()
+            if k not in NOT_OPTIONS
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> PveDouble:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.double = self  # type: ignore[attr-defined]
+        scheme = "http"
+        if self.tls:
+            cert, key = self_signed_certificate()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            # the handshake happens on the first read, in the request's thread
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+            self.ca_file, scheme = cert, "https"
+        self._server = server
+        self.port = server.server_address[1]
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self._serve_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True, name="pve-double"
+        )
+        self._serve_thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._serve_thread is not None:
+            self._serve_thread.join(5)
+            self._serve_thread = None
+        for task in list(self._tasks.values()):
+            if task.thread is not None:
+                task.thread.join(self.lock_timeout + 5)
+
+    def __enter__(self) -> PveDouble:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def api(self) -> str:
+        """Base URL of the API, ``http://127.0.0.1:PORT/api2/json``."""
+        return f"{self.url}{API_BASE}/json"
+
+    @property
+    def auth_header(self) -> str:
+        """The ``Authorization`` header value proxmoxer would send for ``token``."""
+        return f"PVEAPIToken={self.token[0]}={self.token[1]}"
+
+    # ----------------------------------------------------------------- inspection
+    def container(self, vmid: int) -> dict[str, Any] | None:
+        """A copy of the double's state for ``vmid`` (config, status, snapshots), or None."""
+        with self._state:
+            ct = self._cts.get(vmid)
+            if ct is None:
+                return None
+            return {"config": dict(ct.config), "status": ct.status, "snapshots": copy.deepcopy(ct.snapshots)}
+
+    def task(self, upid: str) -> Task | None:
+        with self._state:
+            return self._tasks.get(upid)
+
+    def wait_tasks(self, timeout: float = 10.0) -> bool:
+        """Wait until every task so far has finished; False on timeout."""
+        deadline = time.monotonic() + timeout
+        for task in list(self._tasks.values()):
+            if not task.done.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    # ----------------------------------------------------------------- HTTP entry
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str, dict]:
+        """One HTTP request -> (status, reason, JSON body); records it in ``requests``."""
+        method = method.upper()
+        split = urllib.parse.urlsplit(target)
+        path = urllib.parse.unquote(split.path)
+        rel = path
+        m = re.search(rf"^{API_BASE}/+([a-z][a-z0-9]+)(/.*)?$", path)
+        if m:
+            rel = m.group(2) or "/"
+        try:
+            sent = self._params(method, split.query, headers, body)
+        except ApiError:
+            sent = {}
+        try:
+            status, reason, payload = 200, "OK", self._dispatch(method, path, split.query, headers, body)
+        except ApiError as exc:
+            status, reason = exc.status, _reason(exc.message, exc.status)
+            payload = {"data": None}
+            if exc.status != 401:
+                if exc.errors:
+                    payload["errors"] = exc.errors
+                payload["message"] = exc.message or http.HTTPStatus(exc.status).phrase
+        except Exception as exc:  # a bug in the double: say so like Proxmox would
+            status, reason = 500, _reason(str(exc), 500)
+            payload = {"data": None, "message": f"internal error in the double: {exc!r}\n"}
+        self.requests.append({"method": method, "path": rel, "params": sent, "status": status})
+        return status, reason, payload
+
+    def _params(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if body and method not in ("POST", "PUT"):
+            raise ApiError(501, f"Unexpected content for method '{method}'")
+        if body:
+            if len(body) > MAX_POST:
+                raise ApiError(501, "for data too large")
+            ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype == "application/json":
+                try:
+                    decoded = json.loads(body.decode("utf-8"))
+                except ValueError as exc:
+                    raise ApiError(501, f"malformed JSON string - {exc}") from None
+                if not isinstance(decoded, dict):
+                    raise ApiError(501, "JSON body is not an object")
+                params = decoded
+            elif ctype in ("", "application/x-www-form-urlencoded"):
+                params = decode_urlencoded(body.decode("utf-8", "replace"))
+            else:
+                raise ApiError(506, f"upload 'Content-Type '{ctype}' not implemented")
+        params.update(decode_urlencoded(query))
+        params.pop("_dc", None)
+        return params
+
+    def _check_auth(self, headers: Mapping[str, str]) -> None:
+        header = headers.get("Authorization") or ""
+        m = re.search(r"(?:^|\s)PVEAPIToken(?:=|\s)(.*)$", header)
+        if not m:
+            raise ApiError(401, "No ticket")
+        tm = re.search(r"^(.+?)[=:](.+)$", m.group(1).strip())
+        if not tm or (tm.group(1), tm.group(2)) != tuple(self.token):
+            raise ApiError(401, "authentication failure")
+
+    def _dispatch(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict:
+        m = re.search(rf"^{API_BASE}/+([a-z][a-z0-9]+)(/.*)?$", path)
+        if not path.startswith(API_BASE):
+            raise ApiError(501, f"no such file '{path}'")
+        if not m:
+            raise ApiError(501, "no such uri")
+        fmt, rel = m.group(1), m.group(2) or "/"
+        self._check_auth(headers)
+        if fmt != "json":
+            raise ApiError(501, f"no formatter for uri {rel}, {fmt}")
+        params = self._params(method, query, headers, body)
+        found = self.schema.match(method, rel)
+        if found is None:
+            raise ApiError(501, f"Method '{method} {rel}' not implemented")
+        template, path_params = found
+        merged = {**params, **path_params}
+        errors = self.schema.validate(method, template, merged)
+        if errors:
+            raise param_error(errors)
+        handler = self._routes.get((method, template))
+        if handler is None:
+            raise ApiError(501, f"Method '{method} {template}' not implemented by the double",
+                           {"path": "not implemented by the double"})
+        node = path_params.get("node")
+        if node is not None and node != self.node:
+            raise ApiError(
+                500,
+                f"hostname lookup '{node}' failed - failed to get address info for: {node}: "
+                "Name or service not known\n",
+            )
+        props = self.schema.properties(method, template)
+        typed: dict[str, Any] = {}
+        for key, value in merged.items():
+            found_prop = lookup_property(props, key)
+            typed[key] = coerce(value, found_prop[1]) if found_prop else value
+        result = handler(typed)
+        if isinstance(result, _WithTotal):
+            return {"data": result.data, "total": result.total}
+        return {"data": result}
+
+    # ----------------------------------------------------------------- helpers
+    def _ct_or_500(self, vmid: int) -> Container:
+        ct = self._cts.get(vmid)
+        if ct is None:
+            raise ApiError(500, self._no_config(vmid))
+        return ct
+
+    def _no_config(self, vmid: int) -> str:
+        return f"Configuration file 'nodes/{self.node}/lxc/{vmid}.conf' does not exist\n"
+
+    def _load(self, vmid: int) -> Container:
+        """``load_config`` inside a task: dies with Proxmox's message."""
+        with self._state:
+            ct = self._cts.get(vmid)
+        if ct is None:
+            raise TaskError(self._no_config(vmid))
+        return ct
+
+    @staticmethod
+    def _check_lock(ct: Container, *, allow: tuple[str, ...] = ()) -> None:
+        lock = ct.config.get("lock")
+        if lock and lock not in allow:
+            raise TaskError(f"CT is locked ({lock})\n")
+
+    def _vm_lock(self, vmid: int) -> _Held:
+        with self._state:
+            lock = self._vm_locks.setdefault(vmid, threading.Lock())
+        if not lock.acquire(timeout=self.lock_timeout):
+            raise TaskError(f"can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout\n")
+        return _Held(lock)
+
+    def _random_mac(self) -> str:
+        return MAC_PREFIX + "".join(f":{random.randrange(256):02X}" for _ in range(3))
+
+    def _normalize(self, key: str, value: Any, vmid: int, storage: str, props: Mapping[str, Any],
+                   used_disks: list[int]) -> Any:
+        """A container option as Proxmox writes it to the config."""
+        found = lookup_property(props, key)
+        schema = found[1] if found else {}
+        fmt = schema.get("format")
+        if not isinstance(fmt, dict):
+            return coerce(value, schema)
+        try:
+            data = parse_property_string(fmt, perl_str(value), key)
+            if re.fullmatch(r"net\d+", key):
+                data["type"] = "veth"
+                if not data.get("hwaddr"):
+                    data["hwaddr"] = self._random_mac()
+            if key == "rootfs" or re.fullmatch(r"mp\d+", key):
+                m = NEW_DISK_RE.search(perl_str(data.get("volume", "")))
+                if m:
+                    number = next(i for i in itertools.count() if i not in used_disks)
+                    used_disks.append(number)
+                    data["volume"] = f"{m.group(2) or storage}:vm-{vmid}-disk-{number}"
+                    data["size"] = f"{m.group(3)}G"
+            return print_property_string(data, fmt)
+        except FormatError as exc:  # validated already; only print-time problems land here
+            raise ApiError(400, "Parameter verification failed.\n", {key: f"invalid format - {exc}"}) from None
+
+    def _vmstatus(self, ct: Container) -> dict[str, Any]:
+        conf = ct.config
+        rootfs_size = 0
+        m = re.search(r"(?:^|,)size=([^,]+)", str(conf.get("rootfs", "")))
+        if m:
+            rootfs_size = parse_size(m.group(1)) or 0
+        running = ct.status == "running"
+        status: dict[str, Any] = {
+            "vmid": ct.vmid,
+            "name": conf.get("hostname", f"CT{ct.vmid}"),
+            "status": ct.status,
+            "type": "lxc",
+            "maxmem": int(conf.get("memory", 512)) * 1024 * 1024,
+            "maxswap": int(conf.get("swap", 512)) * 1024 * 1024,
+            "maxdisk": rootfs_size,
+            "cpus": conf.get("cores") or os.cpu_count() or 1,
+            "cpu": 0,
+            "mem": 0,
+            "swap": 0,
+            "disk": 0,
+            "uptime": int(time.time() - ct.started) if running and ct.started else 0,
+            "netin": 0,
+            "netout": 0,
+            "diskread": 0,
+            "diskwrite": 0,
+        }
+        if running and ct.pid:
+            status["pid"] = ct.pid
+        for key in ("lock", "tags"):
+            if conf.get(key):
+                status[key] = conf[key]
+        if conf.get("template"):
+            status["template"] = 1
+        return status
+
+    # ----------------------------------------------------------------- tasks
+    def _spawn(self, operation: str, dtype: str, vmid: int, body: Callable[[Task], None]) -> str:
+        with self._state:
+            injected = self.fail_next.pop(operation, None)
+            pid = next(self._pids)
+            pstart = int(time.monotonic() * 100) & 0xFFFFFFFF
+            starttime = int(time.time())
+            user = self.token[0]
+            upid = f"UPID:{self.node}:{pid:08X}:{pstart:08X}:{starttime:08X}:{dtype}:{vmid}:{user}:"
+            task = Task(upid, self.node, pid, pstart, starttime, dtype, str(vmid), user, operation, injected)
+            self._tasks[upid] = task
+            thread = threading.Thread(target=self._run_task, args=(task, body), daemon=True, name=upid)
+            task.thread = thread
+        thread.start()
+        return upid
+
+    def _run_task(self, task: Task, body: Callable[[Task], None]) -> None:
+        error: str | None = None
+        try:
+            body(task)
+        except Exception as exc:  # every die in a worker ends the task with its text
+            error = str(exc).strip() or type(exc).__name__
+        with self._state:
+            if error is None:
+                task.log.append("TASK OK")
+                task.exitstatus = "OK"
+            else:
+                lines = f"TASK ERROR: {error}".split("\n")
+                task.log.extend(lines)
+                last = lines[-1]
+                task.exitstatus = last[len("TASK ERROR: "):] if last.startswith("TASK ERROR: ") else "unexpected status"
+            task.status = "stopped"
+        task.done.set()
+
+    def _tlog(self, task: Task, line: str) -> None:
+        with self._state:
+            task.log.append(line)
+
+    def _realize(self, task: Task, operation: str | None, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call the realizer, unless ``fail_next`` injected a failure for this task's operation."""
+        if operation is not None and operation == task.operation and task.injected is not None:
+            message, task.injected = task.injected, None
+            raise TaskError(message)
+        return fn(*args)
+
+    # ----------------------------------------------------------------- handlers
+    def _nextid(self, p: dict[str, Any]) -> str:
+        with self._state:
+            if p.get("vmid") is not None:
+                if p["vmid"] in self._cts:
+                    raise param_error({"vmid": f"VM {p['vmid']} already exists"})
+                return str(p["vmid"])
+            vmid = 100
+            while vmid in self._cts:
+                vmid += 1
+            return str(vmid)
+
+    def _list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._state:
+            return [self._vmstatus(ct) for _, ct in sorted(self._cts.items())]
+
+    def _create(self, p: dict[str, Any]) -> str:
+        vmid = p["vmid"]
+        if p.get("restore"):
+            raise ApiError(501, "restore is not implemented by the double", {"restore": "not implemented by the double"})
+        storage = p.get("storage") or "local"
+        used_disks: list[int] = []
+        with self._state:
+            if vmid in self._cts:
+                raise ApiError(500, f"CT {vmid} already exists on node '{self.node}'\n")
+            config: dict[str, Any] = {}
+            rootfs = p.get("rootfs", f"{storage}:4")  # pve-container: "$storage:4", 4 GiB
+            config["rootfs"] = self._normalize("rootfs", rootfs, vmid, storage, self._create_props, used_disks)
+            for key, value in p.items():
+                if key in CREATE_ONLY or key == "rootfs" or value is None:
+                    continue
+                config[key] = self._normalize(key, value, vmid, storage, self._create_props, used_disks)
+            config.setdefault("arch", "amd64")
+            config.setdefault("ostype", self._ostype(str(p["ostemplate"])))
+            config.setdefault("hostname", f"CT{vmid}")
+            config.setdefault("memory", 512)
+            config.setdefault("swap", 512)
+            if p.get("unprivileged"):
+                config["unprivileged"] = 1
+            ct = Container(vmid, {**config, "lock": "create"})
+            self._cts[vmid] = ct
+        realizer_params = {k: v for k, v in p.items() if k not in ("node", "vmid") and v is not None}
+        realizer_params.update(config)
+        start_after = bool(p.get("start"))
+
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                try:
+                    self._tlog(task, f"extracting archive '{p['ostemplate']}'")
+                    self._realize(task, "create", self.realizer.create, vmid, realizer_params)
+                    self._tlog(task, f"Detected container architecture: {config['arch']}")
+                except BaseException:
+                    with self._state:
+                        if self._cts.get(vmid) is ct:
+                            del self._cts[vmid]  # destroy_config after a failed create
+                    raise
+                with self._state:
+                    ct.config.pop("lock", None)
+            if start_after:
+                self._do_start(task, vmid, skiplock=False)
+
+        return self._spawn("create", "vzcreate", vmid, body)
+
+    @staticmethod
+    def _ostype(ostemplate: str) -> str:
+        base = ostemplate.rsplit("/", 1)[-1].rsplit(":", 1)[-1].lower()
+        name = re.split(r"[-_]", base, maxsplit=1)[0]
+        known = {"debian", "devuan", "ubuntu", "centos", "fedora", "opensuse", "archlinux", "alpine", "gentoo", "nixos"}
+        name = OSTYPE_ALIASES.get(name, name)
+        return name if name in known else "unmanaged"
+
+    def _get_config(self, p: dict[str, Any]) -> dict[str, Any]:
+        if p.get("snapshot") and p.get("current"):
+            message = "cannot use 'snapshot' parameter with 'current'"
+            raise param_error({"snapshot": message, "current": message})
+        with self._state:
+            ct = self._ct_or_500(p["vmid"])
+            if p.get("snapshot"):
+                snap = ct.snapshots.get(p["snapshot"])
+                if snap is None:
+                    raise ApiError(500, f"snapshot '{p['snapshot']}' does not exist\n")
+                result = dict(snap["config"])
+                result.update({k: v for k, v in snap.items() if k not in ("config",) and v is not None})
+            else:
+                result = dict(ct.config)
+            result["digest"] = ct.digest()
+            return result
+
+    def _set_config(self, p: dict[str, Any]) -> None:
+        vmid = p["vmid"]
+        options = {k: v for k, v in p.items() if k not in ("node", "vmid", "digest")}
+        if not options:
+            raise ApiError(500, "no options specified\n")
+        delete = split_list(options.pop("delete", None))
+        revert = split_list(options.pop("revert", None))
+        for opt in revert:
+            if lookup_property(self._option_props, opt) is None:
+                raise param_error({"revert": f"unknown option '{opt}'"})
+            if options.get(opt) is not None:
+                raise param_error({"revert": f"you can't use '-{opt}' and '-revert {opt}' at the same time"})
+        for opt in delete:
+            if lookup_property(self._option_props, opt) is None:
+                raise param_error({"delete": f"unknown option '{opt}'"})
+            if options.get(opt) is not None:
+                raise param_error({"delete": f"you can't use '-{opt}' and -delete {opt}' at the same time"})
+            if opt in revert:
+                raise param_error({"delete": f"you can't use '-delete {opt}' and '-revert {opt}' at the same time"})
+        try:
+            held = self._vm_lock(vmid)
+        except TaskError as exc:
+            raise ApiError(500, str(exc)) from None
+        with held:
+            with self._state:
+                ct = self._ct_or_500(vmid)
+                if ct.config.get("lock"):
+                    raise ApiError(500, f"CT is locked ({ct.config['lock']})\n")
+                if p.get("digest") and p["digest"] != ct.digest():
+                    raise ApiError(500, "detected modified configuration - file changed by other user? Try again.\n")
+                for opt in delete:
+                    if opt in ("hostname", "memory", "rootfs"):
+                        raise ApiError(500, f"unable to delete required option '{opt}'\n")
+                storage = str(ct.config.get("rootfs", "local:")).split(":", 1)[0]
+                used = [int(n) for n in re.findall(rf"vm-{vmid}-disk-(\d+)", json.dumps(ct.config))]
+                changes: dict[str, Any] = {
+                    k: self._normalize(k, v, vmid, storage, self._option_props, used)
+                    for k, v in options.items() if v is not None
+                }
+                changes.update({opt: None for opt in delete if opt in ct.config})
+            injected = self.fail_next.pop("set_config", None)
+            if changes:
+                try:
+                    if injected is not None:
+                        raise TaskError(injected)
+                    self.realizer.set_config(vmid, dict(changes))
+                except Exception as exc:
+                    raise ApiError(500, str(exc).rstrip("\n") + "\n") from None
+            with self._state:
+                for key, value in changes.items():
+                    if value is None:
+                        ct.config.pop(key, None)
+                    else:
+                        ct.config[key] = value
+        return None
+
+    def _status(self, p: dict[str, Any]) -> dict[str, Any]:
+        with self._state:
+            ct = self._ct_or_500(p["vmid"])
+            return {**self._vmstatus(ct), "ha": {"managed": 0}}
+
+    def _do_start(self, task: Task, vmid: int, *, skiplock: bool) -> None:
+        with self._vm_lock(vmid):
+            ct = self._load(vmid)
+            if ct.config.get("template"):
+                raise TaskError("you can't start a CT if it's a template\n")
+            if not skiplock:
+                self._check_lock(ct, allow=("mounted",))
+            self._realize(task, "start", self.realizer.start, vmid)
+            with self._state:
+                ct.status, ct.started, ct.pid = "running", time.time(), random.randint(1000, 4_000_000)
+
+    def _start(self, p: dict[str, Any]) -> str:
+        vmid = p["vmid"]
+        with self._state:
+            ct = self._cts.get(vmid)
+            if ct is not None and ct.status == "running":
+                raise ApiError(500, f"CT {vmid} already running\n")
+        skiplock = bool(p.get("skiplock"))
+        return self._spawn("start", "vzstart", vmid, lambda task: self._do_start(task, vmid, skiplock=skiplock))
+
+    def _require_running(self, vmid: int) -> None:
+        with self._state:
+            ct = self._cts.get(vmid)
+            if ct is None or ct.status != "running":
+                raise ApiError(500, f"CT {vmid} not running\n")
+
+    def _stopped(self, ct: Container) -> None:
+        with self._state:
+            ct.status, ct.started, ct.pid = "stopped", None, None
+
+    def _shutdown(self, p: dict[str, Any]) -> str:
+        vmid = p["vmid"]
+        self._require_running(vmid)
+        timeout = p.get("timeout")
+        timeout = 60 if timeout is None else timeout
+        force = bool(p.get("forceStop"))
+
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                self._check_lock(ct)
+                try:
+                    self._realize(task, "shutdown", self.realizer.shutdown, vmid, timeout)
+                except Exception as exc:
+                    if not force:
+                        raise
+                    self._tlog(task, f"shutdown failed ({str(exc).strip()}) - stopping container")
+                    self.realizer.stop(vmid)
+                self._stopped(ct)
+
+        return self._spawn("shutdown", "vzshutdown", vmid, body)
+
+    def _stop(self, p: dict[str, Any]) -> str:
+        vmid = p["vmid"]
+        self._require_running(vmid)
+        skiplock = bool(p.get("skiplock"))
+
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                if not skiplock:
+                    self._check_lock(ct, allow=("mounted",))
+                self._realize(task, "stop", self.realizer.stop, vmid)
+                self._stopped(ct)
+
+        return self._spawn("stop", "vzstop", vmid, body)
+
+    def _destroy(self, p: dict[str, Any]) -> str:
+        vmid = p["vmid"]
+        force = bool(p.get("force"))
+        running_msg = f"unable to destroy CT {vmid} - container is running\n"
+        with self._state:
+            ct = self._ct_or_500(vmid)
+            if ct.config.get("protection"):
+                raise ApiError(500, f"can't remove CT {vmid} - protection mode enabled\n")
+            if ct.status == "running" and not force:
+                raise ApiError(500, running_msg)
+
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                self._check_lock(ct)
+                if ct.status == "running":
+                    if not force:
+                        raise TaskError(running_msg)
+                    self.realizer.stop(vmid)
+                    self._stopped(ct)
+                self._realize(task, "destroy", self.realizer.destroy, vmid)
+                with self._state:
+                    if self._cts.get(vmid) is ct:
+                        del self._cts[vmid]
+
+        return self._spawn("destroy", "vzdestroy", vmid, body)
+
+    def _list_snapshots(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._state:
+            ct = self._ct_or_500(p["vmid"])
+            result = []
+            for name, snap in ct.snapshots.items():
+                item = {"name": name, "snaptime": snap.get("snaptime") or 0, "description": snap.get("description") or ""}
+                if snap.get("parent") is not None:
+                    item["parent"] = snap["parent"]
+                if snap.get("snapstate"):
+                    item["snapstate"] = snap["snapstate"]
+                result.append(item)
+            current = {"name": "current", "digest": ct.digest(), "running": int(ct.status == "running"),
+                       "description": "You are here!"}
+            if ct.config.get("parent") is not None:
+                current["parent"] = ct.config["parent"]
+            result.append(current)
+            return result
+
+    def _snapshot(self, p: dict[str, Any]) -> str:
+        vmid, name = p["vmid"], p["snapname"]
+        for reserved in ("current", "vzdump"):
+            if name == reserved:
+                raise ApiError(500, f"unable to use snapshot name '{reserved}' (reserved name)\n")
+        description = p.get("description")
+
+        # Like pve-container: prepare and commit under the config flock, the storage work in
+        # between protected only by "lock: snapshot" (so other calls fail fast, not wait).
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                with self._state:
+                    self._check_lock(ct)
+                    if name in ct.snapshots:
+                        raise TaskError(f"snapshot name '{name}' already used\n")
+                    saved = {k: v for k, v in ct.config.items() if k not in ("lock", "parent")}
+                    snap: dict[str, Any] = {"config": saved, "snapstate": "prepare", "snaptime": int(time.time())}
+                    if ct.config.get("parent") is not None:
+                        snap["parent"] = ct.config["parent"]
+                    if description:
+                        snap["description"] = description
+                    ct.snapshots[name] = snap
+                    ct.config["lock"] = "snapshot"
+            try:
+                self._realize(task, "snapshot", self.realizer.snapshot, vmid, name)
+            except BaseException:
+                with self._vm_lock(vmid), self._state:
+                    ct.snapshots.pop(name, None)
+                    ct.config.pop("lock", None)
+                raise
+            with self._vm_lock(vmid), self._state:
+                snap.pop("snapstate", None)
+                ct.config.pop("lock", None)
+                ct.config["parent"] = name
+
+        return self._spawn("snapshot", "vzsnapshot", vmid, body)
+
+    def _rollback(self, p: dict[str, Any]) -> str:
+        vmid, name = p["vmid"], p["snapname"]
+        start_after = bool(p.get("start"))
+
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                with self._state:
+                    snap = ct.snapshots.get(name)
+                    if snap is None:
+                        raise TaskError(f"snapshot '{name}' does not exist\n")
+                    self._check_lock(ct)
+                    ct.config["lock"] = "rollback"
+            if ct.status == "running":  # pve-container stops the CT before rolling back
+                self.realizer.stop(vmid)
+                self._stopped(ct)
+            # A failed rollback leaves "lock: rollback" behind, as in Proxmox.
+            self._realize(task, "rollback", self.realizer.rollback, vmid, name)
+            with self._vm_lock(vmid), self._state:
+                ct.config = {**copy.deepcopy(snap["config"]), "parent": name}
+            if start_after:
+                self._do_start(task, vmid, skiplock=False)
+
+        return self._spawn("rollback", "vzrollback", vmid, body)
+
+    def _delete_snapshot(self, p: dict[str, Any]) -> str:
+        vmid, name = p["vmid"], p["snapname"]
+        force = bool(p.get("force"))
+
+        def body(task: Task) -> None:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                with self._state:
+                    snap = ct.snapshots.get(name)
+                    if snap is None:
+                        raise TaskError(f"snapshot '{name}' does not exist\n")
+                    self._check_lock(ct)
+                    snap["snapstate"] = "delete"
+                    ct.config["lock"] = "snapshot-delete"
+            try:
+                self._realize(task, "delete_snapshot", self.realizer.delete_snapshot, vmid, name)
+            except BaseException:
+                if not force:
+                    with self._vm_lock(vmid), self._state:
+                        snap.pop("snapstate", None)
+                        ct.config.pop("lock", None)
+                    raise
+            with self._vm_lock(vmid), self._state:
+                parent = snap.get("parent")
+                for other in ct.snapshots.values():
+                    if other.get("parent") == name:
+                        if parent is None:
+                            other.pop("parent", None)
+                        else:
+                            other["parent"] = parent
+                if ct.config.get("parent") == name:
+                    if parent is None:
+                        ct.config.pop("parent", None)
+                    else:
+                        ct.config["parent"] = parent
+                del ct.snapshots[name]
+                ct.config.pop("lock", None)
+
+        return self._spawn("delete_snapshot", "vzdelsnapshot", vmid, body)
+
+    def _interfaces(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        vmid = p["vmid"]
+        with self._state:
+            self._ct_or_500(vmid)
+        self._require_running(vmid)
+        injected = self.fail_next.pop("interfaces", None)
+        try:
+            if injected is not None:
+                raise TaskError(injected)
+            raw = self.realizer.interfaces(vmid)
+        except Exception as exc:
+            raise ApiError(500, str(exc).rstrip("\n") + "\n") from None
+        return [_full_interface(i) for i in raw]
+
+    def _task_status(self, p: dict[str, Any]) -> dict[str, Any]:
+        upid = p["upid"]
+        m = UPID_RE.search(upid)
+        if not m:
+            raise ApiError(500, f"unable to parse worker upid '{upid}'\n")
+        with self._state:
+            task = self._tasks.get(upid)
+            if task is None:
+                result: dict[str, Any] = {
+                    "upid": upid, "node": m.group(1), "pid": int(m.group(3), 16), "pstart": int(m.group(4), 16),
+                    "starttime": int(m.group(5), 16), "type": m.group(6), "id": m.group(7), "user": m.group(8),
+                    "status": "stopped", "exitstatus": "unable to open file - No such file or directory",
+                }
+            else:
+                result = {
+                    "upid": task.upid, "node": task.node, "pid": task.pid, "pstart": task.pstart,
+                    "starttime": task.starttime, "type": task.type, "id": task.id, "user": task.user,
+                    "status": task.status,
+                }
+                if task.status == "stopped":
+                    result["exitstatus"] = task.exitstatus
+        if "!" in result["user"]:
+            result["user"], result["tokenid"] = result["user"].split("!", 1)
+        return result
+
+    def _task_log(self, p: dict[str, Any]) -> _WithTotal:
+        upid = p["upid"]
+        if not UPID_RE.search(upid):
+            raise ApiError(500, f"unable to parse worker upid '{upid}'\n")
+        start = p.get("start") or 0
+        limit = p.get("limit")
+        limit = 50 if limit is None else limit
+        with self._state:
+            task = self._tasks.get(upid)
+            if task is None:
+                return _WithTotal([{"n": 1, "t": "unable to open file - No such file or directory"}], 1)
+            lines = list(task.log)
+        if not lines:
+            return _WithTotal([{"n": 1, "t": "no content"}], 1)
+        chosen = lines[start:] if limit == 0 else lines[start:start + limit]
+        return _WithTotal([{"n": start + i + 1, "t": t} for i, t in enumerate(chosen)], len(lines))
+
+
+@dataclass
+class _WithTotal:
+    data: Any
+    total: int
+
+
+class _Held:
+    def __init__(self, lock: threading.Lock):
+        self._lock = lock
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
+def _full_interface(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill in the keys PVE's ``GET .../interfaces`` always returns (``hardware-address``, ``ip-addresses``)."""
+    iface = dict(raw)
+    iface.setdefault("hwaddr", "")
+    iface.setdefault("hardware-address", iface["hwaddr"])
+    if "ip-addresses" not in iface:
+        addresses = []
+        for key, kind in (("inet", "inet"), ("inet6", "inet6")):
+            if iface.get(key):
+                address, _, prefix = str(iface[key]).partition("/")
+                entry: dict[str, Any] = {"ip-address": address, "ip-address-type": kind}
+                if prefix.isdigit():
+                    entry["prefix"] = int(prefix)
+                addresses.append(entry)
+        iface["ip-addresses"] = addresses
+    return iface
+
+
+_CERTIFICATE: tuple[str, str] | None = None
+_CERTIFICATE_LOCK = threading.Lock()
+
+
+def self_signed_certificate() -> tuple[str, str]:
+    """(cert, key) files for 127.0.0.1/localhost, made once per process with the openssl CLI."""
+    global _CERTIFICATE
+    with _CERTIFICATE_LOCK:
+        if _CERTIFICATE is None:
+            openssl = shutil.which("openssl")
+            if openssl is None:
+                raise RuntimeError("PveDouble(tls=True) needs the openssl command to make a certificate")
+            directory = tempfile.mkdtemp(prefix="pve-double-tls-")
+            cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+            subprocess.run(
+                [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                check=True, capture_output=True,
+            )
+            _CERTIFICATE = (cert, key)
+        return _CERTIFICATE
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that hangs up or fails the TLS handshake is no error of the double's
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "pve-api-daemon/3.0"
+    sys_version = ""
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        double: PveDouble = self.server.double  # type: ignore[attr-defined]
+        status, reason, payload = double.handle(self.command, self.path, self.headers, body)
+        raw = json.dumps(payload).encode()
+        self.send_response(status, reason)
+        self.send_header("Content-Type", "application/json;charset=UTF-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.send_header("Cache-Control", "max-age=0")
+        self.send_header("Pragma", "no-cache")
+        self.end_headers()
+        self.wfile.write(raw)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
