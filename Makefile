@@ -11,11 +11,14 @@ demo: bootstrap
 	@$(PROXIMITY) sandbox destroy $(SANDBOX) >/dev/null
 	$(PROXIMITY) sandbox create $(SANDBOX)
 	$(PROXIMITY) up --sandbox $(SANDBOX)
-	$(PROXIMITY) sandbox attach $(SANDBOX) nginx-01
-	$(PROXIMITY) sandbox attach $(SANDBOX) wordpress-02
+	$(PROXIMITY) ct create nginx-01 --sandbox $(SANDBOX)
+	$(PROXIMITY) ct create wordpress-02 --sandbox $(SANDBOX)
+	$(PROXIMITY) ct list --sandbox $(SANDBOX)
 	$(PROXIMITY) status --sandbox $(SANDBOX)
+	@scripts/wait-leases.sh $(SANDBOX) 2
 	$(PROXIMITY) leases --sandbox $(SANDBOX)
-	$(PROXIMITY) sandbox exec $(SANDBOX) wordpress-02 -- busybox nslookup nginx-01.prox.local
+	$(PROXIMITY) ct exec wordpress-02 --sandbox $(SANDBOX) -- nslookup nginx-01.prox.local
+	$(PROXIMITY) ct exec wordpress-02 --sandbox $(SANDBOX) -- wget -qO- http://nginx-01.prox.local
 	@echo "The sandbox $(SANDBOX) stays up to explore (see the README); remove it with: make demo-clean"
 
 demo-clean: bootstrap

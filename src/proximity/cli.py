@@ -32,7 +32,8 @@ app.add_typer(sandbox_app, name="sandbox")
 ct_app = typer.Typer(help="Application containers on the managed network.", no_args_is_help=True)
 app.add_typer(ct_app, name="ct")
 
-out = Console(soft_wrap=True)
+# Piped or logged output is not cut at 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 SandboxOpt = Annotated[str | None, typer.Option("--sandbox", envvar="PROXIMITY_SANDBOX",
@@ -319,6 +320,19 @@ def ct_stop(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) ->
 def ct_destroy(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
     """Destroy a container and release its reservation and lease."""
     _ct_action("destroy", ref, sandbox, dry_run)
+
+
+@ct_app.command("exec")
+@friendly
+def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: SandboxOpt = None) -> None:
+    """Run a command inside a container (lxc backend; on Proxmox use `pct exec`)."""
+    manager = containers_for(sandbox)
+    if not hasattr(manager.backend, "exec"):
+        raise BackendError(f"the {manager.backend.name} backend cannot exec: use `pct exec {ref} -- ...` on the node")
+    result = manager.backend.exec(manager.resolve(ref), command, timeout=60)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    raise typer.Exit(result.returncode)
 
 
 @app.command()
