@@ -31,6 +31,8 @@ sandbox_app = typer.Typer(help="The sandbox host: a Proxmox-like host made of ne
 app.add_typer(sandbox_app, name="sandbox")
 ct_app = typer.Typer(help="Application containers on the managed network.", no_args_is_help=True)
 app.add_typer(ct_app, name="ct")
+token_app = typer.Typer(help="The API's bearer token.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 # Piped or logged output is not cut at 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -351,3 +353,47 @@ def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, a
     else:
         out.print(f"CT {vmid} is on {manager.settings.bridge} as {report.dns_name} ({report.ip}); "
                   f"snapshot {report.snapshot} is kept for a manual rollback.")
+
+
+@app.command()
+@friendly
+def serve(sandbox: SandboxOpt = None,
+          host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+          pid_file: Annotated[str | None, typer.Option(help="Write the service's pid here.")] = None) -> None:
+    """Run the HTTP API and dashboard: converge the network first, then serve (retrying the converge if it fails)."""
+    import os
+
+    import uvicorn
+
+    from proximity.api.app import Context, create_app
+
+    context = Context(settings_for(sandbox))
+    if pid_file:
+        with open(pid_file, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    err.print(f"Proximity API on http://{host}:{port}/ (token: `proximity token show"
+              + (f" --sandbox {sandbox}" if sandbox else "") + "`)", highlight=False)
+    uvicorn.run(create_app(context), host=host, port=port, log_level="warning")
+
+
+@token_app.command("show")
+@friendly
+def token_show(sandbox: SandboxOpt = None) -> None:
+    """Print the API token (created if there is none yet)."""
+    from proximity.api.auth import TokenStore
+
+    sys.stdout.write(TokenStore(settings_for(sandbox)).ensure() + "\n")
+
+
+@token_app.command("rotate")
+@friendly
+def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Replace the API token; the old one stops working at once."""
+    from proximity.api.auth import TokenStore
+
+    store = TokenStore(settings_for(sandbox))
+    if dry_run:
+        out.print(f"Dry run: would write a new token to {store.path} (mode 0600).")
+        return
+    sys.stdout.write(store.rotate() + "\n")

@@ -216,6 +216,10 @@ class Settings(BaseSettings):
         return self.state_dir / "hosts"
 
     @property
+    def api_token_file(self) -> Path:
+        return self.dnsmasq_conf.parent / "api-token"
+
+    @property
     def unit_file(self) -> Path:
         return self.systemd_dir / f"{self.service_name}.service"
 

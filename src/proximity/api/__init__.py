@@ -1,0 +1,1 @@
+"""The Proximity service: HTTP API, jobs, metrics and the dashboard."""

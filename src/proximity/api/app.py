@@ -1,0 +1,278 @@
+"""The Proximity service: the HTTP API (FastAPI), its jobs, and the dashboard.
+
+Start-up follows the seed: the network is converged first (the same ``up`` as the CLI), then
+the container backend. A failed converge does not stop the service: it reports
+``unhealthy`` with the reason and retries in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from proximity.api.auth import TokenStore, require_token
+from proximity.api.jobs import Job, JobRunner
+from proximity.containers.base import BackendError
+from proximity.containers.manager import ContainerManager, MigrationError
+from proximity.containers.reservations import AdmissionError
+from proximity.network.doctor import run_doctor
+from proximity.network.manager import ConvergeError, NetworkManager
+from proximity.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"  # RFC 1123 label
+
+
+class Context:
+    """Everything the service needs, built once at start-up."""
+
+    def __init__(self, settings: Settings, containers: ContainerManager | None = None, retry_every: float = 30):
+        self.settings = settings
+        self.network = NetworkManager(settings)
+        self.tokens = TokenStore(settings)
+        self.jobs = JobRunner()
+        self._containers = containers
+        self.retry_every = retry_every
+        self.last_converge: dict[str, Any] = {"ok": None, "time": None, "error": None}
+        self._stop = threading.Event()
+        self._converge_lock = threading.Lock()
+        from proximity.api.status import StatusSnapshot  # noqa: PLC0415 (after network is built)
+
+        self.status = StatusSnapshot(self.network)
+
+    @property
+    def containers(self) -> ContainerManager:
+        if self._containers is None:
+            from proximity.containers.factory import backend_for
+
+            self._containers = ContainerManager(self.network, backend_for(self.settings))
+        return self._containers
+
+    def converge(self, job: Job | None = None) -> dict:
+        with self._converge_lock:
+            try:
+                report = self.network.up()
+                self.last_converge = {"ok": True, "time": time.time(), "error": None}
+                if job:
+                    for action in report.actions or ["nothing to do: the host already matches the settings"]:
+                        job.step(action)
+                return report.as_dict()
+            except Exception as exc:
+                self.last_converge = {"ok": False, "time": time.time(), "error": str(exc)}
+                raise
+            finally:
+                self.status.invalidate()
+
+    def start_background(self) -> None:
+        """Converge now, and keep retrying while it fails; never crash the service."""
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.converge()
+                    return
+                except Exception as exc:
+                    log.error("network converge failed, retrying in %.0f s: %s", self.retry_every, exc)
+                if self._stop.wait(self.retry_every):
+                    return
+
+        threading.Thread(target=loop, name="proximity-converge", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.jobs.shutdown()
+        self.status.close()
+
+
+# -- request and response models ----------------------------------------------------
+class CreateContainer(BaseModel):
+    hostname: str = Field(pattern=HOSTNAME_PATTERN, description="RFC 1123 label, e.g. nginx-01")
+    memory: int = Field(256, ge=16, le=1048576, description="MiB")
+    cores: int = Field(1, ge=1, le=8192)
+    template: str | None = Field(None, max_length=255)
+    start: bool = True
+
+
+class Migrate(BaseModel):
+    dry_run: bool = False
+    timeout: float = Field(60, gt=0, le=3600)
+
+
+class Initialize(BaseModel):
+    dry_run: bool = False
+
+
+class JobAccepted(BaseModel):
+    job: dict[str, Any]
+
+
+def create_app(context: Context, start_background: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        context.tokens.ensure()
+        if start_background:
+            context.start_background()
+        yield
+        context.stop()
+
+    app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan,
+                  description="Managed, isolated networking (prox-net) for the containers of a Proxmox host.")
+    app.state.context = context
+    auth = [Depends(require_token)]
+
+    @app.exception_handler(SettingsError)
+    async def settings_error(request: Request, exc: SettingsError) -> JSONResponse:
+        status = 409 if isinstance(exc, AdmissionError) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(BackendError)
+    async def backend_error(request: Request, exc: BackendError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    # -- system ----------------------------------------------------------------------
+    @app.get("/healthz", tags=["system"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/system/network/status", tags=["network"], dependencies=auth)
+    def network_status() -> dict[str, Any]:
+        st = context.status.get()
+        data = st.as_dict()
+        data["last_converge"] = context.last_converge
+        healthy = st.health_status == "healthy"
+        message = "Network infrastructure operational" if healthy else f"Network {st.health_status}: " + "; ".join(
+            st.reasons or [context.last_converge.get("error") or "unknown"])
+        return {"message": message, "data": data}
+
+    @app.get("/api/v1/system/network/leases", tags=["network"], dependencies=auth)
+    def network_leases() -> dict[str, Any]:
+        leases, warnings = context.network.leases()
+        return {"data": [lease.as_dict() for lease in leases], "warnings": warnings}
+
+    @app.get("/api/v1/system/network/doctor", tags=["network"], dependencies=auth)
+    def network_doctor() -> dict[str, Any]:
+        return {"data": [check.__dict__ for check in run_doctor(context.network)]}
+
+    @app.post("/api/v1/system/network/initialize", tags=["network"], dependencies=auth, status_code=202)
+    def network_initialize(body: Initialize | None = None) -> Any:
+        if body is not None and body.dry_run:
+            plan = NetworkManager(context.settings, dry_run=True).up()
+            return JSONResponse({"data": plan.as_dict()}, status_code=200)
+        job = context.jobs.submit("initialize", context.settings.bridge, lambda job: context.converge(job))
+        return {"job": job.public()}
+
+    # -- containers ------------------------------------------------------------------
+    @app.get("/api/v1/containers", tags=["containers"], dependencies=auth)
+    def list_containers() -> dict[str, Any]:
+        return {"data": [c.as_dict() for c in context.containers.list()]}
+
+    @app.get("/api/v1/containers/{ref}", tags=["containers"], dependencies=auth)
+    def get_container(ref: Annotated[str, Path(max_length=63)]) -> dict[str, Any]:
+        return {"data": context.containers.info(_vmid(ref)).as_dict()}
+
+    @app.post("/api/v1/containers", tags=["containers"], dependencies=auth, status_code=202)
+    def create_container(body: CreateContainer) -> dict[str, Any]:
+        context.containers.plan_create(body.hostname)  # admission now: a 409 beats a failed job
+
+        def work(job: Job) -> dict:
+            job.step(f"reserving an address for {body.hostname}", 10)
+            info = context.containers.create(body.hostname, memory=body.memory, cores=body.cores,
+                                             template=body.template, start=body.start)
+            job.step(f"created CT {info.vmid} with {info.ip} ({info.dns_name})", 90)
+            context.status.invalidate()
+            return info.as_dict()
+
+        return {"job": context.jobs.submit("create", body.hostname, work).public()}
+
+    @app.post("/api/v1/containers/{ref}/start", tags=["containers"], dependencies=auth)
+    def start_container(ref: Annotated[str, Path(max_length=63)]) -> dict[str, Any]:
+        return {"data": context.containers.start(str(_vmid(ref))).as_dict()}
+
+    @app.post("/api/v1/containers/{ref}/stop", tags=["containers"], dependencies=auth)
+    def stop_container(ref: Annotated[str, Path(max_length=63)]) -> dict[str, Any]:
+        return {"data": context.containers.stop(str(_vmid(ref))).as_dict()}
+
+    @app.delete("/api/v1/containers/{ref}", tags=["containers"], dependencies=auth)
+    def destroy_container(ref: Annotated[str, Path(max_length=63)]) -> dict[str, Any]:
+        vmid = _vmid(ref)
+        context.containers.destroy(str(vmid))
+        context.status.invalidate()
+        return {"data": {"vmid": vmid, "destroyed": True}}
+
+    @app.post("/api/v1/containers/{vmid}/migrate", tags=["containers"], dependencies=auth, status_code=202)
+    def migrate_container(vmid: Annotated[int, Path(ge=100, le=999999999)], body: Migrate | None = None) -> Any:
+        body = body or Migrate()
+        context.containers.info(_vmid(str(vmid)))  # 404 now rather than a failed job
+        if body.dry_run:
+            return JSONResponse({"data": context.containers.migrate(vmid, dry_run=True).as_dict()}, status_code=200)
+
+        def work(job: Job) -> dict:
+            steps = iter(range(15, 95, 15))
+            try:
+                report = context.containers.migrate(vmid, timeout=body.timeout,
+                                                    progress=lambda text: job.step(text, next(steps, 90)))
+            except MigrationError:
+                context.status.invalidate()
+                raise
+            context.status.invalidate()
+            return report.as_dict()
+
+        return {"job": context.jobs.submit("migrate", str(vmid), work).public()}
+
+    # -- jobs ------------------------------------------------------------------------
+    @app.get("/api/v1/jobs/{job_id}", tags=["jobs"], dependencies=auth)
+    def get_job(job_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+        return {"data": _job(job_id).public()}
+
+    @app.get("/api/v1/jobs/{job_id}/events", tags=["jobs"], dependencies=auth,
+             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    def job_events(job_id: Annotated[str, Path(max_length=64)]) -> StreamingResponse:
+        job = _job(job_id)
+        import json
+
+        def stream():
+            for event in job.events():
+                yield f"event: {event['event']}\ndata: {json.dumps(event['data'], default=str)}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- metrics and dashboard --------------------------------------------------------
+    @app.get("/metrics", tags=["system"], dependencies=auth, response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        from proximity.api.metrics import render_metrics
+
+        return PlainTextResponse(render_metrics(context), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
+    def dashboard() -> HTMLResponse:
+        page = resources.files("proximity.api").joinpath("static/index.html")
+        return HTMLResponse(page.read_text() if page.is_file() else "<h1>Proximity</h1>")
+
+    def _vmid(ref: str) -> int:
+        try:
+            vmid = context.containers.resolve(ref)
+            if ref.isdigit():
+                context.containers.backend.status(vmid)
+            return vmid
+        except (SettingsError, BackendError):
+            raise HTTPException(404, f"no container with id or hostname {ref!r}") from None
+
+    def _job(job_id: str) -> Job:
+        job = context.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (jobs are kept in memory while the service runs)")
+        return job
+
+    return app
+
+
+__all__ = ["Context", "ConvergeError", "create_app", "Query"]
