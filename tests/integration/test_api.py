@@ -1,0 +1,132 @@
+"""The HTTP API against a sandbox host with the lxc backend, in-process (FastAPI's TestClient)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from fastapi.testclient import TestClient
+
+from proximity import sandbox as sandboxes
+from proximity.api.app import Context, create_app
+from proximity.containers.base import ContainerSpec
+from proximity.containers.lxc import LxcBackend
+from proximity.host import wait_for
+from proximity.settings import load_settings
+from tests.integration.tools import proximity, resolve
+
+SEED_KEYS = {"bridge_name", "bridge_ip", "subnet", "dhcp_range", "dns_domain", "bridge_up", "nat_configured",
+             "dhcp_service_running", "health_status"}
+
+
+@pytest.fixture(scope="module")
+def api(sandbox):
+    """The service as `proximity serve` builds it: it converges the network itself at start-up."""
+    context = Context(load_settings(**sandbox.settings_overrides()), retry_every=1)
+    with TestClient(create_app(context)) as client:
+        client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
+        assert wait_for(lambda: context.last_converge["ok"], timeout=60), context.last_converge
+        yield client, context
+        backend = LxcBackend(sandbox.name, sandbox.state_dir / "lxc")
+        for container in backend.list():
+            context.containers.destroy(str(container.vmid))
+    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
+
+
+def follow(client, job: dict, timeout: float = 90) -> dict:
+    """Follow a job through its server-sent events to the end, then read it."""
+    events = []
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/events", timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+            if events and events[-1] == "done" and line.startswith("data: "):
+                break
+    assert events[0] == "queued" and events[-1] == "done", events
+    return client.get(f"/api/v1/jobs/{job['id']}").json()["data"]
+
+
+def test_status_has_the_seed_shape_and_needs_a_token(api):
+    client, context = api
+    body = client.get("/api/v1/system/network/status").json()
+    assert body["message"] == "Network infrastructure operational"
+    assert SEED_KEYS <= set(body["data"]) and body["data"]["health_status"] == "healthy"
+    assert body["data"]["bridge_name"] == "prox-net" and body["data"]["dhcp_range"] == "10.10.0.100-10.10.0.250"
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
+        assert client.get("/api/v1/system/network/status", headers=headers).status_code == 401
+        assert client.post("/api/v1/containers", json={"hostname": "sneaky"}, headers=headers).status_code == 401
+    assert client.get("/healthz", headers={"Authorization": ""}).status_code == 200
+    assert not any(c.hostname == "sneaky" for c in context.containers.list())
+    token_mode = os.stat(context.settings.api_token_file).st_mode & 0o777
+    assert token_mode == 0o600
+
+
+def test_bad_input_names_the_field(api):
+    client, _ = api
+    bad = client.post("/api/v1/containers", json={"hostname": "bad_name!"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "hostname"
+    assert client.post("/api/v1/containers", json={"hostname": "ok", "memory": 1}).status_code == 422
+    assert client.get("/api/v1/containers/nope").status_code == 404
+    assert client.get("/api/v1/jobs/nope").status_code == 404
+
+
+def test_create_through_the_api_and_follow_its_job(api, sandbox):
+    client, context = api
+    accepted = client.post("/api/v1/containers", json={"hostname": "api-01"})
+    assert accepted.status_code == 202
+    job = follow(client, accepted.json()["job"])
+    assert job["status"] == "succeeded" and job["progress"] == 100, job
+    assert any("api-01.prox.local" in step["text"] for step in job["steps"])
+    info = job["result"]
+    assert wait_for(lambda: any(lease["hostname"] == "api-01" and lease["ip"] == info["ip"] for lease in
+                                client.get("/api/v1/system/network/leases").json()["data"]), timeout=20)
+    peer = sandboxes.attach_client(sandbox, "apipeer")
+    try:
+        assert resolve(peer.ns, "api-01.prox.local", "10.10.0.1") == [info["ip"]]
+    finally:
+        sandboxes.detach_client(sandbox, "apipeer")
+    listed = client.get("/api/v1/containers").json()["data"]
+    assert any(c["hostname"] == "api-01" and c["state"] == "running" for c in listed)
+    assert client.get("/api/v1/containers/api-01").json()["data"]["ip"] == info["ip"]
+    duplicate = client.post("/api/v1/containers", json={"hostname": "api-01"})
+    assert duplicate.status_code == 409 and "already" in duplicate.json()["detail"]
+    assert client.post("/api/v1/containers/api-01/stop").json()["data"]["state"] == "stopped"
+    assert client.post("/api/v1/containers/api-01/start").json()["data"]["state"] == "running"
+    assert client.delete("/api/v1/containers/api-01").json()["data"]["destroyed"] is True
+
+
+def test_migrate_through_the_api(api, sandbox):
+    client, context = api
+    backend = context.containers.backend
+    legacy = backend.create(ContainerSpec("legacy-api", "name=eth0,bridge=vmbr0,ip=198.51.100.70/24,gw=198.51.100.1"))
+    backend.start(legacy.vmid)
+    plan = client.post(f"/api/v1/containers/{legacy.vmid}/migrate", json={"dry_run": True})
+    assert plan.status_code == 200 and plan.json()["data"]["dry_run"] is True
+    accepted = client.post(f"/api/v1/containers/{legacy.vmid}/migrate", json={"timeout": 30})
+    assert accepted.status_code == 202
+    job = follow(client, accepted.json()["job"])
+    assert job["status"] == "succeeded", job
+    assert job["result"]["dns_name"] == "legacy-api.prox.local"
+    assert "bridge=prox-net" in backend.get_net0(legacy.vmid)
+
+
+def test_killed_dnsmasq_turns_unhealthy_and_converge_heals(api):
+    client, context = api
+    pid = context.network.dns.running_pid()
+    os.kill(pid, signal.SIGKILL)
+
+    def health() -> dict:
+        return client.get("/api/v1/system/network/status").json()
+
+    assert wait_for(lambda: health()["data"]["health_status"] != "healthy", timeout=15)
+    body = health()
+    assert body["data"]["health_status"] == "unhealthy" and not body["data"]["dhcp_service_running"]
+    assert "dnsmasq" in body["message"] and any("dnsmasq" in r for r in body["data"]["reasons"])
+    accepted = client.post("/api/v1/system/network/initialize", json={})
+    assert accepted.status_code == 202
+    assert follow(client, accepted.json()["job"])["status"] == "succeeded"
+    assert wait_for(lambda: health()["data"]["health_status"] == "healthy", timeout=15), health()
+    plan = client.post("/api/v1/system/network/initialize", json={"dry_run": True})
+    assert plan.status_code == 200 and plan.json()["data"]["files"] == []
