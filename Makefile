@@ -1,5 +1,6 @@
 # The two set-up commands of the README. Both install what they need first.
 SANDBOX ?= demo
+PORT ?= 8080
 PROXIMITY = .venv/bin/proximity
 
 .PHONY: bootstrap demo demo-clean test bench
@@ -19,7 +20,8 @@ demo: bootstrap
 	$(PROXIMITY) leases --sandbox $(SANDBOX)
 	$(PROXIMITY) ct exec wordpress-02 --sandbox $(SANDBOX) -- nslookup nginx-01.prox.local
 	$(PROXIMITY) ct exec wordpress-02 --sandbox $(SANDBOX) -- wget -qO- http://nginx-01.prox.local
-	@echo "The sandbox $(SANDBOX) stays up to explore (see the README); remove it with: make demo-clean"
+	@scripts/demo-serve.sh $(SANDBOX) $(PORT)
+	@echo "The sandbox $(SANDBOX) and the service stay up to explore (see the README); remove them with: make demo-clean"
 
 demo-clean: bootstrap
 	$(PROXIMITY) sandbox destroy $(SANDBOX)

@@ -360,7 +360,10 @@ def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, a
 def serve(sandbox: SandboxOpt = None,
           host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
-          pid_file: Annotated[str | None, typer.Option(help="Write the service's pid here.")] = None) -> None:
+          pid_file: Annotated[str | None, typer.Option(help="Write the service's pid here.")] = None,
+          install_unit: Annotated[bool, typer.Option(
+              "--install-unit", help="Install and start the proximity-api systemd unit instead.")] = False,
+          dry_run: DryRunOpt = False) -> None:
     """Run the HTTP API and dashboard: converge the network first, then serve (retrying the converge if it fails)."""
     import os
 
@@ -368,7 +371,11 @@ def serve(sandbox: SandboxOpt = None,
 
     from proximity.api.app import Context, create_app
 
-    context = Context(settings_for(sandbox))
+    settings = settings_for(sandbox)
+    if install_unit:
+        _install_api_unit(settings, host, port, dry_run)
+        return
+    context = Context(settings)
     if pid_file:
         with open(pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
@@ -397,3 +404,23 @@ def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None
         out.print(f"Dry run: would write a new token to {store.path} (mode 0600).")
         return
     sys.stdout.write(store.rotate() + "\n")
+
+
+def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -> None:
+    import shutil
+
+    from proximity.host import DryRunHost, Host
+    from proximity.network import render
+
+    target = DryRunHost() if dry_run else Host()
+    if not target.has_systemd:
+        raise SettingsError("--install-unit needs systemd as PID 1 (a Proxmox host); run `proximity serve` directly")
+    exe = shutil.which("proximity") or sys.argv[0]
+    path = settings.systemd_dir / "proximity-api.service"
+    target.write_text(path, render.api_unit(settings, exe, host, port))
+    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "proximity-api.service"]):
+        target.run(argv)
+    if dry_run:
+        show_report(Report(dry_run=True, files=target.files, commands=target.commands), False, "serve --install-unit")
+    else:
+        out.print(f"[green]✓[/] {path} installed and started; the token: `proximity token show`")

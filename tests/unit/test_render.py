@@ -95,3 +95,15 @@ def test_systemd_unit_verifies(settings, tmp_path):
 
 def test_container_net0(settings):
     assert render.container_net0(settings) == "name=eth0,bridge=prox-net,ip=dhcp,firewall=1"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_api_unit_verifies(settings, tmp_path):
+    exe = tmp_path / "proximity"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    unit = tmp_path / "proximity-api.service"
+    unit.write_text(render.api_unit(settings, str(exe), "127.0.0.1", 8080))
+    assert "After=network-online.target networking.service proximity-dns.service" in unit.read_text()
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and "proximity-api" not in result.stderr, result.stderr

@@ -179,3 +179,23 @@ def container_net0(settings: Settings, hwaddr: str | None = None) -> str:
     """The Proxmox ``net0`` property string for a container on the bridge."""
     value = f"name=eth0,bridge={settings.bridge},ip=dhcp,firewall=1"
     return f"{value},hwaddr={hwaddr}" if hwaddr else value
+
+
+def api_unit(settings: Settings, proximity: str, host: str, port: int) -> str:
+    """The proximity-api unit: the service starts after the network and its DNS."""
+    start = shlex.join([proximity, "serve", "--host", host, "--port", str(port)])
+    return f"""\
+{HEADER}[Unit]
+Description=Proximity API and dashboard
+After=network-online.target networking.service {settings.service_name}.service
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={start}
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
