@@ -11,11 +11,6 @@ import subprocess
 import sys
 import time
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rdatatype
-
 from proximity import sandbox as sandboxes
 from proximity.containers.base import ContainerSpec
 from proximity.containers.lxc import LxcBackend, random_mac
@@ -29,12 +24,8 @@ GATEWAY = "10.10.0.1"
 
 
 def resolves(ns: str, name: str) -> str | None:
-    with Host(ns).udp_socket() as sock:
-        try:
-            answer = dns.query.udp(dns.message.make_query(name, "A"), GATEWAY, timeout=0.2, sock=sock)
-        except dns.exception.Timeout:
-            return None
-    return next((i.address for r in answer.answer if r.rdtype == dns.rdatatype.A for i in r), None)
+    found = Host(ns).resolve(name, GATEWAY, timeout=0.2, attempts=1)
+    return found[0] if found else None
 
 
 def leased(settings, mac: str) -> str | None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,12 +17,14 @@ from rich.table import Table
 
 from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError
-from proximity.containers.manager import ContainerInfo, ContainerManager, MigrationError
 from proximity.host import CommandError
 from proximity.network.doctor import run_doctor
 from proximity.network.manager import ConvergeError, NetworkManager, Report
 from proximity.network.service import ServiceError
 from proximity.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from proximity.containers.manager import ContainerInfo, ContainerManager
 
 app = typer.Typer(help="Proximity: a managed, isolated network (prox-net) for the containers of a Proxmox host.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -46,7 +48,7 @@ InterfacesOpt = Annotated[str | None, typer.Option("--interfaces-file", help="Th
 UplinkOpt = Annotated[str | None, typer.Option("--uplink", help="Interface to masquerade out of (default: the default route's).")]
 
 USER_ERRORS = (SettingsError, ConvergeError, ServiceError, sandboxes.SandboxError, CommandError, PermissionError,
-               BackendError, MigrationError)
+               BackendError)
 
 
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -237,6 +239,7 @@ def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.A
 
 def containers_for(sandbox: str | None, **overrides: Any) -> ContainerManager:
     from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
+    from proximity.containers.manager import ContainerManager
 
     network = manager_for(sandbox, **overrides)
     return ContainerManager(network, backend_for(network.settings))

@@ -48,12 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rdatatype
-from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
+from proximity.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -305,12 +300,12 @@ def ns_run(
 
 
 @contextmanager
-def _netlink(ns: str) -> Iterator[IPRoute]:
-    """A netlink socket inside ``ns`` (flags=0: never creates the namespace)."""
+def _netlink(ns: str) -> Iterator[Any]:
+    """A netlink socket inside ``ns`` (never creates the namespace)."""
     _check_ns_name(ns)
     if not _ns_exists(ns):
         raise SandboxError(f"network namespace {ns} does not exist")
-    ipr = IPRoute(netns=ns, flags=0)
+    ipr = Host(ns).iproute()
     try:
         yield ipr
     finally:
@@ -321,30 +316,6 @@ def _add_ns(ns: str) -> None:
     _check_ns_name(ns)
     _run(["ip", "netns", "add", ns])
     _ip(ns, "link", "set", "lo", "up")
-
-
-def _dns_query_a(ns: str, qname: str, server: str, timeout: float = 1.0) -> list[str]:
-    """A records for ``qname`` from ``server``, asked over a UDP socket living in ``ns``.
-
-    The socket is made by ``pyroute2.netns.create_socket`` (a forked child does setns and passes
-    the fd back), so this process never changes namespace; flags=0 never creates ``ns``.
-    """
-    _check_ns_name(ns)
-    sock = pyroute2_netns.create_socket(
-        ns, family=socket.AF_INET, socket_type=socket.SOCK_DGRAM, flags=0
-    )
-    try:
-        sock.setblocking(False)
-        query = dns.message.make_query(qname, dns.rdatatype.A)
-        answer = dns.query.udp(query, server, timeout=timeout, sock=sock)
-    finally:
-        sock.close()
-    return [
-        rdata.address
-        for rrset in answer.answer
-        if rrset.rdtype == dns.rdatatype.A
-        for rdata in rrset
-    ]
 
 
 # --------------------------------------------------------------------------- processes
@@ -573,10 +544,9 @@ def _start_upstream_dns(sb: Sandbox, timeout: float = 10) -> int:
             raise SandboxError(
                 f"the upstream DNS (dnsmasq, pid {pid}) in {sb.lan_ns} exited: {_log_tail(logfile)}"
             )
-        try:
-            found = _dns_query_a(sb.name, INTERNET_NAME, LAN_GATEWAY, timeout=0.5)
-        except (dns.exception.DNSException, OSError) as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
+        found = Host(sb.name).resolve(INTERNET_NAME, LAN_GATEWAY, timeout=0.5, attempts=1)
+        if found is None:
+            last_error = "no answer"
             return False
         last_error = f"answer {found}"
         return INTERNET_HOST in found

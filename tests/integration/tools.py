@@ -68,21 +68,12 @@ def connect(ns: str, address: str, port: int, timeout: float = 3) -> subprocess.
 
 
 def resolve(ns: str, name: str, server: str, timeout: float = 2.0) -> list[str]:
-    """A real DNS query for an A record, sent from inside namespace ``ns``."""
+    """A real DNS query for an A record, sent from inside namespace ``ns``; Timeout if nobody answers."""
     import dns.exception
-    import dns.message
-    import dns.query
-    import dns.rdatatype
 
     from proximity.host import Host
 
-    query = dns.message.make_query(name, "A")
-    for attempt in range(3):  # like a stub resolver: UDP queries are retried
-        with Host(ns).udp_socket() as sock:
-            try:
-                answer = dns.query.udp(query, server, timeout=timeout, sock=sock)
-                break
-            except dns.exception.Timeout:
-                if attempt == 2:
-                    raise
-    return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]
+    found = Host(ns).resolve(name, server, timeout=timeout, attempts=3)
+    if found is None:
+        raise dns.exception.Timeout(f"no answer from {server} for {name}")
+    return found

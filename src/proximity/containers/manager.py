@@ -11,11 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rdatatype
-
 from proximity.containers.base import BackendError, Container, ContainerBackend, ContainerSpec, Net0
 from proximity.containers.reservations import AdmissionError, Reservation, Reservations
 from proximity.host import wait_for
@@ -54,7 +49,7 @@ class MigrationReport:
         return asdict(self)
 
 
-class MigrationError(RuntimeError):
+class MigrationError(BackendError):
     """Migration failed; the container was rolled back to its snapshot (or the message says why not)."""
 
 
@@ -216,13 +211,7 @@ class ContainerManager:
             raise BackendError(f"{name} does not resolve to {reservation.ip} on {self.settings.gateway.ip}")
 
     def lookup(self, name: str) -> list[str]:
-        query = dns.message.make_query(name, "A")
-        try:
-            with self.network.host.udp_socket() as sock:
-                answer = dns.query.udp(query, str(self.settings.gateway.ip), timeout=1.0, sock=sock)
-        except (dns.exception.DNSException, OSError):
-            return []
-        return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]
+        return self.network.host.resolve(name, str(self.settings.gateway.ip)) or []
 
     def _forget(self, hostname: str, reservation: Reservation) -> None:
         """Drop the reservation and the lease, so the name and address are free again."""

@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _netns_lock = threading.Lock()
@@ -168,8 +166,12 @@ class Host:
             path.unlink()
 
     # -- kernel state ------------------------------------------------------------
-    def iproute(self) -> IPRoute:
-        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+    def iproute(self):
+        """A netlink socket in this host's namespace (pyroute2 is imported on first use: it is slow)."""
+        from pyroute2 import IPRoute
+
+        # flags=0: a missing namespace is an error, never silently created
+        return IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
 
     def read_sysctl(self, key: str) -> str | None:
         path = "/proc/sys/" + key.replace(".", "/")
@@ -182,6 +184,27 @@ class Host:
 
     def write_sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-q", "-w", f"{key}={value}"])
+
+    def resolve(self, name: str, server: str, timeout: float = 1.0, attempts: int = 2) -> list[str] | None:
+        """A records of ``name`` asked of ``server`` from inside this host's namespace.
+
+        ``[]`` is an answer without addresses (NXDOMAIN included); None means no answer at all.
+        UDP datagrams can be lost, so the query is retried like a stub resolver does.
+        """
+        import dns.exception  # dnspython is only needed by the commands that ask
+        import dns.message
+        import dns.query
+        import dns.rdatatype
+
+        query = dns.message.make_query(name, "A")
+        for _ in range(attempts):
+            try:
+                with self.udp_socket() as sock:
+                    answer = dns.query.udp(query, server, timeout=timeout, sock=sock)
+            except (dns.exception.DNSException, OSError):
+                continue
+            return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]
+        return None
 
     def udp_socket(self) -> socket.socket:
         """A non-blocking UDP socket in this host's network namespace (what dnspython expects)."""

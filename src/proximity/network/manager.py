@@ -19,10 +19,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
-
 from proximity.host import CommandError, DryRunHost, Host, wait_for
 from proximity.network import interfaces, render
 from proximity.network.leases import Lease, parse_leases
@@ -146,7 +142,7 @@ class NetworkManager:
                 self._converge_firewall(uplink, pve_firewall, revert, report)
                 self._converge_forwarding(revert, report)
                 self._converge_dns(revert, report)
-                if not self.host.dry_run:
+                if report.changed and not self.host.dry_run:  # every step already checked what it skipped
                     self._verify()
             except BaseException as exc:
                 failures = revert.run()
@@ -461,15 +457,8 @@ class NetworkManager:
         report.actions.append(description)
 
     def _dns_answers(self) -> bool:
-        query = dns.message.make_query(f"{self.settings.service_name}-probe.{self.settings.domain}", "A")
-        for _ in range(2):  # UDP: one lost datagram is not a dead server
-            try:
-                with self.host.udp_socket() as sock:
-                    dns.query.udp(query, str(self.settings.gateway.ip), timeout=1.0, sock=sock)
-                return True
-            except (dns.exception.DNSException, OSError):
-                continue
-        return False
+        probe = f"{self.settings.service_name}-probe.{self.settings.domain}"
+        return self.host.resolve(probe, str(self.settings.gateway.ip)) is not None
 
     def _dhcp_served(self, pid: int) -> bool:
         return any(h.pid == pid and h.local.endswith(":67") for h in port_holders(self.host, self.settings))
