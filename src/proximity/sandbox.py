@@ -41,14 +41,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from proximity.host import Host
+from proximity.host import Host, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,6 @@ source /etc/network/interfaces.d/*
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,9}")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IFF_UP = 0x1
-_T = TypeVar("_T")
 
 
 class SandboxError(RuntimeError):
@@ -231,20 +230,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _ns_exists(ns: str) -> bool:
     return (NETNS_RUN_DIR / ns).exists()
-
-
-def _wait_for(check: Callable[[], _T | None], timeout: float) -> _T | None:
-    """Poll ``check`` until it returns something other than None/False or timeout passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.2)
 
 
 def _fmt(argv: Iterable[str]) -> str:
@@ -383,13 +368,13 @@ def _terminate(pids: Iterable[int], grace: float = 3.0) -> list[int]:
     def all_gone() -> bool:
         return not any(_alive(p) for p in pids)
 
-    if _wait_for(all_gone, grace):
+    if wait_for(all_gone, grace):
         return []
     for pid in pids:
         if _alive(pid):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    _wait_for(all_gone, 2.0)
+    wait_for(all_gone, 2.0)
     return [p for p in pids if _alive(p)]
 
 
@@ -530,7 +515,7 @@ def _start_upstream_dns(sb: Sandbox, timeout: float = 10) -> int:
         "--log-queries",
     ]
     ns_run(sb.lan_ns, argv, timeout=timeout)  # dnsmasq daemonises; errors come before that
-    pid = _wait_for(lambda: _read_pidfile(pidfile), timeout)
+    pid = wait_for(lambda: _read_pidfile(pidfile), timeout)
     if pid is None:
         raise SandboxError(
             f"the upstream DNS (dnsmasq) in {sb.lan_ns} wrote no pid file {pidfile}; see {logfile}"
@@ -551,7 +536,7 @@ def _start_upstream_dns(sb: Sandbox, timeout: float = 10) -> int:
         last_error = f"answer {found}"
         return INTERNET_HOST in found
 
-    if not _wait_for(answers, timeout):
+    if not wait_for(answers, timeout):
         raise SandboxError(
             f"the upstream DNS at {LAN_GATEWAY} did not answer {INTERNET_NAME} with "
             f"{INTERNET_HOST} from namespace {sb.name} within {timeout:g}s ({last_error}); "
@@ -594,7 +579,7 @@ def _build(sb: Sandbox) -> dict[str, Any]:
         problems[:] = [_uplink_problem(sb.name) or ""]
         return not problems[0]
 
-    if not _wait_for(uplink_ok, 10):
+    if not wait_for(uplink_ok, 10):
         raise SandboxError(
             f"after 'ifreload -a' in {sb.name}: {problems[0]}; "
             f"check {sb.interfaces_file} and 'ip netns exec {sb.name} ifquery -a --check'"

@@ -13,7 +13,7 @@ import dns.exception
 import pytest
 
 from proximity import sandbox as sandboxes
-from proximity.host import Host, wait_for
+from proximity.host import wait_for
 from proximity.network.manager import ConvergeError, NetworkManager
 from proximity.settings import load_settings
 

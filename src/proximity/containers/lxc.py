@@ -42,12 +42,12 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
+from proximity.host import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +162,6 @@ def _start_errors(logfile: Path, offset: int) -> str:
         if " ERROR " in line and "lxc_start.c:main" not in line:
             found.append(line.split(" - ", 2)[-1].strip())
     return " | ".join(found[:4])
-
-
-def _wait(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.25)
 
 
 def parse_net0(value: str) -> Net0:
@@ -578,7 +566,7 @@ class LxcBackend:
         logfile = self._dir(vmid) / START_LOG
         offset = logfile.stat().st_size if logfile.exists() else 0
         proc = self._lxc("lxc-start", vmid, "-d", "-o", str(logfile), "-l", "WARN", timeout=timeout, check=False)
-        if proc.returncode != 0 or not _wait(lambda: self._state(vmid) == "RUNNING", timeout):
+        if proc.returncode != 0 or not wait_for(lambda: self._state(vmid) == "RUNNING", timeout):
             output = (proc.stderr or proc.stdout).strip().splitlines()
             detail = _start_errors(logfile, offset) or " | ".join(output[-3:])
             state = self._state(vmid)
@@ -607,7 +595,7 @@ class LxcBackend:
         if not self._running(vmid):
             return
         self._lxc("lxc-stop", vmid, "-k", timeout=30)
-        if not _wait(lambda: not self._running(vmid), 10):
+        if not wait_for(lambda: not self._running(vmid), 10):
             raise BackendError(f"CT {vmid} is still running after 'lxc-stop -k'; see {self._dir(vmid) / START_LOG}")
 
     def destroy(self, vmid: int) -> None:

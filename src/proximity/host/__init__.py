@@ -19,10 +19,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _netns_lock = threading.Lock()
@@ -232,15 +234,14 @@ def pid_cmdline(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
+def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; return its last value."""
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
-        time.sleep(interval)
+        result = predicate()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         interval = min(interval * 1.5, 0.25)
 
 
