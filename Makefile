@@ -26,7 +26,8 @@ demo: bootstrap
 demo-clean: bootstrap
 	$(PROXIMITY) sandbox destroy $(SANDBOX)
 
-test: bootstrap
+test:
+	@scripts/bootstrap.sh --test
 	.venv/bin/pytest -q -p no:cacheprovider
 
 bench: bootstrap
