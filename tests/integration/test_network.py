@@ -13,7 +13,8 @@ import dns.exception
 import pytest
 
 from proximity import sandbox as sandboxes
-from proximity.host import wait_for
+from proximity.host import Host, wait_for
+from proximity.network import render
 from proximity.network.manager import ConvergeError, NetworkManager
 from proximity.settings import load_settings
 
@@ -29,6 +30,11 @@ def settings_of(sb, **overrides):
 def own_rules(sb) -> list[str]:
     saved = sandboxes.ns_run(sb.name, ["iptables-save"]).stdout
     return [line for line in saved.splitlines() if "proximity:prox-net" in line]
+
+
+def bridge_mac(sb) -> str:
+    with Host(sb.name).iproute() as ipr:
+        return ipr.get_links(ifname="prox-net")[0].get("IFLA_ADDRESS")
 
 
 def bridge_exists(sb) -> bool:
@@ -73,6 +79,13 @@ def test_up_builds_the_seed_network_and_down_restores_the_file(host):
     assert all(lease["mac"].count(":") == 5 for lease in leases)
     resolv = (sandboxes.Path("/etc/netns") / wordpress.ns / "resolv.conf").read_text()
     assert f"nameserver {GATEWAY}" in resolv
+
+    # The gateway keeps its own MAC when ports come and go (a Linux bridge otherwise takes its
+    # lowest port MAC, and peers lose the gateway until their ARP entry expires).
+    assert bridge_mac(sb) == render.bridge_mac(load_settings())
+    sandboxes.detach_client(sb, "nginx-01")
+    assert bridge_mac(sb) == render.bridge_mac(load_settings())
+    nginx = sandboxes.attach_client(sb, "nginx-01")
 
     # Names resolve from a peer; the upstream (the LAN's DNS server) answers the rest.
     assert resolve(wordpress.ns, "nginx-01.prox.local", GATEWAY) == [nginx.ip]

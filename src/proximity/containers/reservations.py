@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import ipaddress
 import json
 import signal
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from proximity.host import Host
 from proximity.network.leases import Lease
+from proximity.network.render import stable_mac
 from proximity.network.service import dns_service
 from proximity.settings import Settings, SettingsError
 
@@ -33,12 +33,6 @@ class Reservation:
     mac: str
     ip: str
     vmid: int | None = None
-
-
-def stable_mac(hostname: str, salt: int = 0) -> str:
-    """A locally administered, unicast MAC derived from the hostname (02:xx:xx:xx:xx:xx)."""
-    digest = hashlib.sha256(f"{hostname}/{salt}".encode()).digest()
-    return "02:" + ":".join(f"{byte:02x}" for byte in digest[:5])
 
 
 def render_dhcp_hosts(reservations: list[Reservation]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from dataclasses import dataclass
 
@@ -45,6 +46,21 @@ class Rule:
 
     def remove_shell(self) -> str:
         return f"{shlex.join(self.argv('-D'))} 2>/dev/null || true"
+
+
+def stable_mac(name: str, salt: int = 0) -> str:
+    """A locally administered, unicast MAC derived from a name (02:xx:xx:xx:xx:xx)."""
+    digest = hashlib.sha256(f"{name}/{salt}".encode()).digest()
+    return "02:" + ":".join(f"{byte:02x}" for byte in digest[:5])
+
+
+def bridge_mac(settings: Settings) -> str:
+    """The bridge's own fixed MAC.
+
+    Without it a Linux bridge takes the lowest MAC of its ports, so the gateway's MAC changes
+    when a container stops and its peers lose the gateway until their ARP entry expires.
+    """
+    return stable_mac(f"bridge:{settings.bridge}")
 
 
 def comment(settings: Settings) -> str:
@@ -92,6 +108,7 @@ def bridge_stanza(settings: Settings, uplink: str, pve_firewall: bool) -> list[s
         "\tbridge-ports none",
         "\tbridge-stp off",
         "\tbridge-fd 0",
+        f"\thwaddress {bridge_mac(settings)}",
         "\tpost-up echo 1 > /proc/sys/net/ipv4/ip_forward",
     ]
     rules = firewall_rules(settings, uplink, pve_firewall)
@@ -130,6 +147,7 @@ bogus-priv
 cache-size=1000
 # DHCP: fast leases, no ping check, authoritative for the subnet.
 dhcp-range={s.dhcp_start},{s.dhcp_end},{netmask},{s.lease_time}
+dhcp-lease-max={s.pool_size}
 dhcp-option=option:router,{s.gateway.ip}
 dhcp-option=option:dns-server,{s.gateway.ip}
 dhcp-authoritative
