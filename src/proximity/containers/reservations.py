@@ -141,7 +141,7 @@ class Reservations:
 
     def _save(self, reservations: list[Reservation]) -> None:
         s = self.settings
-        self.host.write_text(s.reservations_db, json.dumps([asdict(r) for r in reservations], indent=1) + "\n")
+        self.host.write_text(s.reservations_db, json.dumps([asdict(r) for r in reservations]) + "\n")
         for path, text in self._rendered(reservations).items():
             self.host.write_text(path, text)
         self._reload_dnsmasq()

@@ -113,6 +113,7 @@ class NetworkManager:
         self.settings = settings
         self.host = host or (DryRunHost(netns=settings.netns) if dry_run else Host(settings.netns))
         self.dns = dns_service(self.host, settings)
+        self._leases_cache: tuple[tuple[int, int, int], tuple[list[Lease], list[str]]] | None = None
 
     # -- public API -----------------------------------------------------------------
     def get_container_network_config(self, hostname: str) -> str:
@@ -250,8 +251,18 @@ class NetworkManager:
         )
 
     def leases(self) -> tuple[list[Lease], list[str]]:
-        text = self.host.read_text(self.settings.leases_file) or ""
-        return parse_leases(text, str(self.settings.leases_file))
+        """Leases, parsed again only when dnsmasq has rewritten the file (it is read on hot paths)."""
+        path = self.settings.leases_file
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return [], []
+        cached = self._leases_cache
+        if cached is None or cached[0] != key:
+            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path) or "", str(path)))
+        leases, warnings = cached[1]
+        return list(leases), list(warnings)
 
     # -- converge steps -------------------------------------------------------------
     def _converge_bridge(
