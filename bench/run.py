@@ -19,6 +19,7 @@ from rich.table import Table
 from proximity import sandbox as sandboxes
 
 sys.path.insert(0, os.path.dirname(__file__))
+import api  # noqa: E402  (bench/api.py)
 import containers  # noqa: E402  (bench/containers.py)
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -64,6 +65,8 @@ def main() -> None:
         median, p95 = containers.summary(samples)
         ready.add_row(label, f"{median:.3f}", f"{p95:.3f}", f"{max(samples):.3f}")
     Console().print(ready)
+
+    Console().print(api.table(api.run()))  # status endpoint: 50 concurrent clients, snapshot vs naive
 
 
 if __name__ == "__main__":

@@ -130,3 +130,15 @@ def test_killed_dnsmasq_turns_unhealthy_and_converge_heals(api):
     assert wait_for(lambda: health()["data"]["health_status"] == "healthy", timeout=15), health()
     plan = client.post("/api/v1/system/network/initialize", json={"dry_run": True})
     assert plan.status_code == 200 and plan.json()["data"]["files"] == []
+
+
+def test_rotated_token_takes_effect_at_once(api):
+    client, context = api
+    old = client.headers["Authorization"]
+    new = proximity("token", "rotate", "--sandbox", context.settings.netns).stdout.strip()
+    try:
+        assert client.get("/api/v1/system/network/status", headers={"Authorization": old}).status_code == 401
+        assert client.get("/api/v1/system/network/status",
+                          headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    finally:
+        client.headers["Authorization"] = f"Bearer {new}"

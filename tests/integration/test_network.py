@@ -267,8 +267,8 @@ def test_hand_written_bridge_is_adopted_or_refused(host):
     finally:
         proximity("down", "--sandbox", sb.name, check=False)
         sb.interfaces_file.write_bytes(original)
-        if bridge_exists(sb):
-            sandboxes.ns_run(sb.name, ["ifreload", "-a"])
+        if bridge_exists(sb):  # ifupdown2's lock is machine-wide: another reload may hold it (exit 89)
+            assert wait_for(lambda: sandboxes.ns_run(sb.name, ["ifreload", "-a"], check=False).returncode == 0, 30)
             sandboxes.ns_run(sb.name, ["ip", "link", "delete", "prox-net"], check=False)
 
 

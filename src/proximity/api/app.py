@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -114,6 +115,19 @@ class JobAccepted(BaseModel):
     job: dict[str, Any]
 
 
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {  # documented on every operation (schemathesis checks them)
+    400: {"model": Problem, "description": "Refused: a setting or the request body is wrong; `detail` says why"},
+    401: {"model": Problem, "description": "Missing or wrong bearer token"},
+    404: {"model": Problem, "description": "No such container or job"},
+    409: {"model": Problem, "description": "Refused: name in use, pool full, or the backend refused"},
+}
+DRY_RUN = {200: {"description": "dry run: what would be done; nothing changed"}}
+
+
 def create_app(context: Context, start_background: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -123,7 +137,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         yield
         context.stop()
 
-    app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan, responses=ERRORS,
                   description="Managed, isolated networking (prox-net) for the containers of a Proxmox host.")
     app.state.context = context
     auth = [Depends(require_token)]
@@ -143,8 +157,9 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/api/v1/system/network/status", tags=["network"], dependencies=auth)
-    def network_status() -> dict[str, Any]:
-        st = context.status.get()
+    async def network_status() -> dict[str, Any]:
+        # On the event loop: the snapshot is in memory (only the very first read may wait for it).
+        st = context.status.peek() or await run_in_threadpool(context.status.get)
         data = st.as_dict()
         data["last_converge"] = context.last_converge
         healthy = st.health_status == "healthy"
@@ -161,7 +176,8 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     def network_doctor() -> dict[str, Any]:
         return {"data": [check.__dict__ for check in run_doctor(context.network)]}
 
-    @app.post("/api/v1/system/network/initialize", tags=["network"], dependencies=auth, status_code=202)
+    @app.post("/api/v1/system/network/initialize", tags=["network"], dependencies=auth, status_code=202,
+              responses=DRY_RUN)
     def network_initialize(body: Initialize | None = None) -> Any:
         if body is not None and body.dry_run:
             plan = NetworkManager(context.settings, dry_run=True).up()
@@ -207,12 +223,17 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         context.status.invalidate()
         return {"data": {"vmid": vmid, "destroyed": True}}
 
-    @app.post("/api/v1/containers/{vmid}/migrate", tags=["containers"], dependencies=auth, status_code=202)
+    @app.post("/api/v1/containers/{vmid}/migrate", tags=["containers"], dependencies=auth, status_code=202,
+              responses=DRY_RUN)
     def migrate_container(vmid: Annotated[int, Path(ge=100, le=999999999)], body: Migrate | None = None) -> Any:
         body = body or Migrate()
         context.containers.info(_vmid(str(vmid)))  # 404 now rather than a failed job
+        try:  # a refusal (already on the bridge, not an RFC 1123 name) now, as a 409, rather than a failed job
+            plan = context.containers.migrate(vmid, dry_run=True, timeout=body.timeout)
+        except SettingsError as exc:
+            raise HTTPException(409, str(exc)) from None
         if body.dry_run:
-            return JSONResponse({"data": context.containers.migrate(vmid, dry_run=True).as_dict()}, status_code=200)
+            return JSONResponse({"data": plan.as_dict()}, status_code=200)
 
         def work(job: Job) -> dict:
             steps = iter(range(15, 95, 15))
@@ -260,7 +281,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     def _vmid(ref: str) -> int:
         try:
             vmid = context.containers.resolve(ref)
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit():
                 context.containers.backend.status(vmid)
             return vmid
         except (SettingsError, BackendError):

@@ -16,33 +16,35 @@ from proximity.settings import Settings
 class TokenStore:
     def __init__(self, settings: Settings):
         self.path = settings.api_token_file
-        self._cached: str | None = None
+        self._cached: tuple[tuple[int, int], str | None] | None = None  # (file identity, token)
 
     def ensure(self) -> str:
         """The token, created (0600) if there is none yet."""
-        token = self.read()
-        return token if token else self.rotate()
+        return self.read() or self.rotate()
 
     def read(self) -> str | None:
+        """The current token; the file is read again only when it changed (`token rotate`)."""
         try:
-            self._cached = self.path.read_text().strip() or None
+            st = self.path.stat()
         except FileNotFoundError:
-            self._cached = None
-        return self._cached
+            return None
+        key = (st.st_ino, st.st_mtime_ns)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.path.read_text().strip() or None)
+        return self._cached[1]
 
     def rotate(self) -> str:
         token = secrets.token_urlsafe(32)
         Host().write_text(self.path, token + "\n", mode=0o600)
         os.chmod(self.path, 0o600)
-        self._cached = token
         return token
 
     def check(self, presented: str) -> bool:
-        expected = self._cached or self.read()
+        expected = self.read()
         return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """Every /api/v1 endpoint: a bearer token, or 401 and nothing done."""
     scheme, credentials = get_authorization_scheme_param(request.headers.get("Authorization"))
     store: TokenStore = request.app.state.context.tokens

@@ -1,31 +1,454 @@
-"""The status the API serves: a snapshot, refreshed when something changed, not per request."""
+"""The status the API serves: a snapshot, refreshed when something changes, never per request.
+
+``StatusSnapshot.get()`` returns the last :class:`NetworkStatus` at once: it starts no process,
+opens no socket and reads no file. A background thread keeps that snapshot current:
+
+* **netlink** events (links, IPv4 addresses and routes) from a socket opened in the host's
+  network namespace (the sandbox's, or the machine's);
+* **inotify** on the directories of the lease file and of dnsmasq's pid file (a lease taken or
+  released, dnsmasq started or stopped);
+* a **pidfd** on the running dnsmasq: it becomes readable the moment dnsmasq exits, so a killed
+  dnsmasq shows as unhealthy within milliseconds;
+* a **full refresh** every ``full_every`` seconds (``recheck_every`` while the host is not healthy)
+  for what has no event (iptables rules, whether dnsmasq still answers DNS and holds the DHCP
+  port), and whenever :meth:`StatusSnapshot.invalidate` is called (after the service changed
+  something).
+
+An event-driven refresh is cheap: it re-reads netlink, ``ip_forward``, the pid and the lease file,
+and reuses the expensive answers (``iptables -C``, ``ss``, the DNS probe) of the last full refresh
+as long as dnsmasq's pid is the same. The health verdict and its reasons come from
+:meth:`NetworkManager.status` itself, so the snapshot and ``proximity status`` always agree.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import socket
+import struct
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from proximity.host import Host, inside_netns, pid_cmdline
 from proximity.network.manager import NetworkManager, NetworkStatus
+from proximity.network.service import SystemdDns
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+# rtnetlink multicast groups: link changes, IPv4 addresses, IPv4 routes (the default route = uplink)
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
+
+# inotify(7)
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
+IN_ONLYDIR = 0x01000000
+WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+              | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+_EVENT = struct.Struct("iIII")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def iproute_in(netns: str | None) -> IPRoute:
+    """An IPRoute on a netlink socket made in ``netns`` (or this namespace for None).
+
+    Unlike ``IPRoute(netns=...)`` this forks no helper process and never creates the namespace:
+    the socket is opened with this thread briefly in the namespace (a socket keeps the namespace
+    it was made in).
+    """
+    from pyroute2 import IPRoute  # slow to import: only when used
+
+    with inside_netns(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    try:
+        return IPRoute(use_socket=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _ProbeHost(Host):
+    """The network's host, reading netlink without forking (see :func:`iproute_in`)."""
+
+    def iproute(self) -> IPRoute:
+        return iproute_in(self.netns)
+
+
+class _Probe(NetworkManager):
+    """``NetworkManager.status()`` whose expensive checks are remembered between full refreshes.
+
+    In a full refresh every check runs. In a quick one (after an event), the iptables rules, the
+    DNS probe and the DHCP-port check are reused when they were taken for the same dnsmasq pid;
+    a new pid is probed at once.
+    """
+
+    def __init__(self, network: NetworkManager):
+        host = network.host
+        if type(host) is Host:  # the real machine or a sandbox: read netlink without forking
+            host = _ProbeHost(host.netns)
+        super().__init__(network.settings, host=host)
+        self.full = True
+        self._pid: int | None = None  # the pid seen by the current refresh
+        self._last_pid: int | None = None  # the pid seen by the previous refresh
+        self._rules: dict[tuple[str, ...], bool] = {}
+        self._answers: dict[int | None, bool] = {}
+        self._served: dict[int, bool] = {}
+        real_running_pid = self.dns.running_pid
+
+        def running_pid() -> int | None:
+            # systemctl forks: between full refreshes trust the pid while the process lives.
+            if (not self.full and isinstance(self.dns, SystemdDns) and self._last_pid is not None
+                    and pid_cmdline(self._last_pid) is not None):
+                self._pid = self._last_pid
+            else:
+                self._pid = real_running_pid()
+            return self._pid
+
+        self.dns.running_pid = running_pid  # type: ignore[method-assign]
+
+    def refresh(self, full: bool) -> NetworkStatus:
+        self.full = full
+        if full:
+            self._rules.clear()
+            self._answers.clear()
+            self._served.clear()
+        try:
+            status = self.status()
+        finally:
+            self._last_pid = self._pid
+        return status
+
+    def _rule_present(self, rule) -> bool:
+        key = tuple(rule.argv("-C"))
+        if key not in self._rules:
+            self._rules[key] = super()._rule_present(rule)
+        return self._rules[key]
+
+    def _dns_answers(self) -> bool:
+        if self._pid not in self._answers:
+            self._answers = {self._pid: super()._dns_answers()}
+        return self._answers[self._pid]
+
+    def _dhcp_served(self, pid: int) -> bool:
+        if pid not in self._served:
+            self._served = {pid: super()._dhcp_served(pid)}
+        return self._served[pid]
+
+
+def unknown_status(network: NetworkManager, reason: str) -> NetworkStatus:
+    """An ``unhealthy`` status for when the host could not be read at all."""
+    s = network.settings
+    return NetworkStatus(
+        bridge_name=s.bridge, bridge_ip=str(s.gateway.ip), subnet=str(s.subnet),
+        dhcp_range=f"{s.dhcp_start}-{s.dhcp_end}", dns_domain=s.domain, bridge_up=False, nat_configured=False,
+        dhcp_service_running=False, health_status="unhealthy", reasons=[reason], uplink=s.uplink,
+        bridge_exists=False, gateway_assigned=False, isolation_configured=False, ip_forward=False,
+        dns_answering=False, dhcp_served=False, dns_pid=None, pool_size=s.pool_size, leases_in_use=0,
+    )
+
+
+def _poll(fds: list[int], timeout: float) -> list[int]:
+    """The descriptors that are readable (poll, not select: a service may hold more than 1024 fds)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _event in poller.poll(timeout * 1000)]
+
+
+class _Inotify:
+    """Watches directories for changes to a few file names (inotify through libc, no dependency)."""
+
+    def __init__(self, names_by_dir: dict[Path, set[str]]):
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self.names_by_dir = names_by_dir
+        self._dirs: dict[int, Path] = {}  # watch descriptor -> directory
+
+    def ensure_watches(self) -> None:
+        """Watch every directory that exists now (they appear with `proximity up`)."""
+        watched = set(self._dirs.values())
+        for directory in self.names_by_dir:
+            if directory not in watched and directory.is_dir():
+                wd = _libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK)
+                if wd >= 0:
+                    self._dirs[wd] = directory
+
+    def read(self) -> bool:
+        """Drain pending events; True if one concerns a watched name (or a watch went away)."""
+        relevant = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return relevant
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode(errors="replace")
+                offset += _EVENT.size + length
+                directory = self._dirs.get(wd)
+                if mask & IN_Q_OVERFLOW:  # events were lost: look at everything again
+                    relevant = True
+                elif mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                    self._dirs.pop(wd, None)
+                    relevant = True
+                elif directory is not None and name in self.names_by_dir.get(directory, ()):
+                    relevant = True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class StatusSnapshot:
-    def __init__(self, network: NetworkManager, max_age: float = 2.0):
-        self.network = network
-        self.max_age = max_age
-        self._status: NetworkStatus | None = None
-        self._taken = 0.0
-        self._lock = threading.Lock()
+    """The network status, kept current by a background thread; ``get()`` never waits on the host."""
 
+    def __init__(self, network: NetworkManager, full_every: float = 10.0, recheck_every: float = 2.0,
+                 debounce: float = 0.02, first_timeout: float = 30.0):
+        self.network = network
+        self.full_every = full_every  # a full refresh of a healthy host
+        self.recheck_every = recheck_every  # ... of a degraded or unhealthy one, or after a failed probe
+        self.debounce = debounce
+        self.first_timeout = first_timeout
+        self._cond = threading.Condition()
+        self._status: NetworkStatus | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._want_full = True
+        self._dirty = False
+        self._requested = 0  # invalidate() calls so far
+        self._served = 0  # invalidate() calls answered by a finished full refresh
+        self._refreshes = {"full": 0, "quick": 0}
+        self._wake_r = self._wake_w = -1  # a pipe, made with the thread: a snapshot never read costs nothing
+        self._netlink: socket.socket | None = None
+        self._inotify: _Inotify | None = None
+        self._pidfd: int | None = None
+        self._pid: int | None = None
+
+    # -- public API ---------------------------------------------------------------------
     def get(self) -> NetworkStatus:
-        with self._lock:
-            if self._status is None or time.monotonic() - self._taken > self.max_age:
-                self._status = self.network.status()
-                self._taken = time.monotonic()
+        """The latest status, at once (only the very first call waits for the first refresh)."""
+        status = self._status
+        if status is not None:
+            return status
+        self._start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._status is not None or self._closed, timeout=self.first_timeout)
+            if self._status is None:
+                return unknown_status(self.network, "the network status is not known yet: the first check of "
+                                                    "the host has not finished (see the service log)")
             return self._status
 
-    def invalidate(self) -> None:
-        with self._lock:
-            self._status = None
+    def peek(self) -> NetworkStatus | None:
+        """The latest status, or None before the first refresh; never blocks (for async handlers)."""
+        if self._status is None:
+            self._start()
+        return self._status
+
+    def invalidate(self, wait: bool = True, timeout: float = 15.0) -> None:
+        """Re-check everything now; with ``wait``, return once the new snapshot is in place.
+
+        Callers that just changed the host (a converge, a container created or destroyed) wait, so
+        that their next ``get()`` shows the change.
+        """
+        self._start()
+        with self._cond:
+            if self._closed:
+                return
+            self._requested += 1
+            ticket = self._requested
+            self._want_full = True
+            self._wake()
+        if wait and threading.current_thread() is not self._thread:
+            with self._cond:
+                self._cond.wait_for(lambda: self._served >= ticket or self._closed, timeout=timeout)
 
     def close(self) -> None:
-        """Nothing to stop in this simple snapshot."""
+        """Stop the thread and close its sockets and descriptors."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+            self._wake()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        if thread is None or not thread.is_alive():
+            self._close_sources()
+            with self._cond:  # _wake() writes under this lock: never into a closed (reused) descriptor
+                for fd in (self._wake_r, self._wake_w):
+                    if fd >= 0:
+                        os.close(fd)
+                self._wake_r = self._wake_w = -1
+
+    @property
+    def refreshes(self) -> dict[str, int]:
+        """How many full and quick refreshes ran (for tests and the curious)."""
+        return dict(self._refreshes)
+
+    # -- the background thread ------------------------------------------------------------
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self._thread = threading.Thread(target=self._run, name="proximity-status", daemon=True)
+                self._thread.start()
+
+    def _wake(self) -> None:
+        """Interrupt the thread's wait; call with ``self._cond`` held."""
+        with contextlib.suppress(OSError):  # a full pipe is awake enough; a closed one has nobody to wake
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        probe = _Probe(self.network)
+        next_full = 0.0
+        try:
+            while True:
+                with self._cond:
+                    if self._closed:
+                        return
+                    full = self._want_full or time.monotonic() >= next_full
+                    quick = self._dirty
+                    ticket = self._requested
+                    self._want_full = self._dirty = False
+                try:
+                    if full:
+                        self._open_sources()  # before reading: a change from now on is an event
+                    if full or quick:
+                        status, ok = self._refresh(probe, full)
+                        with self._cond:
+                            self._status = status
+                            if full:
+                                self._served = max(self._served, ticket)
+                            self._cond.notify_all()
+                        if full:  # a failed probe or a sick host is looked at again sooner
+                            settled = ok and status.health_status == "healthy"
+                            next_full = time.monotonic() + (self.full_every if settled else min(self.full_every,
+                                                                                                self.recheck_every))
+                        self._follow_pid(status.dns_pid)
+                    self._wait(max(0.0, next_full - time.monotonic()))
+                except Exception:  # the thread must not die: the snapshot would freeze
+                    log.exception("the status thread hit an error; starting its event sources again")
+                    self._close_sources()
+                    next_full = time.monotonic() + 1.0
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._closed, timeout=1.0)
+        finally:
+            self._close_sources()
+
+    def _refresh(self, probe: _Probe, full: bool) -> tuple[NetworkStatus, bool]:
+        self._refreshes["full" if full else "quick"] += 1
+        try:
+            return probe.refresh(full), True
+        except Exception as exc:
+            log.warning("reading the network status failed: %s", exc)
+            return unknown_status(self.network, f"the network status could not be read: {exc}"), False
+
+    def _wait(self, timeout: float) -> None:
+        """Block until an event, an invalidate() or the timeout; then let a burst of events settle."""
+        fds = [self._wake_r]
+        for source in (self._netlink, self._inotify, self._pidfd):
+            if source is not None:
+                fds.append(source if isinstance(source, int) else source.fileno())
+        ready = _poll(fds, timeout)
+        if not ready:
+            return
+        if self._drain(ready):
+            # A container start, a lease written: events come in bursts. Take them as one.
+            time.sleep(self.debounce)
+            self._drain(_poll([fd for fd in fds if fd != self._pidfd], 0))
+            with self._cond:
+                self._dirty = True
+
+    def _drain(self, ready: list[int]) -> bool:
+        changed = False
+        for fd in ready:
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 4096)
+            elif self._netlink is not None and fd == self._netlink.fileno():
+                changed = True
+                while True:
+                    try:
+                        self._netlink.recv(65536)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # ENOBUFS: we missed some; the refresh reads all anyway
+                        if exc.errno != errno.ENOBUFS:
+                            raise
+            elif self._inotify is not None and fd == self._inotify.fd:
+                changed = self._inotify.read() or changed
+            elif fd == self._pidfd:  # dnsmasq exited
+                changed = True
+                self._close_pidfd()
+        return changed
+
+    # -- event sources ------------------------------------------------------------------
+    def _open_sources(self) -> None:
+        """Open what is missing (the namespace or the directories may appear later)."""
+        netns = self.network.host.netns
+        if self._netlink is None and (netns is None or Path(f"/run/netns/{netns}").exists()):
+            try:
+                with inside_netns(netns):
+                    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                                         | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+                sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
+                self._netlink = sock
+            except (OSError, RuntimeError) as exc:
+                log.debug("no netlink events (%s); relying on the periodic refresh", exc)
+        if self._inotify is None:
+            s = self.network.settings
+            names: dict[Path, set[str]] = {}
+            for path in (s.leases_file, s.dns_pid_file):
+                names.setdefault(path.parent, set()).add(path.name)
+            try:
+                self._inotify = _Inotify(names)
+            except OSError as exc:
+                log.debug("no inotify (%s); relying on the periodic refresh", exc)
+        if self._inotify is not None:
+            self._inotify.ensure_watches()
+
+    def _follow_pid(self, pid: int | None) -> None:
+        """Hold a pidfd on dnsmasq: it turns readable when dnsmasq exits."""
+        if pid == self._pid and (pid is None or self._pidfd is not None):
+            return
+        self._close_pidfd()
+        self._pid = pid
+        if pid is None:
+            return
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone already: look again
+            with self._cond:
+                self._dirty = True
+        except OSError as exc:  # no pidfd (old kernel): the periodic refresh notices
+            log.debug("no pidfd for dnsmasq (%s)", exc)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
+
+    def _close_sources(self) -> None:
+        self._close_pidfd()
+        self._pid = None
+        if self._netlink is not None:
+            self._netlink.close()
+            self._netlink = None
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None

@@ -114,7 +114,7 @@ class ContainerManager:
 
     def resolve(self, ref: str) -> int:
         """A container by id or hostname."""
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit():  # "²".isdigit() is true too
             return int(ref)
         matches = [c.vmid for c in self.backend.list() if c.hostname == ref]
         if not matches:
