@@ -31,4 +31,6 @@ test:
 	.venv/bin/pytest -q -p no:cacheprovider
 
 bench: bootstrap
-	.venv/bin/python bench/run.py
+	@command -v dnsperf >/dev/null && command -v iperf3 >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsperf iperf3 >/dev/null
+	.venv/bin/python bench/run.py $(if $(BENCH_QUICK),--quick)

@@ -36,9 +36,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __name__ == "__main__":  # as a script, bench/ is sys.path[0]: bench/dns.py would shadow dnspython's `dns`
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 CLIENTS = int(os.environ.get("BENCH_API_CLIENTS", "50"))
 SECONDS = float(os.environ.get("BENCH_API_SECONDS", "5"))
 RATES = [float(r) for r in os.environ.get("BENCH_API_RATES", "500,1000").split(",")]  # paced: req/s in all

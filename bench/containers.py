@@ -6,7 +6,6 @@ seed's plain dnsmasq (no reservation, ping check on), on the same sandbox host, 
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import time
@@ -94,12 +93,3 @@ def run(count: int = 20) -> list[tuple[str, list[float]]]:
     finally:
         sandboxes.destroy(name)
     return rows
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-def summary(samples: list[float]) -> tuple[float, float]:
-    return statistics.median(samples), p95(samples)

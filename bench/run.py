@@ -1,28 +1,31 @@
-"""Benchmarks, run with `make bench`: each line has its baseline measured in the same run.
+"""`make bench`: every benchmark on a fresh sandbox, each against a baseline measured in the same run.
 
-no-op `proximity up` (whole process, converged host) against a plain `ifreload -a`
-on the same sandbox host: what re-running Proximity costs compared with the
-reload every Proxmox network change already pays.
+Writes bench/results.md (what, Proximity, baseline, ratio, target, met) and bench/results.json
+(the same rows with their raw samples and the machine). `--quick` runs every row at small sizes.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+BENCH = Path(__file__).resolve().parent
+sys.path.append(str(BENCH))  # last: never shadow an installed package
 
-from proximity import sandbox as sandboxes
+import api  # noqa: E402
+import containers  # noqa: E402
+import datapath  # noqa: E402
+import dnsload  # noqa: E402
+import scale  # noqa: E402
+from common import Row, machine, median, percentile  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-import api  # noqa: E402  (bench/api.py)
-import containers  # noqa: E402  (bench/containers.py)
+from proximity import sandbox as sandboxes  # noqa: E402
 
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+PROXIMITY = [sys.executable, "-m", "proximity"]
 
 
 def timed(argv: list[str]) -> float:
@@ -31,42 +34,108 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(argv: list[str]) -> list[float]:
-    timed(argv)  # warm the page cache once
-    return [timed(argv) for _ in range(RUNS)]
+def converge_rows(runs: int) -> list[Row]:
+    name = f"bv{os.getpid() % 10000}"
+    sandboxes.destroy(name)
+    sb = sandboxes.create(name)
+    try:
+        first = timed([*PROXIMITY, "up", "--sandbox", name])
+        pid = sb.run_dir.joinpath("proximity-dns.pid").read_text().strip()
+        timed([*PROXIMITY, "up", "--sandbox", name])  # warm the page cache
+        up, reload, changes = [], [], 0
+        for _ in range(runs):
+            start = time.perf_counter()
+            out = subprocess.run([*PROXIMITY, "up", "--sandbox", name, "--json"], check=True, capture_output=True)
+            up.append(time.perf_counter() - start)
+            changes += len(json.loads(out.stdout)["actions"])
+            reload.append(timed(["ip", "netns", "exec", name, "ifreload", "-a"]))
+        restarted = sb.run_dir.joinpath("proximity-dns.pid").read_text().strip() != pid
+    finally:
+        sandboxes.destroy(name)
+    met = median(up) <= median(reload) and changes == 0 and not restarted
+    return [
+        Row("no-op `proximity up` (whole process), median", median(up), median(reload), "s",
+            "not slower than a no-op `ifreload -a`; zero writes and restarts", met,
+            notes=f"{changes} changes, dnsmasq restarted: {restarted}; p95 {percentile(up, 95):.3f} s vs "
+                  f"{percentile(reload, 95):.3f} s", samples={"proximity": up, "baseline": reload}),
+        Row("first `proximity up` on a fresh sandbox", first, None, "s", "", None, samples={"proximity": [first]}),
+    ]
+
+
+def ready_rows(count: int) -> list[Row]:
+    measured = dict(containers.run(count))
+    rows = []
+    for what in ("name resolves", "lease"):
+        ours, seed = measured[f"Proximity: start → {what}"], measured[f"baseline (seed dnsmasq): start → {what}"]
+        p95, base = percentile(ours, 95), percentile(seed, 95)
+        rows.append(Row(f"{count} containers: start → {what}, p95", p95, base, "s",
+                        "p95 < 1 s and >= 3x faster than the seed's dnsmasq", p95 < 1 and base >= 3 * p95,
+                        notes=f"median {median(ours):.3f} s vs {median(seed):.3f} s",
+                        samples={"proximity": ours, "baseline": seed}))
+    return rows
+
+
+def api_rows() -> list[Row]:
+    results = api.run()
+    rows = []
+    for mode in dict.fromkeys(r.mode for r in results):
+        ours, naive = [r for r in results if r.mode == mode]
+        p99, base = ours.pct(99), naive.pct(99)
+        rows.append(Row(f"status API, {api.CLIENTS} clients, {mode}: p99", p99, base, "ms",
+                        "p99 < 10 ms and >= 10x faster than fork-per-check", p99 < 10 and base >= 10 * p99,
+                        notes=f"p50 {ours.pct(50):.2f} vs {naive.pct(50):.2f} ms; {ours.rps:.0f} vs {naive.rps:.0f} req/s",
+                        samples={"proximity": ours.latencies_ms[:2000], "baseline": naive.latencies_ms[:2000]}))
+    return rows
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g} {unit}" if abs(value) < 1000 else f"{value:,.0f} {unit}"
+
+
+def write_results(rows: list[Row], quick: bool, seconds: float) -> None:
+    facts = machine()
+    lines = [
+        "# Benchmark results", "",
+        f"Machine: {facts['cores']} cores, {facts['memory_gib']} GiB, kernel {facts['kernel']}, "
+        f"Python {facts['python']}. Mode: {'quick' if quick else 'full'}, {seconds:.0f} s in all. "
+        f"Written by `make bench{' BENCH_QUICK=1' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
+        "Ratio: how many times better Proximity is than the baseline (higher is better).", "",
+        "| what | Proximity | baseline | ratio | target | met |", "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[row.met]
+        ratio = f"{row.ratio:.2f}x" if row.ratio else "-"
+        note = f" ({row.notes})" if row.notes else ""
+        lines.append(f"| {row.what}{note} | {fmt(row.proximity, row.unit)} | {fmt(row.baseline, row.unit)} | "
+                     f"{ratio} | {row.target or '-'} | {met} |")
+    (BENCH / "results.md").write_text("\n".join(lines) + "\n")
+    (BENCH / "results.json").write_text(json.dumps(
+        {"machine": facts, "quick": quick, "seconds": seconds,
+         "rows": [{**row.as_dict(), "machine": facts} for row in rows]}, indent=1) + "\n")
 
 
 def main() -> None:
-    name = f"bench{os.getpid() % 10000}"
-    sandboxes.destroy(name)
-    sandboxes.create(name)
-    try:
-        proximity = [sys.executable, "-m", "proximity"]
-        subprocess.run([*proximity, "up", "--sandbox", name], check=True, capture_output=True)
-        rows = [
-            ("no-op `proximity up` (whole process)", measure([*proximity, "up", "--sandbox", name, "--json"])),
-            ("`proximity status --json`", measure([*proximity, "status", "--sandbox", name, "--json"])),
-            ("baseline: `ifreload -a` alone", measure(["ip", "netns", "exec", name, "ifreload", "-a"])),
-        ]
-    finally:
-        sandboxes.destroy(name)
-    table = Table(title=f"Proximity benchmarks ({RUNS} runs each, seconds)")
-    for column in ("what", "median", "min", "max"):
-        table.add_column(column)
-    for label, samples in rows:
-        table.add_row(label, *(f"{value:.3f}" for value in (statistics.median(samples), min(samples), max(samples))))
-    Console().print(table)
-
-    count = int(os.environ.get("BENCH_CONTAINERS", "20"))
-    ready = Table(title=f"Network-ready time of {count} containers (seconds from the start call)")
-    for column in ("what", "median", "p95", "max"):
-        ready.add_column(column)
-    for label, samples in containers.run(count):
-        median, p95 = containers.summary(samples)
-        ready.add_row(label, f"{median:.3f}", f"{p95:.3f}", f"{max(samples):.3f}")
-    Console().print(ready)
-
-    Console().print(api.table(api.run()))  # status endpoint: 50 concurrent clients, snapshot vs naive
+    quick = "--quick" in sys.argv or os.environ.get("BENCH_QUICK") == "1"
+    if quick:
+        os.environ.setdefault("BENCH_API_SECONDS", "2")
+        os.environ.setdefault("BENCH_API_RATES", "500")
+        api.SECONDS, api.RATES = float(os.environ["BENCH_API_SECONDS"]), [500.0]
+    start = time.perf_counter()
+    rows: list[Row] = []
+    for label, part in [
+        ("converge", lambda: converge_rows(3 if quick else 7)),
+        ("network-ready", lambda: ready_rows(5 if quick else 20)),
+        ("status API", api_rows),
+        ("scale", lambda: scale.run(quick)),
+        ("DNS", lambda: dnsload.run(quick)),
+        ("data path", lambda: datapath.run(quick)),
+    ]:
+        print(f"bench: {label} ...", flush=True)
+        rows += part()
+    write_results(rows, quick, time.perf_counter() - start)
+    sys.stdout.write((BENCH / "results.md").read_text())
 
 
 if __name__ == "__main__":
