@@ -47,6 +47,12 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Change nothing; show
 InterfacesOpt = Annotated[str | None, typer.Option("--interfaces-file", help="The interfaces file to manage.")]
 UplinkOpt = Annotated[str | None, typer.Option("--uplink", help="Interface to masquerade out of (default: the default route's).")]
 
+ApiOpt = Annotated[str | None, typer.Option(
+    "--api", envvar="PROXIMITY_API_URL",
+    help="Ask a running `proximity serve` at this URL (e.g. http://127.0.0.1:8080) and follow its job.")]
+TokenOpt = Annotated[str | None, typer.Option(
+    "--token", envvar="PROXIMITY_API_TOKEN", help="The service's token (default: `proximity token show`).")]
+
 USER_ERRORS = (SettingsError, ConvergeError, ServiceError, sandboxes.SandboxError, CommandError, PermissionError,
                BackendError)
 
@@ -112,8 +118,13 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
 @app.command()
 @friendly
 def up(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
-       interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None) -> None:
+       interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None, api: ApiOpt = None,
+       token: TokenOpt = None) -> None:
     """Converge the host: bridge, NAT and forwarding, dnsmasq. Safe to run again."""
+    if api:
+        result = remote(api, token, sandbox, "POST", "/api/v1/system/network/initialize", {"dry_run": dry_run})
+        print_json(result) if as_json else out.print("[green]✓[/] converged by the service", highlight=False)
+        return
     manager = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink)
     report = manager.up()
     show_report(report, as_json, "up")
@@ -265,8 +276,17 @@ def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = Fa
               template: Annotated[str | None, typer.Option(help="Proxmox template volume id.")] = None,
               memory: Annotated[int, typer.Option(min=16, help="Memory in MiB.")] = 256,
               cores: Annotated[int, typer.Option(min=1, max=8192, help="CPU cores.")] = 1,
-              start: Annotated[bool, typer.Option("--start/--no-start", help="Start it once created.")] = True) -> None:
+              start: Annotated[bool, typer.Option("--start/--no-start", help="Start it once created.")] = True,
+              api: ApiOpt = None, token: TokenOpt = None) -> None:
     """Create a container on prox-net with a fixed MAC, a reserved address and a DNS name."""
+    if api and not dry_run:
+        body = {"hostname": hostname, "memory": memory, "cores": cores, "template": template, "start": start}
+        result = remote(api, token, sandbox, "POST", "/api/v1/containers", body)
+        if as_json:
+            print_json(result)
+        else:
+            out.print(f"[green]✓[/] CT {result['vmid']} {hostname}: {result['ip']} ({result['dns_name']})")
+        return
     manager = containers_for(sandbox)
     if dry_run:
         reservation, net0 = manager.plan_create(hostname)
@@ -343,8 +363,14 @@ def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: 
 @app.command()
 @friendly
 def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
-            timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60) -> None:
+            timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
+            api: ApiOpt = None, token: TokenOpt = None) -> None:
     """Move a container from vmbr0 to prox-net: snapshot, shut down, switch net0, start, verify; roll back on failure."""
+    if api:
+        result = remote(api, token, sandbox, "POST", f"/api/v1/containers/{vmid}/migrate",
+                        {"dry_run": dry_run, "timeout": timeout})
+        print_json(result) if as_json else out.print(f"[green]✓[/] CT {vmid} migrated: {result.get('dns_name')}")
+        return
     manager = containers_for(sandbox)
     report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
                              progress=(lambda step: None) if as_json else
@@ -427,3 +453,13 @@ def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -
         show_report(Report(dry_run=True, files=target.files, commands=target.commands), False, "serve --install-unit")
     else:
         out.print(f"[green]✓[/] {path} installed and started; the token: `proximity token show`")
+
+
+def remote(api: str, token: str | None, sandbox: str | None, method: str, path: str, body: dict) -> Any:
+    from proximity.api.auth import TokenStore
+    from proximity.remote import run_job
+
+    token = token or TokenStore(settings_for(sandbox)).read()
+    if not token:
+        raise SettingsError("no API token: pass --token or set PROXIMITY_API_TOKEN (see `proximity token show`)")
+    return run_job(api, token, method, path, body, err)

@@ -141,3 +141,48 @@ def test_rotated_token_takes_effect_at_once(api):
                           headers={"Authorization": f"Bearer {new}"}).status_code == 200
     finally:
         client.headers["Authorization"] = f"Bearer {new}"
+
+
+def test_service_starts_when_the_network_cannot_be_set_up(sandbox):
+    """A converge that fails leaves the service up, unhealthy with the reason, and retrying."""
+    context = Context(load_settings(**sandbox.settings_overrides(), uplink="nope0"), retry_every=0.2)
+    with TestClient(create_app(context)) as client:
+        client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
+        assert wait_for(lambda: context.last_converge["ok"] is False, timeout=30)
+        first = context.last_converge["time"]
+        assert client.get("/healthz").status_code == 200
+        body = client.get("/api/v1/system/network/status").json()
+        assert body["data"]["health_status"] == "unhealthy"
+        assert "converge failed" in body["message"] and "nope0" in body["message"]
+        assert wait_for(lambda: context.last_converge["time"] != first, timeout=10)  # it keeps retrying
+
+
+def test_cli_follows_a_job_of_the_running_service(api, sandbox):
+    import subprocess
+    import sys
+
+    port = 18000 + os.getpid() % 1000
+    pid_file = sandbox.run_dir / "test-api.pid"
+    server = subprocess.Popen([sys.executable, "-m", "proximity", "serve", "--sandbox", sandbox.name,
+                               "--port", str(port), "--pid-file", str(pid_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(up, timeout=30)
+        url = f"http://127.0.0.1:{port}"
+        result = proximity("ct", "create", "cli-01", "--sandbox", sandbox.name, "--api", url)
+        assert "reserving an address for cli-01" in result.stderr  # the progress, step by step
+        assert "cli-01.prox.local" in result.stdout
+        refused = proximity("ct", "create", "cli-01", "--sandbox", sandbox.name, "--api", url, check=False)
+        assert refused.returncode == 2 and "409" in refused.stderr and "Traceback" not in refused.stderr
+        proximity("ct", "destroy", "cli-01", "--sandbox", sandbox.name)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

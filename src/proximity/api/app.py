@@ -162,9 +162,13 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         st = context.status.peek() or await run_in_threadpool(context.status.get)
         data = st.as_dict()
         data["last_converge"] = context.last_converge
-        healthy = st.health_status == "healthy"
-        message = "Network infrastructure operational" if healthy else f"Network {st.health_status}: " + "; ".join(
-            st.reasons or [context.last_converge.get("error") or "unknown"])
+        if context.last_converge["ok"] is False:  # the service could not set the network up: say so
+            data["health_status"] = "unhealthy"
+            data["reasons"] = [f"converge failed (retrying every {context.retry_every:.0f} s): "
+                               f"{context.last_converge['error']}", *data["reasons"]]
+        healthy = data["health_status"] == "healthy"
+        message = "Network infrastructure operational" if healthy else (
+            f"Network {data['health_status']}: " + "; ".join(data["reasons"] or ["unknown"]))
         return {"message": message, "data": data}
 
     @app.get("/api/v1/system/network/leases", tags=["network"], dependencies=auth)
