@@ -84,6 +84,10 @@ def test_lxc_containers_get_stable_names_and_addresses(network, lxc):
         check_on_network(sb, lxc, nginx, wordpress)
         assert resolve(peer.ns, "nginx-01.prox.local", GATEWAY) == [nginx["ip"]]
 
+        doctor = json.loads(proximity("doctor", "--sandbox", sb.name, "--json").stdout)
+        resolv = {c["name"]: c for c in doctor if c["name"].startswith("resolv.conf of ")}
+        assert resolv["resolv.conf of nginx-01"]["ok"] and resolv["resolv.conf of wordpress-02"]["ok"], resolv
+
         listed = {c["hostname"]: c for c in ct_json(sb, "list")}
         assert listed["nginx-01"]["ip"] == nginx["ip"] and listed["nginx-01"]["state"] == "running"
         assert listed["wordpress-02"]["mac"] == wordpress["mac"] and listed["wordpress-02"]["backend"] == "lxc"

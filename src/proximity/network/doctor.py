@@ -121,6 +121,15 @@ def _resolv_conf_checks(manager: NetworkManager, sandbox) -> list[Check]:
         files = [(Path(p).parent.name.removeprefix(f"{sandbox.name}-"), Path(p))
                  for p in sorted(glob.glob(f"/etc/netns/{sandbox.name}-*/resolv.conf"))
                  if not p.startswith(f"/etc/netns/{sandbox.lan_ns}/")]
+        lxcpath = sandbox.state_dir / "lxc"
+        if lxcpath.is_dir():
+            from proximity.containers.lxc import LxcBackend
+
+            backend = LxcBackend(sandbox.name, lxcpath)
+            for container in backend.list():
+                pid = backend.container_pid(container.vmid) if container.state == "running" else None
+                if pid and f"bridge={manager.settings.bridge}" in container.net0:
+                    files.append((container.hostname, Path(f"/proc/{pid}/root/etc/resolv.conf")))
     else:
         for config in sorted(glob.glob("/var/lib/lxc/*/config")):
             if f"link = {manager.settings.bridge}" not in Path(config).read_text(errors="replace"):
