@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -25,7 +25,7 @@ from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.containers.reservations import AdmissionError
 from proximity.network.doctor import run_doctor
-from proximity.network.manager import ConvergeError, NetworkManager
+from proximity.network.manager import NetworkManager
 from proximity.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,6 @@ class Migrate(BaseModel):
 
 class Initialize(BaseModel):
     dry_run: bool = False
-
-
-class JobAccepted(BaseModel):
-    job: dict[str, Any]
 
 
 class Problem(BaseModel):
@@ -300,4 +296,4 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     return app
 
 
-__all__ = ["Context", "ConvergeError", "create_app", "Query"]
+__all__ = ["Context", "create_app"]
