@@ -26,9 +26,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-# bench/ goes last on sys.path, after the installed packages.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR] + [str(BENCH_DIR)]
 
 import dns.exception
 import dns.message
@@ -795,7 +792,6 @@ def run(quick: bool = False) -> list[Row]:
 
         progress("reserved clients done", started)
         # 4. Baseline: the seed's plain dnsmasq (no rapid commit, ping check on), same clients.
-        sys.path.append(str(BENCH_DIR))
         from containers import seed_conf
 
         baseline = LightClients(sb, baseline_count, tag="b")
