@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import shlex
 import sys
@@ -95,6 +94,8 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
         print_json(report.as_dict())
         return
     if report.dry_run:
+        import difflib  # only dry runs show diffs
+
         out.print(f"[bold]Dry run of `proximity {verb}`: nothing was changed.[/]")
         for change in report.files:
             diff = difflib.unified_diff(

@@ -34,6 +34,30 @@ def test_toml_file_and_environment(tmp_path, monkeypatch):
     assert load_settings(domain="cli.example").domain == "cli.example"  # the caller beats both
 
 
+@pytest.mark.parametrize("value", ['["9.9.9.9", "2620:fe::fe"]', "9.9.9.9, 2620:fe::fe", "9.9.9.9 2620:fe::fe"])
+def test_a_list_setting_from_the_environment(monkeypatch, value):
+    monkeypatch.setenv("PROXIMITY_UPSTREAM_DNS", value)
+    assert [str(a) for a in load_settings().upstream_dns] == ["9.9.9.9", "2620:fe::fe"]
+
+
+def test_environment_errors_name_the_variable(monkeypatch):
+    monkeypatch.setenv("PROXIMITY_UPSTREAM_DNS", '["9.9.9.9"')
+    with pytest.raises(SettingsError, match="PROXIMITY_UPSTREAM_DNS"):
+        load_settings()
+    monkeypatch.setenv("PROXIMITY_UPSTREAM_DNS", "9.9.9.9")
+    monkeypatch.setenv("PROXIMITY_PROXMOX_PORT", "eighty")
+    with pytest.raises(SettingsError, match="PROXIMITY_PROXMOX_PORT"):
+        load_settings()
+
+
+def test_unknown_key_in_the_file_is_refused(tmp_path, monkeypatch):
+    config = tmp_path / "proximity.toml"
+    config.write_text('brige = "lab-net"\n')
+    monkeypatch.setenv("PROXIMITY_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="brige"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("overrides", "field", "fix"),
     [

@@ -14,9 +14,9 @@ opens no socket and reads no file. A background thread keeps that snapshot curre
   port), and whenever :meth:`StatusSnapshot.invalidate` is called (after the service changed
   something).
 
-An event-driven refresh is cheap: it re-reads netlink, ``ip_forward``, the pid and the lease file,
-and reuses the expensive answers (``iptables -C``, ``ss``, the DNS probe) of the last full refresh
-as long as dnsmasq's pid is the same. The health verdict and its reasons come from
+An event-driven refresh is cheap: it re-reads links, addresses and routes (two ``ip -json``
+dumps), ``ip_forward``, the pid and the lease file, and reuses the expensive answers (the
+firewall rules, ``ss``, the DNS probe) of the last full refresh as long as dnsmasq's pid is the same. The health verdict and its reasons come from
 :meth:`NetworkManager.status` itself, so the snapshot and ``proximity status`` always agree.
 """
 
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proximity.host import Host, inside_netns, pid_cmdline
+from proximity.host import inside_netns, pid_cmdline
 from proximity.network.manager import NetworkManager, NetworkStatus
 from proximity.network.service import SystemdDns
 
@@ -76,13 +76,6 @@ def iproute_in(netns: str | None) -> IPRoute:
         raise
 
 
-class _ProbeHost(Host):
-    """The network's host, reading netlink without forking (see :func:`iproute_in`)."""
-
-    def iproute(self) -> IPRoute:
-        return iproute_in(self.netns)
-
-
 class _Probe(NetworkManager):
     """``NetworkManager.status()`` whose expensive checks are remembered between full refreshes.
 
@@ -92,14 +85,11 @@ class _Probe(NetworkManager):
     """
 
     def __init__(self, network: NetworkManager):
-        host = network.host
-        if type(host) is Host:  # the real machine or a sandbox: read netlink without forking
-            host = _ProbeHost(host.netns)
-        super().__init__(network.settings, host=host)
+        super().__init__(network.settings, host=network.host)
         self.full = True
         self._pid: int | None = None  # the pid seen by the current refresh
         self._last_pid: int | None = None  # the pid seen by the previous refresh
-        self._rules: dict[tuple[str, ...], bool] = {}
+        self._live_rules: set[tuple[str, str]] | None = None
         self._answers: dict[int | None, bool] = {}
         self._served: dict[int, bool] = {}
         real_running_pid = self.dns.running_pid
@@ -118,7 +108,7 @@ class _Probe(NetworkManager):
     def refresh(self, full: bool) -> NetworkStatus:
         self.full = full
         if full:
-            self._rules.clear()
+            self._live_rules = None
             self._answers.clear()
             self._served.clear()
         try:
@@ -127,11 +117,10 @@ class _Probe(NetworkManager):
             self._last_pid = self._pid
         return status
 
-    def _rule_present(self, rule) -> bool:
-        key = tuple(rule.argv("-C"))
-        if key not in self._rules:
-            self._rules[key] = super()._rule_present(rule)
-        return self._rules[key]
+    def _own_rules(self) -> set[tuple[str, str]]:
+        if self._live_rules is None:
+            self._live_rules = super()._own_rules()
+        return self._live_rules
 
     def _dns_answers(self) -> bool:
         if self._pid not in self._answers:

@@ -193,7 +193,8 @@ class NetworkManager:
         link = net.link(s.bridge)
         gateway_assigned = (s.bridge, s.gateway) in net.addresses
         rules = render.firewall_rules(s, uplink, self._pve_firewall()) if uplink else []
-        present = {rule: self._rule_present(rule) for rule in rules}
+        live = self._own_rules()
+        present = {rule: self._rule_present(rule, live) for rule in rules}
         nat = bool(rules) and present[rules[0]]
         isolation = bool(rules) and all(present.values())
         forward = self.host.read_sysctl("net.ipv4.ip_forward") == "1"
@@ -313,9 +314,10 @@ class NetworkManager:
     def _converge_firewall(self, uplink: str, pve_firewall: bool, revert: Revert, report: Report) -> None:
         rules = render.firewall_rules(self.settings, uplink, pve_firewall)
         wanted = {(rule.table, rule.saved()) for rule in rules}
-        stale = self._own_rules() - wanted
+        live = self._own_rules()
+        stale = live - wanted
         for rule in rules:
-            if not self._rule_present(rule):
+            if not self._rule_present(rule, live):
                 self._change(report, f"added {rule.table} rule {rule.saved()}", rule.argv(rule.add_op))
                 revert.add(f"remove {rule.saved()}", lambda rule=rule: self.host.run(rule.argv("-D")))
         for table, line in sorted(stale):
@@ -448,19 +450,21 @@ class NetworkManager:
         if not result.ok:
             raise ServiceError(f"dnsmasq rejects the rendered config: {result.stderr.strip()}")
 
-    def _rule_present(self, rule: render.Rule) -> bool:
-        return self.host.query(rule.argv("-C")).ok
+    def _rule_present(self, rule: render.Rule, live: set[tuple[str, str]]) -> bool:
+        """``live`` is ``_own_rules()``. The rule's exact saved line there proves it is present;
+        only a rule missing from it costs an ``iptables -C``, which knows every equivalent spelling."""
+        return (rule.table, rule.saved()) in live or self.host.query(rule.argv("-C")).ok
 
     def _own_rules(self) -> set[tuple[str, str]]:
         """Live rules carrying Proximity's comment, as (table, iptables-save line)."""
         tag = f"--comment {render.comment(self.settings)} "
-        found = set()
-        for table in ("nat", "filter", "raw"):
-            result = self.host.query(["iptables-save", "-t", table])
-            for line in result.stdout.splitlines():
-                line = line.replace('"', "")  # iptables-nft quotes every comment, legacy does not
-                if line.startswith("-A ") and tag in line:
-                    found.add((table, line))
+        found, table = set(), None
+        for line in self.host.query(["iptables-save"]).stdout.splitlines():  # every table in one dump
+            line = line.replace('"', "")  # iptables-nft quotes every comment, legacy does not
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A ") and tag in line:
+                found.add((table, line))
         return found
 
     def _change(self, report: Report, description: str, argv: list[str]) -> None:

@@ -26,28 +26,27 @@ class HostNetwork:
 
 
 def read_host_network(host: Host) -> HostNetwork:
-    with host.iproute() as ipr:
-        links = {
-            link["index"]: {
-                "name": link.get("IFLA_IFNAME"),
-                "up": bool(link["flags"] & 1),
-                "kind": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
-            }
-            for link in ipr.get_links()
+    """Links, IPv4 addresses and main-table routes, from two ``ip -json`` dumps."""
+    links, addresses = {}, []
+    for link in host.ip_json("-details", "address", "show"):
+        links[link["ifindex"]] = {
+            "name": link["ifname"],
+            "up": "UP" in link.get("flags", []),
+            "kind": link.get("linkinfo", {}).get("info_kind"),
         }
-        name = lambda index: links.get(index, {}).get("name", f"index {index}")  # noqa: E731
-        addresses = [
-            (name(a["index"]), ipaddress.IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"))
-            for a in ipr.get_addr(family=2)
+        addresses += [
+            (link["ifname"], ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
+            for a in link.get("addr_info", [])
+            if a.get("family") == "inet"
         ]
-        routes = [
-            (
-                name(r.get("RTA_OIF")),
-                ipaddress.IPv4Network(f"{r.get('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", strict=False),
-                r.get("RTA_GATEWAY"),
-            )
-            for r in ipr.get_routes(family=2, table=254)
-        ]
+    routes = [
+        (
+            r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
+            ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False),
+            r.get("gateway"),
+        )
+        for r in host.ip_json("-4", "route", "show", "table", "main")
+    ]
     return HostNetwork(links, addresses, routes)
 
 
