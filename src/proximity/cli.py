@@ -411,7 +411,10 @@ def serve(sandbox: SandboxOpt = None,
             fh.write(f"{os.getpid()}\n")
     err.print(f"Proximity API on http://{host}:{port}/ (token: `proximity token show"
               + (f" --sandbox {sandbox}" if sandbox else "") + "`)", highlight=False)
-    uvicorn.run(create_app(context), host=host, port=port, log_level="warning")
+    # No access log (one line per request is most of a cheap request's cost) and no proxy
+    # headers: the service is reached directly, never through a reverse proxy it should trust.
+    uvicorn.run(create_app(context), host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False)
 
 
 @token_app.command("show")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -60,6 +61,25 @@ def test_status_has_the_seed_shape_and_needs_a_token(api):
     assert not any(c.hostname == "sneaky" for c in context.containers.list())
     token_mode = os.stat(context.settings.api_token_file).st_mode & 0o777
     assert token_mode == 0o600
+
+
+def test_status_fast_lane_answers_exactly_what_the_route_does(api):
+    client, context = api
+    fast = client.get("/api/v1/system/network/status")  # answered by StatusFastLane
+    routed = client.get("/api/v1/system/network/status?via=fastapi")  # a query string: FastAPI's route
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content == context.status_json()
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    assert int(fast.headers["content-length"]) == len(fast.content)
+    before = context.status_json()
+    context.last_converge = {**context.last_converge, "ok": False, "error": "test: uplink vanished"}
+    try:  # a new converge result is a new body, in both lanes
+        for path in ("/api/v1/system/network/status", "/api/v1/system/network/status?via=fastapi"):
+            data = client.get(path).json()["data"]
+            assert data["health_status"] == "unhealthy" and "test: uplink vanished" in data["reasons"][0]
+    finally:
+        context.last_converge = {**context.last_converge, "ok": True, "error": None}
+    assert client.get("/api/v1/system/network/status").json() == json.loads(before)
 
 
 def test_bad_input_names_the_field(api):

@@ -44,10 +44,14 @@ class TokenStore:
         return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def bearer_ok(authorization: str | None, store: TokenStore) -> bool:
+    """Whether an ``Authorization`` header carries the current token."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    return scheme.lower() == "bearer" and bool(credentials) and store.check(credentials)
+
+
 async def require_token(request: Request) -> None:
     """Every /api/v1 endpoint: a bearer token, or 401 and nothing done."""
-    scheme, credentials = get_authorization_scheme_param(request.headers.get("Authorization"))
-    store: TokenStore = request.app.state.context.tokens
-    if scheme.lower() != "bearer" or not credentials or not store.check(credentials):
+    if not bearer_ok(request.headers.get("Authorization"), request.app.state.context.tokens):
         raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
                                  "(see `proximity token show`)", headers={"WWW-Authenticate": "Bearer"})
