@@ -989,19 +989,27 @@ class PveDouble:
 
         return self._spawn("snapshot", "vzsnapshot", vmid, body)
 
+    def _lock_for_snapshot(self, vmid: int, name: str, lock: str,
+                           snapstate: str | None = None) -> tuple[Container, dict[str, Any]]:
+        """Take ``lock`` on a CT for work on its snapshot ``name``, as pve-container does first."""
+        with self._vm_lock(vmid):
+            ct = self._load(vmid)
+            with self._state:
+                snap = ct.snapshots.get(name)
+                if snap is None:
+                    raise TaskError(f"snapshot '{name}' does not exist\n")
+                self._check_lock(ct)
+                if snapstate:
+                    snap["snapstate"] = snapstate
+                ct.config["lock"] = lock
+        return ct, snap
+
     def _rollback(self, p: dict[str, Any]) -> str:
         vmid, name = p["vmid"], p["snapname"]
         start_after = bool(p.get("start"))
 
         def body(task: Task) -> None:
-            with self._vm_lock(vmid):
-                ct = self._load(vmid)
-                with self._state:
-                    snap = ct.snapshots.get(name)
-                    if snap is None:
-                        raise TaskError(f"snapshot '{name}' does not exist\n")
-                    self._check_lock(ct)
-                    ct.config["lock"] = "rollback"
+            ct, snap = self._lock_for_snapshot(vmid, name, "rollback")
             if ct.status == "running":  # pve-container stops the CT before rolling back
                 self.realizer.stop(vmid)
                 self._stopped(ct)
@@ -1019,15 +1027,7 @@ class PveDouble:
         force = bool(p.get("force"))
 
         def body(task: Task) -> None:
-            with self._vm_lock(vmid):
-                ct = self._load(vmid)
-                with self._state:
-                    snap = ct.snapshots.get(name)
-                    if snap is None:
-                        raise TaskError(f"snapshot '{name}' does not exist\n")
-                    self._check_lock(ct)
-                    snap["snapstate"] = "delete"
-                    ct.config["lock"] = "snapshot-delete"
+            ct, snap = self._lock_for_snapshot(vmid, name, "snapshot-delete", snapstate="delete")
             try:
                 self._realize(task, "delete_snapshot", self.realizer.delete_snapshot, vmid, name)
             except BaseException:
