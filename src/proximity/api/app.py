@@ -155,8 +155,9 @@ class StatusFastLane:
 
     The status is the API's hottest read (dashboards, monitoring), and FastAPI's routing and
     dependency resolution cost more than the answer: this lane serves about three times the
-    requests/s through the same single process. Everything else, a missing or wrong token included, goes on to FastAPI, whose route
-    of the same path gives the schema, the errors and the very same body.
+    requests/s through the same single process. Everything else, a missing or wrong token
+    included, goes on to FastAPI, whose route of the same path gives the schema, the errors and
+    the very same body.
     """
 
     def __init__(self, app, context: Context):

@@ -16,8 +16,9 @@ opens no socket and reads no file. A background thread keeps that snapshot curre
 
 An event-driven refresh is cheap: it re-reads links, addresses and routes (two ``ip -json``
 dumps), ``ip_forward``, the pid and the lease file, and reuses the expensive answers (the
-firewall rules, ``ss``, the DNS probe) of the last full refresh as long as dnsmasq's pid is the same. The health verdict and its reasons come from
-:meth:`NetworkManager.status` itself, so the snapshot and ``proximity status`` always agree.
+firewall rules, ``ss``, the DNS probe) of the last full refresh as long as dnsmasq's pid is the
+same. The health verdict and its reasons come from :meth:`NetworkManager.status` itself, so the
+snapshot and ``proximity status`` always agree.
 """
 
 from __future__ import annotations
