@@ -48,7 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from proximity.host import Host, wait_for
+from proximity.host import ETC_NETNS, NETNS_RUN_DIR, Host, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ CLIENT_NIC = "eth0"
 CLIENT_VETH_PREFIX = "pxc"
 DEFAULT_BRIDGE = "prox-net"
 
-NETNS_RUN_DIR = Path("/run/netns")
-ETC_NETNS = Path("/etc/netns")
 HOST_IFUPDOWN2_DIR = Path("/etc/network/ifupdown2")
 IFUPDOWN2_LOCK_DIR = Path("/run/network")  # ifupdown2's global lock lives here
 IFRELOAD_BUSY_RC = 89  # "Another instance of this program is already running"

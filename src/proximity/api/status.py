@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proximity.host import inside_netns, pid_cmdline
+from proximity.host import NETNS_RUN_DIR, inside_netns, pid_cmdline
 from proximity.network.manager import NetworkManager, NetworkStatus
 from proximity.network.service import SystemdDns
 
@@ -390,7 +390,7 @@ class StatusSnapshot:
     def _open_sources(self) -> None:
         """Open what is missing (the namespace or the directories may appear later)."""
         netns = self.network.host.netns
-        if self._netlink is None and (netns is None or Path(f"/run/netns/{netns}").exists()):
+        if self._netlink is None and (netns is None or (NETNS_RUN_DIR / netns).exists()):
             try:
                 with inside_netns(netns):
                     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
-from proximity.host import wait_for
+from proximity.host import ETC_NETNS, NETNS_RUN_DIR, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ SNAPSHOTS = "proximity-snapshots"
 NET_ENV = "etc/proximity/net0.env"
 INIT_LOG = "var/log/ct-init.log"
 PATH_IN_CT = "/usr/sbin:/usr/bin:/sbin:/bin"
-NETNS_RUN_DIR = Path("/run/netns")
-ETC_NETNS = Path("/etc/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SECCOMP_PROFILE = Path("/usr/share/lxc/config/common.seccomp")
 

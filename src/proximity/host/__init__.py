@@ -27,6 +27,8 @@ from pathlib import Path
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = Path("/run/netns")  # `ip netns` names namespaces here
+ETC_NETNS = Path("/etc/netns")  # ... and bind-mounts NAME/* over /etc for `ip netns exec`
 _libc = ctypes.CDLL(None, use_errno=True)
 _netns_lock = threading.Lock()
 
@@ -65,7 +67,7 @@ def inside_netns(name: str | None) -> Iterator[None]:
     with _netns_lock:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
-            target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+            target = os.open(NETNS_RUN_DIR / name, os.O_RDONLY)
         except FileNotFoundError:
             os.close(own)
             raise RuntimeError(f"network namespace {name!r} does not exist") from None
