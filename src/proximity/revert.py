@@ -1,0 +1,52 @@
+"""One revert mechanism for everything that changes more than one thing.
+
+The shape of Incus's ``revert`` package: register the undo of each change right after making
+it; on the way out, ``fail()`` runs the undos in reverse, ``success()`` drops them. Used as a
+context manager, an exception that leaves the block (kill -9 aside) runs ``fail()``::
+
+    with Reverter() as revert:
+        write(path, new)
+        revert.add(f"restore {path}", lambda: write(path, old))
+        reload()
+        revert.success()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Reverter:
+    def __init__(self) -> None:
+        self._undos: list[tuple[str, Callable[[], object]]] = []
+        self.failures: list[str] = []  # undos that raised, as "description: error"
+
+    def add(self, description: str, undo: Callable[[], object]) -> None:
+        """Register how to undo the change just made."""
+        self._undos.append((description, undo))
+
+    def fail(self) -> list[str]:
+        """Run every undo, newest first, even when one raises; return those that failed."""
+        while self._undos:
+            description, undo = self._undos.pop()
+            try:
+                undo()
+            except Exception as exc:  # keep undoing the rest
+                self.failures.append(f"{description}: {exc}")
+        return self.failures
+
+    def success(self) -> None:
+        """Keep every change: forget the undos."""
+        self._undos.clear()
+
+    @property
+    def pending(self) -> list[str]:
+        """Descriptions of the undos that would run, oldest first."""
+        return [description for description, _ in self._undos]
+
+    def __enter__(self) -> Reverter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._undos:
+            self.fail()
