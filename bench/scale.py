@@ -544,7 +544,7 @@ def endpoint_latency(settings: Settings, ns: str, requests: int) -> dict[str, li
 
 
 def reservations_at(settings: Settings, count: int, prefix: str = "r") -> list:
-    from proximity.containers.reservations import Reservation, stable_mac
+    from proximity.network.reservations import Reservation, stable_mac
 
     start = int(settings.dhcp_start)
     if count > settings.pool_size:
@@ -556,7 +556,7 @@ def reservations_at(settings: Settings, count: int, prefix: str = "r") -> list:
 
 def write_reservations(settings: Settings, host: Host, reservations: list) -> None:
     """Write reservations.json in one go, and the two files dnsmasq reads from it."""
-    from proximity.containers.reservations import Reservations
+    from proximity.network.reservations import Reservations
 
     host.write_text(settings.reservations_db, json.dumps([asdict(r) for r in reservations], indent=1) + "\n")
     Reservations(settings, host).ensure_files()
@@ -564,7 +564,7 @@ def write_reservations(settings: Settings, host: Host, reservations: list) -> No
 
 def add_reservation_timings(settings: Settings, host: Host, peer_ns: str, count: int, adds: int) -> dict[str, object]:
     """Add ``adds`` reservations when ``count`` exist: incremental (SIGHUP) against a full restart."""
-    from proximity.containers.reservations import Reservations
+    from proximity.network.reservations import Reservations
 
     class RestartingReservations(Reservations):
         """The same files, applied by a full dnsmasq restart instead of SIGHUP."""
@@ -608,7 +608,7 @@ def admission_timings(sb: sandboxes.Sandbox, repeats: int) -> dict[str, object]:
     """Default pool (151 addresses) full of reservations: the 152nd container is refused."""
     from proximity.containers.lxc import LxcBackend
     from proximity.containers.manager import ContainerManager
-    from proximity.containers.reservations import AdmissionError
+    from proximity.network.reservations import AdmissionError
     from proximity.network.manager import NetworkManager
 
     state = sb.root / "admission"
@@ -722,7 +722,7 @@ def fresh_dnsmasq(settings: Settings, host: Host, conf: str | None = None) -> in
 
 def run(quick: bool = False) -> list[Row]:
     """Every number of this module, in a fresh sandbox that is destroyed at the end."""
-    from proximity.containers.reservations import stable_mac
+    from proximity.network.reservations import stable_mac
 
     count = 100 if quick else 1000
     baseline_count = 30 if quick else 100

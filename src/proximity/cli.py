@@ -16,6 +16,7 @@ from rich.table import Table
 
 from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError
+from proximity.errors import ProximityError, exit_code
 from proximity.host import CommandError
 from proximity.network.doctor import run_doctor
 from proximity.network.manager import ConvergeError, NetworkManager, Report
@@ -52,23 +53,19 @@ ApiOpt = Annotated[str | None, typer.Option(
 TokenOpt = Annotated[str | None, typer.Option(
     "--token", envvar="PROXIMITY_API_TOKEN", help="The service's token (default: `proximity token show`).")]
 
-USER_ERRORS = (SettingsError, ConvergeError, ServiceError, sandboxes.SandboxError, CommandError, PermissionError,
-               BackendError)
-
-
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can cause into one clear message and exit code, never a traceback."""
+    """Turn every error Proximity raises into one clear message and its exit code, never a traceback.
+
+    2: the input was refused (invalid, not found, conflict); 1: an operation failed (see errors.py).
+    """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except SettingsError as exc:
+        except (ProximityError, PermissionError) as exc:
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-        except USER_ERRORS as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(1) from None
+            raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
 

@@ -48,6 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from proximity.errors import HostError
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, Host, wait_for
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IFF_UP = 0x1
 
 
-class SandboxError(RuntimeError):
+class SandboxError(HostError):
     """A sandbox operation failed; the message says what failed and what to do."""
 
 

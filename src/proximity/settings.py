@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
+from proximity.errors import InputError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "PROXIMITY_"
@@ -27,7 +28,7 @@ LEASE_RE = re.compile(r"^(?:(\d+)([smhdw]?)|infinite)$")
 LEASE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """A setting is wrong; the message names it and says how to fix it."""
 
 

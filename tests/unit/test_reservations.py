@@ -1,6 +1,6 @@
 import pytest
 
-from proximity.containers.reservations import AdmissionError, Reservations, stable_mac
+from proximity.network.reservations import AdmissionError, Reservations, stable_mac
 from proximity.host import Host
 from proximity.network.leases import Lease
 from proximity.settings import load_settings

@@ -24,7 +24,7 @@ from proximity.api.auth import TokenStore, bearer_ok, require_token
 from proximity.api.jobs import Job, JobRunner
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
-from proximity.containers.reservations import AdmissionError
+from proximity.network.reservations import AdmissionError
 from proximity.network.doctor import run_doctor
 from proximity.network.manager import NetworkManager, NetworkStatus
 from proximity.settings import Settings, SettingsError

@@ -27,7 +27,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from proximity.api.status import iproute_in
-from proximity.containers.reservations import Reservation, Reservations
+from proximity.network.reservations import Reservation, Reservations
 from proximity.settings import Settings
 
 log = logging.getLogger(__name__)

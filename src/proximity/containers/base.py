@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proximity.errors import HostError
 
-class BackendError(RuntimeError):
+
+class BackendError(HostError):
     """A backend operation failed; the message says what failed and what to do."""
 
 

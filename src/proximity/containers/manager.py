@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from proximity.containers.base import BackendError, Container, ContainerBackend, ContainerSpec, Net0
-from proximity.containers.reservations import AdmissionError, Reservation, Reservations
+from proximity.network.reservations import AdmissionError, Reservation, Reservations
 from proximity.host import wait_for
 from proximity.network.manager import NetworkManager
 from proximity.settings import SettingsError

@@ -25,6 +25,8 @@ from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proximity.errors import HostError
+
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")  # `ip netns` names namespaces here
@@ -33,7 +35,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _netns_lock = threading.Lock()
 
 
-class CommandError(RuntimeError):
+class CommandError(HostError):
     """A command failed or timed out; the message carries its argv and stderr."""
 
     def __init__(self, argv: list[str], returncode: int | None, stderr: str, timed_out: bool = False):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from proximity.errors import InputError
+
 __all__ = [
     "BEGIN_MARKER",
     "END_MARKER",
@@ -54,7 +56,7 @@ _BOOL_KEYS = frozenset(
 )
 
 
-class InterfacesFileError(ValueError):
+class InterfacesFileError(InputError):
     """The file's Proximity markers are damaged; a human has to decide what to keep."""
 
     def __init__(self, message: str, line: int | None = None) -> None:

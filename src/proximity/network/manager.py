@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from proximity.errors import HostError
 from proximity.host import CommandError, DryRunHost, Host, wait_for
 from proximity.network import interfaces, render
 from proximity.network.leases import Lease, parse_leases
@@ -29,7 +30,7 @@ from proximity.settings import Settings, SettingsError, is_hostname_label
 PVE_CLUSTER_FIREWALL = Path("/etc/pve/firewall/cluster.fw")
 
 
-class ConvergeError(RuntimeError):
+class ConvergeError(HostError):
     """``up`` or ``down`` failed; everything it had changed was undone (or the message says what was not)."""
 
 

@@ -11,12 +11,13 @@ import shutil
 import signal
 from dataclasses import dataclass
 
+from proximity.errors import HostError
 from proximity.host import CommandError, Host, pid_cmdline, wait_for
 from proximity.network import render
 from proximity.settings import Settings
 
 
-class ServiceError(RuntimeError):
+class ServiceError(HostError):
     """dnsmasq could not be started or stopped; the message says why and what to do."""
 
 

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from proximity.errors import ConflictError
 from proximity.host import Host
 from proximity.network.leases import Lease
 from proximity.network.render import stable_mac
@@ -23,7 +24,7 @@ from proximity.network.service import dns_service
 from proximity.settings import Settings, SettingsError
 
 
-class AdmissionError(SettingsError):
+class AdmissionError(ConflictError, SettingsError):
     """A container cannot be admitted to the network; nothing was created."""
 
 
