@@ -79,7 +79,7 @@ def baseline_app(sandbox: str):
 
     from proximity import sandbox as sandboxes
     from proximity.api.auth import TokenStore, require_token
-    from proximity.network import render
+    from proximity.network import firewall, render
     from proximity.settings import load_settings
 
     settings = load_settings(**sandboxes.load(sandbox).settings_overrides())
@@ -99,7 +99,7 @@ def baseline_app(sandbox: str):
             for a in bridge.get("addr_info", []))
         rules = run([*in_ns, "iptables-save"]).stdout
         nat = f"proximity:{settings.bridge}" in rules and "MASQUERADE" in rules
-        comment = render.comment(settings)
+        comment = firewall.comment(settings)
         dnsmasq = run(["pgrep", "-F", str(settings.dns_pid_file), "-x", "dnsmasq"]).returncode == 0
         bridge_up = bool(bridge) and "UP" in bridge.get("flags", [])
         healthy = bridge_up and gateway and nat and dnsmasq

@@ -15,8 +15,8 @@ from proximity.containers.base import ContainerSpec
 from proximity.containers.lxc import LxcBackend, random_mac
 from proximity.containers.manager import ContainerManager
 from proximity.host import Host
-from proximity.network.manager import NetworkManager
-from proximity.network.service import SupervisedDns
+from proximity.network.reconciler import NetworkManager
+from proximity.network.dnsmasq import SupervisedDns
 from proximity.settings import load_settings
 
 GATEWAY = "10.10.0.1"

@@ -33,7 +33,7 @@ from scale import (
 
 from proximity import sandbox as sandboxes
 from proximity.host import Host
-from proximity.network import render
+from proximity.network import firewall, render
 
 SERVER_ADDR, CLIENT_ADDR = "10.10.0.21", "10.10.0.22"  # outside the default DHCP range
 PAIR_A, PAIR_B = "192.0.2.1", "192.0.2.2"  # the direct veth pair (TEST-NET-1, inside its namespaces)
@@ -126,7 +126,7 @@ def run(quick: bool = False) -> list[Row]:
             gbps["veth"].append(iperf3(pair.b, pair.a, PAIR_B, seconds))
 
         # (b) container to the internet host: through NAT against the same path routed without NAT
-        masquerade = next(r for r in render.firewall_rules(settings, sandboxes.UPLINK, False) if "MASQUERADE" in r.spec)
+        masquerade = next(r for r in firewall.firewall_rules(settings, sandboxes.UPLINK, False) if "MASQUERADE" in r.spec)
         for _ in range(rounds):
             gbps["nat"].append(iperf3(sb.lan_ns, client_ns, sandboxes.INTERNET_HOST, seconds))
             host.run(masquerade.argv("-D"))

@@ -34,7 +34,7 @@ from common import Row, median, percentile
 
 from proximity import sandbox as sandboxes
 from proximity.host import Host, inside_netns, pid_cmdline
-from proximity.network.service import SupervisedDns
+from proximity.network.dnsmasq import SupervisedDns
 from proximity.settings import Settings, load_settings
 
 GATEWAY = "10.10.0.1"
@@ -609,7 +609,7 @@ def admission_timings(sb: sandboxes.Sandbox, repeats: int) -> dict[str, object]:
     from proximity.containers.lxc import LxcBackend
     from proximity.containers.manager import ContainerManager
     from proximity.network.reservations import AdmissionError
-    from proximity.network.manager import NetworkManager
+    from proximity.network.reconciler import NetworkManager
 
     state = sb.root / "admission"
     settings = load_settings(**{**sb.settings_overrides(), "state_dir": str(state), "run_dir": str(state / "run"),

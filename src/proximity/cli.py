@@ -19,8 +19,7 @@ from proximity.containers.base import BackendError
 from proximity.errors import ProximityError, exit_code
 from proximity.host import CommandError
 from proximity.network.doctor import run_doctor
-from proximity.network.manager import ConvergeError, NetworkManager, Report
-from proximity.network.service import ServiceError
+from proximity.network.reconciler import NetworkManager, Report
 from proximity.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -93,7 +92,9 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
     if report.dry_run:
         import difflib  # only dry runs show diffs
 
-        out.print(f"[bold]Dry run of `proximity {verb}`: nothing was changed.[/]")
+        out.print(f"[bold]Dry run of `proximity {verb}`: nothing was changed.[/] The plan:")
+        for action in report.actions:
+            out.print(f"  [cyan]•[/] {action}", highlight=False)
         for change in report.files:
             diff = difflib.unified_diff(
                 change["before"].splitlines(keepends=True), change["after"].splitlines(keepends=True),

@@ -11,7 +11,7 @@ from proximity.containers.base import ContainerSpec
 from proximity.containers.lxc import LxcBackend
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.host import wait_for
-from proximity.network.manager import NetworkManager
+from proximity.network.reconciler import NetworkManager
 from proximity.settings import load_settings
 from tests.integration.tools import Listener, proximity, resolve
 

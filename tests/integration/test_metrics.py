@@ -13,7 +13,7 @@ from proximity.api.app import Context, create_app
 from proximity.containers.lxc import LxcBackend
 from proximity.containers.manager import ContainerManager
 from proximity.host import wait_for
-from proximity.network.manager import NetworkManager
+from proximity.network.reconciler import NetworkManager
 from proximity.settings import load_settings
 from tests.integration.tools import proximity
 

@@ -15,7 +15,7 @@ import pytest
 from proximity import sandbox as sandboxes
 from proximity.host import Host, wait_for
 from proximity.network import render
-from proximity.network.manager import ConvergeError, NetworkManager
+from proximity.network.reconciler import ConvergeError, NetworkManager
 from proximity.settings import load_settings
 
 from tests.integration.tools import Listener, connect, proximity, resolve

@@ -16,7 +16,7 @@ from proximity import sandbox as sandboxes
 from proximity.api.app import Context, create_app
 from proximity.api.status import StatusSnapshot
 from proximity.host import pid_cmdline, wait_for
-from proximity.network.manager import NetworkManager
+from proximity.network.reconciler import NetworkManager
 from proximity.settings import load_settings
 from tests.integration.tools import proximity
 

@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from proximity.host import DryRunHost, Host
-from proximity.network.manager import NetworkManager
+from proximity.network.reconciler import NetworkManager
 from proximity.settings import SettingsError, load_settings
 
 

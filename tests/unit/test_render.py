@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from proximity.network import render
+from proximity.network import firewall, render
 from proximity.settings import load_settings
 
 
@@ -33,7 +33,7 @@ def test_stanza_is_the_seeds_with_rerunnable_post_up(settings):
 
 
 def test_proxmox_firewall_adds_the_documented_conntrack_zone_rule(settings):
-    rules = render.firewall_rules(settings, "vmbr0", pve_firewall=True)
+    rules = firewall.firewall_rules(settings, "vmbr0", pve_firewall=True)
     zone = [r for r in rules if r.table == "raw"]
     assert len(zone) == 1
     assert zone[0].chain == "PREROUTING" and zone[0].insert
@@ -41,7 +41,7 @@ def test_proxmox_firewall_adds_the_documented_conntrack_zone_rule(settings):
 
 
 def test_rules_keep_the_outside_out(settings):
-    rules = render.firewall_rules(settings, "eno1", pve_firewall=False)
+    rules = firewall.firewall_rules(settings, "eno1", pve_firewall=False)
     drop = [r for r in rules if r.spec[-1] == "DROP"]
     assert len(drop) == 1 and drop[0].insert  # the drop must win over later accepts
     assert "! -i prox-net -o prox-net" in drop[0].saved()

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from proximity.host import DryRunHost
-from proximity.network.service import SystemdDns, dns_service
+from proximity.network.dnsmasq import SystemdDns, dns_service
 from proximity.settings import load_settings
 
 

@@ -26,7 +26,8 @@ from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.network.reservations import AdmissionError
 from proximity.network.doctor import run_doctor
-from proximity.network.manager import NetworkManager, NetworkStatus
+from proximity.network.health import NetworkStatus
+from proximity.network.reconciler import NetworkManager
 from proximity.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)

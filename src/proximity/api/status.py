@@ -17,7 +17,7 @@ opens no socket and reads no file. A background thread keeps that snapshot curre
 An event-driven refresh is cheap: it re-reads links, addresses and routes (two ``ip -json``
 dumps), ``ip_forward``, the pid and the lease file, and reuses the expensive answers (the
 firewall rules, ``ss``, the DNS probe) of the last full refresh as long as dnsmasq's pid is the
-same. The health verdict and its reasons come from :meth:`NetworkManager.status` itself, so the
+same. The health verdict and its reasons come from :func:`proximity.network.health.health`, so the
 snapshot and ``proximity status`` always agree.
 """
 
@@ -36,9 +36,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proximity.host import NETNS_RUN_DIR, inside_netns, pid_cmdline
-from proximity.network.manager import NetworkManager, NetworkStatus
-from proximity.network.service import SystemdDns
+from proximity.host import NETNS_RUN_DIR, inside_netns
+from proximity.network.health import NetworkStatus, health, unknown_status
+from proximity.network.observe import Observation
+from proximity.network.reconciler import NetworkManager
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -77,73 +78,26 @@ def iproute_in(netns: str | None) -> IPRoute:
         raise
 
 
-class _Probe(NetworkManager):
-    """``NetworkManager.status()`` whose expensive checks are remembered between full refreshes.
+class _Refresher:
+    """Status from observations; a quick refresh reuses the last full one's rules and probes.
 
-    In a full refresh every check runs. In a quick one (after an event), the iptables rules, the
-    DNS probe and the DHCP-port check are reused when they were taken for the same dnsmasq pid;
-    a new pid is probed at once.
+    In a full refresh everything is read. In a quick one (after an event), the iptables rules, the
+    DNS probe and the ports check are reused when dnsmasq's pid is the same; a new pid is probed at once.
     """
 
     def __init__(self, network: NetworkManager):
-        super().__init__(network.settings, host=network.host)
-        self.full = True
-        self._pid: int | None = None  # the pid seen by the current refresh
-        self._last_pid: int | None = None  # the pid seen by the previous refresh
-        self._live_rules: set[tuple[str, str]] | None = None
-        self._answers: dict[int | None, bool] = {}
-        self._served: dict[int, bool] = {}
-        real_running_pid = self.dns.running_pid
-
-        def running_pid() -> int | None:
-            # systemctl forks: between full refreshes trust the pid while the process lives.
-            if (not self.full and isinstance(self.dns, SystemdDns) and self._last_pid is not None
-                    and pid_cmdline(self._last_pid) is not None):
-                self._pid = self._last_pid
-            else:
-                self._pid = real_running_pid()
-            return self._pid
-
-        self.dns.running_pid = running_pid  # type: ignore[method-assign]
+        self.network = network
+        self._last: Observation | None = None
 
     def refresh(self, full: bool) -> NetworkStatus:
-        self.full = full
+        last = None if full else self._last
+        obs = self.network.observe(probe=True, rules=last.rules if last else None,
+                                   probes=last.probes if last else None)
+        if last is not None and (obs.dns and obs.dns.pid) != (last.dns and last.dns.pid):
+            obs = self.network.observe(probe=True, rules=last.rules)
         if full:
-            self._live_rules = None
-            self._answers.clear()
-            self._served.clear()
-        try:
-            status = self.status()
-        finally:
-            self._last_pid = self._pid
-        return status
-
-    def _own_rules(self) -> set[tuple[str, str]]:
-        if self._live_rules is None:
-            self._live_rules = super()._own_rules()
-        return self._live_rules
-
-    def _dns_answers(self) -> bool:
-        if self._pid not in self._answers:
-            self._answers = {self._pid: super()._dns_answers()}
-        return self._answers[self._pid]
-
-    def _dhcp_served(self, pid: int) -> bool:
-        if pid not in self._served:
-            self._served = {pid: super()._dhcp_served(pid)}
-        return self._served[pid]
-
-
-def unknown_status(network: NetworkManager, reason: str) -> NetworkStatus:
-    """An ``unhealthy`` status for when the host could not be read at all."""
-    s = network.settings
-    return NetworkStatus(
-        bridge_name=s.bridge, bridge_ip=str(s.gateway.ip), subnet=str(s.subnet),
-        dhcp_range=f"{s.dhcp_start}-{s.dhcp_end}", dns_domain=s.domain, bridge_up=False, nat_configured=False,
-        dhcp_service_running=False, health_status="unhealthy", reasons=[reason], uplink=s.uplink,
-        bridge_exists=False, gateway_assigned=False, isolation_configured=False, ip_forward=False,
-        dns_answering=False, dhcp_served=False, dns_pid=None, pool_size=s.pool_size, leases_in_use=0,
-    )
+            self._last = obs
+        return health(self.network.settings, obs)
 
 
 def _poll(fds: list[int], timeout: float) -> list[int]:
@@ -238,8 +192,8 @@ class StatusSnapshot:
         with self._cond:
             self._cond.wait_for(lambda: self._status is not None or self._closed, timeout=self.first_timeout)
             if self._status is None:
-                return unknown_status(self.network, "the network status is not known yet: the first check of "
-                                                    "the host has not finished (see the service log)")
+                return unknown_status(self.network.settings, "the network status is not known yet: the first "
+                                      "check of the host has not finished (see the service log)")
             return self._status
 
     def peek(self) -> NetworkStatus | None:
@@ -303,7 +257,7 @@ class StatusSnapshot:
                 os.write(self._wake_w, b"x")
 
     def _run(self) -> None:
-        probe = _Probe(self.network)
+        probe = _Refresher(self.network)
         next_full = 0.0
         try:
             while True:
@@ -339,13 +293,13 @@ class StatusSnapshot:
         finally:
             self._close_sources()
 
-    def _refresh(self, probe: _Probe, full: bool) -> tuple[NetworkStatus, bool]:
+    def _refresh(self, probe: _Refresher, full: bool) -> tuple[NetworkStatus, bool]:
         self._refreshes["full" if full else "quick"] += 1
         try:
             return probe.refresh(full), True
         except Exception as exc:
             log.warning("reading the network status failed: %s", exc)
-            return unknown_status(self.network, f"the network status could not be read: {exc}"), False
+            return unknown_status(self.network.settings, f"the network status could not be read: {exc}"), False
 
     def _wait(self, timeout: float) -> None:
         """Block until an event, an invalidate() or the timeout; then let a burst of events settle."""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from proximity.containers.base import BackendError, Container, ContainerBackend, ContainerSpec, Net0
 from proximity.network.reservations import AdmissionError, Reservation, Reservations
 from proximity.host import wait_for
-from proximity.network.manager import NetworkManager
+from proximity.network.reconciler import NetworkManager
 from proximity.settings import SettingsError
 
 

@@ -1,16 +1,20 @@
-"""The host: the one place with side effects (files, commands, netlink, processes).
+"""The host: the one place with side effects (commands, files, locks, signals, netlink).
 
 ``Host`` acts on the machine, or inside one network namespace when ``netns``
 is set (the sandbox): commands are wrapped in ``ip netns exec``, netlink and
 sockets are opened inside the namespace. ``DryRunHost`` reads like ``Host``
 but only records what it would change, which is how ``--dry-run`` previews
-the very code path that ``up`` runs.
+the very code path that ``up`` runs; it touches nothing, not even a directory.
+There is one subprocess runner (``_run_argv``), one atomic writer
+(``write_text``) and one lock helper (``lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import shlex
@@ -102,9 +106,9 @@ class Host:
     def _wrap(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
 
-    def query(self, argv: list[str], timeout: float = 15) -> Result:
+    def query(self, argv: list[str], timeout: float = 15, input: str | None = None) -> Result:
         """Run a command that only reads; runs in dry runs too. Never raises on exit status."""
-        return self._exec(argv, timeout)
+        return self._run_argv(self._wrap(argv), timeout, input)
 
     def run(self, argv: list[str], timeout: float = 30) -> Result:
         """Run a command that changes the host; raises CommandError when it fails."""
@@ -128,11 +132,11 @@ class Host:
     def _exec(self, argv: list[str], timeout: float) -> Result:
         return self._run_argv(self._wrap(argv), timeout)
 
-    def _run_argv(self, full: list[str], timeout: float) -> Result:
+    def _run_argv(self, full: list[str], timeout: float, input: str | None = None) -> Result:
         try:
             proc = subprocess.run(
-                full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                full, capture_output=True, text=True, timeout=timeout, start_new_session=True,
+                **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
             )
         except subprocess.TimeoutExpired as exc:
             raise CommandError(full, None, _text(exc.stderr), timed_out=True) from None
@@ -150,12 +154,23 @@ class Host:
                 return fh.read()
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HostError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:
         """Atomic write: temp file in the same directory, fsync, rename.
 
-        An existing file keeps its mode and owner.
+        An existing file keeps its mode and owner. On any failure (a full disk, a read-only
+        file system) the old file is intact and a HostError names the path.
         """
+        try:
+            self._write_atomic(path, text, mode)
+        except OSError as exc:
+            hint = {errno.ENOSPC: "free some space on that file system", errno.EROFS: "the file system is read-only",
+                    errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, "check the path and its permissions")
+            raise HostError(f"cannot write {path}: {exc.strerror or exc}; {hint}. The old file is unchanged.") from None
+
+    def _write_atomic(self, path: Path, text: str, mode: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             st = path.stat()
@@ -185,6 +200,33 @@ class Host:
     def remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+    def mkdir(self, path: Path) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostError(f"cannot create the directory {path}: {exc.strerror or exc}") from None
+
+    @contextlib.contextmanager
+    def lock(self, path: Path, timeout: float = 60, what: str = "another Proximity run") -> Iterator[None]:
+        """Hold an exclusive lock on ``path`` (flock, released by the kernel if we die).
+
+        Waits up to ``timeout`` seconds, then names the holder's pid, which the file holds.
+        """
+        self.mkdir(path.parent)
+        with open(path, "a+") as fh:
+            if not wait_for(lambda: _try_lock(fh), timeout=timeout, interval=0.05):
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise HostError(f"{what} (pid {holder}) holds {path}; wait for it to finish")
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(str(os.getpid()))
+                fh.flush()
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- kernel state ------------------------------------------------------------
     def iproute(self):
@@ -243,6 +285,17 @@ class Host:
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+    def pid_cmdline(self, pid: int) -> list[str] | None:
+        return pid_cmdline(pid)
+
+
+def _try_lock(fh) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def pid_cmdline(pid: int) -> list[str] | None:
@@ -303,3 +356,11 @@ class DryRunHost(Host):
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self.commands.append(["kill", f"-{signal.Signals(sig).name.removeprefix('SIG')}", str(pid)])
+
+    def mkdir(self, path: Path) -> None:
+        """Nothing: a dry run creates no directory."""
+
+    @contextlib.contextmanager
+    def lock(self, path: Path, timeout: float = 60, what: str = "") -> Iterator[None]:
+        """Nothing to lock: a dry run changes nothing."""
+        yield

@@ -7,13 +7,14 @@ import re
 from pathlib import Path
 
 from proximity.network import interfaces
-from proximity.network.manager import Check, NetworkManager
-from proximity.network.service import port_holders
+from proximity.network.health import health
+from proximity.network.reconciler import Check, NetworkManager
 
 
 def run_doctor(manager: NetworkManager, sandbox=None) -> list[Check]:
     s, host = manager.settings, manager.host
-    st = manager.status()
+    obs = manager.observe(probe=True)
+    st = health(s, obs)
     up_cmd = "proximity up" + (f" --sandbox {sandbox.name}" if sandbox else "")
     logs = f"tail {s.dns_log_file}" if not host.has_systemd else f"journalctl -u {s.service_name} -n 50"
     checks = [
@@ -34,9 +35,14 @@ def run_doctor(manager: NetworkManager, sandbox=None) -> list[Check]:
               f"check the dnsmasq log: {logs}"),
         Check("DHCP served", st.dhcp_served, f"dnsmasq holds udp port 67 on {s.bridge}, range {st.dhcp_range}",
               f"check the dnsmasq log: {logs}"),
+        Check("dnsmasq config current", st.dns_config_current or not st.dhcp_service_running,
+              "dnsmasq runs with the config on disk and the bridge of now", up_cmd),
+        Check("container ports", not st.detached_ports,
+              f"{st.container_ports} managed container port(s)"
+              + (f"; not on {s.bridge}: {', '.join(st.detached_ports)}" if st.detached_ports else ""), up_cmd),
     ]
     checks.append(_leases_check(manager))
-    checks += _port_checks(manager, st.dns_pid)
+    checks += _port_checks(manager, obs)
     checks += _firewall_policy_checks(manager, st.isolation_configured)
     checks += _interfaces_file_checks(manager)
     checks += _resolv_conf_checks(manager, sandbox)
@@ -54,8 +60,9 @@ def _leases_check(manager: NetworkManager) -> Check:
     return Check("leases", True, detail)
 
 
-def _port_checks(manager: NetworkManager, own_pid: int | None) -> list[Check]:
-    holders = [h for h in port_holders(manager.host, manager.settings) if h.pid != own_pid]
+def _port_checks(manager: NetworkManager, obs) -> list[Check]:
+    own_pid = obs.dns.pid if obs.dns else None
+    holders = [h for h in (obs.probes.port_holders if obs.probes else ()) if h.pid != own_pid]
     if not holders:
         return [Check("ports 53/67", True, f"nothing else holds DNS or DHCP on {manager.settings.gateway.ip}")]
     return [Check("ports 53/67", False, "; ".join(map(str, holders)),

@@ -4,48 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from dataclasses import dataclass
+import shutil
 
+from proximity.network.firewall import firewall_rules
 from proximity.settings import Settings
 
-# The rule Proxmox documents for masquerading bridges when its firewall is on
-# ("Masquerading (NAT) with iptables", Proxmox VE network configuration).
-PVE_CONNTRACK_ZONE = ("-i", "fwbr+")
-
 HEADER = "# Managed by Proximity: 'proximity up' rewrites this file from its settings.\n"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One iptables rule Proximity owns, written in iptables-save's own order.
-
-    Writing it the way ``iptables-save`` prints it lets us tell our live rules
-    apart from stale ones by plain text comparison.
-    """
-
-    table: str
-    chain: str
-    spec: tuple[str, ...]
-    insert: bool = False  # True: at the top of the chain (drops must win); False: appended
-
-    def argv(self, op: str) -> list[str]:
-        return ["iptables", "-w", "5", "-t", self.table, op, self.chain, *self.spec]
-
-    @property
-    def add_op(self) -> str:
-        return "-I" if self.insert else "-A"
-
-    def saved(self) -> str:
-        """The line ``iptables-save -t TABLE`` prints for this rule (quotes removed)."""
-        return " ".join(["-A", self.chain, *self.spec])
-
-    def ensure_shell(self) -> str:
-        """A post-up command: add the rule unless it is there (re-running never duplicates)."""
-        check = shlex.join(self.argv("-C"))
-        return f"{check} 2>/dev/null || {shlex.join(self.argv(self.add_op))}"
-
-    def remove_shell(self) -> str:
-        return f"{shlex.join(self.argv('-D'))} 2>/dev/null || true"
 
 
 def stable_mac(name: str, salt: int = 0) -> str:
@@ -61,37 +25,6 @@ def bridge_mac(settings: Settings) -> str:
     when a container stops and its peers lose the gateway until their ARP entry expires.
     """
     return stable_mac(f"bridge:{settings.bridge}")
-
-
-def comment(settings: Settings) -> str:
-    return f"proximity:{settings.bridge}"
-
-
-def firewall_rules(settings: Settings, uplink: str, pve_firewall: bool) -> list[Rule]:
-    """NAT out of the uplink, plus the forwarding rules that keep the outside out.
-
-    MASQUERADE alone lets a LAN host that routes the subnet via this host reach
-    containers, so new connections forwarded *into* the bridge are dropped.
-    """
-    br, net, tag = settings.bridge, str(settings.subnet), ("-m", "comment", "--comment", comment(settings))
-    rules = [
-        Rule("nat", "POSTROUTING", ("-s", net, "-o", uplink, *tag, "-j", "MASQUERADE")),
-        Rule(
-            "filter",
-            "FORWARD",
-            ("!", "-i", br, "-o", br, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "DROP"),
-            insert=True,
-        ),
-        Rule("filter", "FORWARD", ("-i", br, "!", "-o", br, *tag, "-j", "ACCEPT")),
-        Rule(
-            "filter",
-            "FORWARD",
-            ("!", "-i", br, "-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"),
-        ),
-    ]
-    if pve_firewall:
-        rules.append(Rule("raw", "PREROUTING", (*PVE_CONNTRACK_ZONE, *tag, "-j", "CT", "--zone", "1"), insert=True))
-    return rules
 
 
 def bridge_stanza(settings: Settings, uplink: str, pve_firewall: bool) -> list[str]:
@@ -191,6 +124,15 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def dns_unit_files(settings: Settings, systemd: bool) -> dict:
+    """The unit files dnsmasq runs from: the proximity-dns unit on a host with systemd, none elsewhere."""
+    return {settings.unit_file: systemd_unit(settings, dnsmasq_binary())} if systemd else {}
+
+
+def dnsmasq_binary() -> str:
+    return shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
 def container_net0(settings: Settings, hwaddr: str | None = None) -> str:

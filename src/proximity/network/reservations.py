@@ -9,10 +9,8 @@ has ever booted. Both are re-read by dnsmasq on SIGHUP, so no restart is needed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
-import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -20,7 +18,7 @@ from proximity.errors import ConflictError
 from proximity.host import Host
 from proximity.network.leases import Lease
 from proximity.network.render import stable_mac
-from proximity.network.service import dns_service
+from proximity.network.dnsmasq import dns_service
 from proximity.settings import Settings, SettingsError
 
 
@@ -70,16 +68,8 @@ class Reservations:
         return None
 
     # -- changing ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        path = self.settings.state_dir / "reservations.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return self.host.lock(self.settings.state_dir / "reservations.lock", what="another change of the reservations")
 
     def reserve(self, hostname: str, leases: list[Lease], mac: str | None = None, *, save: bool = True) -> Reservation:
         """Admit ``hostname``: refuse a name in use or a full pool; call with the lock held.
@@ -148,6 +138,4 @@ class Reservations:
         self._reload_dnsmasq()
 
     def _reload_dnsmasq(self) -> None:
-        pid = dns_service(self.host, self.settings).running_pid()
-        if pid is not None:
-            self.host.kill(pid, signal.SIGHUP)  # re-reads dhcp-hostsfile and addn-hosts
+        dns_service(self.host, self.settings).reload()  # re-reads dhcp-hostsfile and addn-hosts

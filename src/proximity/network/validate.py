@@ -1,56 +1,18 @@
-"""Checks of the settings against the live host and its interfaces file."""
+"""Checks of the settings against the observed host and its interfaces file (pure)."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from proximity.host import Host
 from proximity.network import interfaces
 from proximity.settings import Settings, SettingsError
 
-
-@dataclass(frozen=True)
-class HostNetwork:
-    """What netlink says: links by index, IPv4 addresses and main-table routes."""
-
-    links: dict[int, dict]  # index -> {"name", "up", "kind"}
-    addresses: list[tuple[str, ipaddress.IPv4Interface]]  # (link name, address)
-    routes: list[tuple[str, ipaddress.IPv4Network, str | None]]  # (link name, destination, gateway)
-
-    def link(self, name: str) -> dict | None:
-        return next((link for link in self.links.values() if link["name"] == name), None)
-
-    def default_route_link(self) -> str | None:
-        return next((name for name, dst, _ in self.routes if dst.prefixlen == 0), None)
+if TYPE_CHECKING:
+    from proximity.network.observe import Observation
 
 
-def read_host_network(host: Host) -> HostNetwork:
-    """Links, IPv4 addresses and main-table routes, from two ``ip -json`` dumps."""
-    links, addresses = {}, []
-    for link in host.ip_json("-details", "address", "show"):
-        links[link["ifindex"]] = {
-            "name": link["ifname"],
-            "up": "UP" in link.get("flags", []),
-            "kind": link.get("linkinfo", {}).get("info_kind"),
-        }
-        addresses += [
-            (link["ifname"], ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
-            for a in link.get("addr_info", [])
-            if a.get("family") == "inet"
-        ]
-    routes = [
-        (
-            r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
-            ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False),
-            r.get("gateway"),
-        )
-        for r in host.ip_json("-4", "route", "show", "table", "main")
-    ]
-    return HostNetwork(links, addresses, routes)
-
-
-def resolve_uplink(settings: Settings, net: HostNetwork) -> str:
+def resolve_uplink(settings: Settings, net: Observation) -> str:
     """The configured uplink, or the interface of the default route."""
     uplink = settings.uplink or net.default_route_link()
     if uplink is None:
@@ -68,7 +30,7 @@ def resolve_uplink(settings: Settings, net: HostNetwork) -> str:
     return uplink
 
 
-def check_subnet_free(settings: Settings, net: HostNetwork, interfaces_text: str) -> None:
+def check_subnet_free(settings: Settings, net: Observation, interfaces_text: str) -> None:
     """The subnet must not collide with anything the host has or declares, bar our own bridge."""
     subnet = settings.subnet
     clashes = []

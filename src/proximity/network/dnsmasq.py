@@ -1,19 +1,28 @@
-"""Running dnsmasq: a systemd unit on a real host, a supervised daemon elsewhere.
+"""The dnsmasq service: a systemd unit on a real host, a supervised daemon elsewhere.
 
-Both answer the same questions (is it running, which pid) and take the same
-orders (start, restart, stop), so the reconciler does not care which it has.
+Both answer the same question (which dnsmasq runs, and what was it started with) and take the
+same orders (start, restart, reload, stop), so the reconciler does not care which it has.
+
+Every start and SIGHUP is recorded in ``<run_dir>/<service>.state``: the pid, a hash of the
+config file it read, a hash of the hosts files it last re-read, and the bridge's ifindex it
+bound to. Comparing that record with the files and the bridge of now tells a stale daemon
+(a crash between writing the config and restarting, a bridge deleted and re-created) from a
+current one, which comparing files alone cannot.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-import shutil
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from proximity.errors import HostError
-from proximity.host import CommandError, Host, pid_cmdline, wait_for
+from proximity.host import CommandError, Host, wait_for
 from proximity.network import render
+from proximity.network.render import dnsmasq_binary
 from proximity.settings import Settings
 
 
@@ -21,8 +30,23 @@ class ServiceError(HostError):
     """dnsmasq could not be started or stopped; the message says why and what to do."""
 
 
-def dnsmasq_binary() -> str:
-    return shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+def content_hash(*texts: str | None) -> str:
+    """One hash of some files' contents (a missing file counts as empty)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update((text or "").encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DnsProcess:
+    """The running dnsmasq and what it was started with (None: not known, so treat it as stale)."""
+
+    pid: int
+    config: str | None  # content_hash of the config file it read at start
+    hosts: str | None  # content_hash of the hosts files at its last start or SIGHUP
+    bridge_index: int | None  # the bridge it bound to
 
 
 @dataclass(frozen=True)
@@ -66,32 +90,87 @@ def port_holders(host: Host, settings: Settings) -> list[PortHolder]:
     return holders
 
 
-class SupervisedDns:
-    """dnsmasq as a daemon Proximity starts itself, tracked by its pid file (no systemd)."""
+class DnsService:
+    """What both kinds share: the start record, and SIGHUP."""
 
     def __init__(self, host: Host, settings: Settings):
         self.host, self.settings = host, settings
+
+    @property
+    def record_file(self) -> Path:
+        return self.settings.run_dir / f"{self.settings.service_name}.state"
+
+    def running_pid(self) -> int | None:
+        raise NotImplementedError
+
+    def process(self) -> DnsProcess | None:
+        """The running dnsmasq, with what it was started with if the record is its own."""
+        pid = self.running_pid()
+        if pid is None:
+            return None
+        try:
+            record = json.loads(self.host.read_text(self.record_file) or "{}")
+        except ValueError:
+            record = {}
+        if not isinstance(record, dict) or record.get("pid") != pid:
+            return DnsProcess(pid, None, None, None)
+        return DnsProcess(pid, record.get("config"), record.get("hosts"), record.get("bridge_index"))
+
+    def hosts_hash(self) -> str:
+        s = self.settings
+        return content_hash(self.host.read_text(s.dhcp_hosts_file), self.host.read_text(s.addn_hosts_file))
+
+    def _record(self, **changes: object) -> None:
+        if self.host.dry_run:
+            return
+        pid = self.running_pid()
+        if pid is None:
+            return
+        current = self.process()
+        record = {"pid": pid, "config": current.config, "hosts": current.hosts, "bridge_index": current.bridge_index}
+        self.host.write_text(self.record_file, json.dumps({**record, **changes}) + "\n")
+
+    def _record_start(self) -> None:
+        s = self.settings
+        links = self.host.ip_json("link", "show") if not self.host.dry_run else []
+        index = next((link["ifindex"] for link in links if link.get("ifname") == s.bridge), None)
+        self._record(config=content_hash(self.host.read_text(s.dnsmasq_conf)), hosts=self.hosts_hash(),
+                     bridge_index=index)
+
+    def reload(self) -> None:
+        """SIGHUP: dnsmasq re-reads the reservation and hosts files, without a restart."""
+        pid = self.running_pid()
+        if pid is not None:
+            self.host.kill(pid, signal.SIGHUP)
+            self._record(hosts=self.hosts_hash())
+
+    def forget(self) -> None:
+        self.host.remove(self.record_file)
+
+
+class SupervisedDns(DnsService):
+    """dnsmasq as a daemon Proximity starts itself, tracked by its pid file (no systemd)."""
 
     @property
     def argv(self) -> list[str]:
         return render.dnsmasq_argv(self.settings, dnsmasq_binary(), foreground=False)
 
     def unit_files(self) -> dict:
-        return {}
+        return render.dns_unit_files(self.settings, systemd=False)
 
     def running_pid(self) -> int | None:
         text = self.host.read_text(self.settings.dns_pid_file)
         if not text or not text.strip().isdigit():
             return None
         pid = int(text.strip())
-        cmdline = pid_cmdline(pid)
+        cmdline = self.host.pid_cmdline(pid)
         # Trust the pid only if it still is our dnsmasq (pids get reused).
         if cmdline and cmdline[0].endswith("dnsmasq") and f"--conf-file={self.settings.dnsmasq_conf}" in cmdline:
             return pid
         return None
 
     def start(self) -> None:
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        self.host.mkdir(self.settings.run_dir)
         try:
             # dnsmasq reports start-up errors (a port in use) before its parent exits.
             self.host.run(self.argv, timeout=20)
@@ -99,6 +178,7 @@ class SupervisedDns:
             raise ServiceError(f"dnsmasq did not start: {exc.stderr.strip() or exc}") from None
         if not self.host.dry_run and not wait_for(lambda: self.running_pid() is not None, 5):
             raise ServiceError(f"dnsmasq started but wrote no pid file at {self.settings.dns_pid_file}")
+        self._record_start()
 
     def stop(self) -> None:
         pid = self.running_pid()
@@ -107,10 +187,11 @@ class SupervisedDns:
         self.host.kill(pid, signal.SIGTERM)
         if self.host.dry_run:
             return
-        if not wait_for(lambda: pid_cmdline(pid) is None, 5):
+        if not wait_for(lambda: self.host.pid_cmdline(pid) is None, 5):
             self.host.kill(pid, signal.SIGKILL)
-            wait_for(lambda: pid_cmdline(pid) is None, 2)
+            wait_for(lambda: self.host.pid_cmdline(pid) is None, 2)
         self.host.remove(self.settings.dns_pid_file)
+        self.forget()
 
     def restart(self) -> None:
         self.stop()
@@ -126,18 +207,15 @@ class SupervisedDns:
         return f"supervised dnsmasq (pid file {self.settings.dns_pid_file})"
 
 
-class SystemdDns:
+class SystemdDns(DnsService):
     """dnsmasq as the ``proximity-dns`` systemd unit."""
-
-    def __init__(self, host: Host, settings: Settings):
-        self.host, self.settings = host, settings
 
     @property
     def unit(self) -> str:
         return f"{self.settings.service_name}.service"
 
     def unit_files(self) -> dict:
-        return {self.settings.unit_file: render.systemd_unit(self.settings, dnsmasq_binary())}
+        return render.dns_unit_files(self.settings, systemd=True)
 
     def running_pid(self) -> int | None:
         result = self.host.query(["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", self.unit])
@@ -153,14 +231,17 @@ class SystemdDns:
 
     def start(self) -> None:
         self._systemctl("start", self.unit)
+        self._record_start()
 
     def restart(self) -> None:
         self._systemctl("daemon-reload")
         self._systemctl("restart", self.unit)
+        self._record_start()
 
     def stop(self) -> None:
         if self.running_pid() is not None:
             self._systemctl("stop", self.unit)
+        self.forget()
 
     def enable(self) -> None:
         self._systemctl("daemon-reload")  # the unit file may be new or changed
@@ -173,5 +254,5 @@ class SystemdDns:
         return f"systemd unit {self.unit}"
 
 
-def dns_service(host: Host, settings: Settings) -> SupervisedDns | SystemdDns:
+def dns_service(host: Host, settings: Settings) -> DnsService:
     return SystemdDns(host, settings) if host.has_systemd else SupervisedDns(host, settings)

@@ -1,0 +1,155 @@
+"""Observe: read the whole live state of the host into one typed, immutable observation.
+
+Everything the planner and ``health()`` decide on is here, read once: links and their ports,
+addresses, routes, Proximity's rules (parsed into the same ``Rule`` the renderer makes), the
+sysctls, the files Proximity writes, the dnsmasq process and what it was started with, the
+reservations, the leases and the containers' ports. Nothing here changes the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from proximity.host import Host
+from proximity.network import render
+from proximity.network.dnsmasq import DnsProcess, DnsService, PortHolder, port_holders
+from proximity.network.firewall import Rule, parse_own_rules
+from proximity.network.leases import Lease, parse_leases
+from proximity.network.reservations import Reservation, Reservations
+from proximity.settings import Settings
+
+PVE_CLUSTER_FIREWALL = Path("/etc/pve/firewall/cluster.fw")
+SYSCTLS = ("net.ipv4.ip_forward",)
+# A container's port on a bridge: veth<vmid>i<n> (LXC and Proxmox), tap<vmid>i<n> (a VM), and
+# fwpr<vmid>p<n> when the Proxmox firewall puts the veth on its own fwbr<vmid>i<n> bridge.
+PORT_RE = re.compile(r"(?:(?:veth|tap)(?P<vmid>\d+)i|fwpr(?P<fwvmid>\d+)p)(?P<net>\d+)")
+
+
+def vmid_of_port(name: str) -> int | None:
+    match = PORT_RE.fullmatch(name)
+    return int(match.group("vmid") or match.group("fwvmid")) if match else None
+
+
+def container_port_names(vmid: int) -> tuple[str, ...]:
+    """Where a container's net0 meets the bridge, in order of preference."""
+    return (f"fwpr{vmid}p0", f"veth{vmid}i0")
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    index: int
+    up: bool
+    kind: str | None
+    master: str | None  # the bridge it is a port of
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A managed container's port: it belongs on the bridge while it exists."""
+
+    vmid: int
+    hostname: str
+    port: str
+    master: str | None
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What only asking tells: does dnsmasq answer, and who holds ports 53 and 67 on the gateway."""
+
+    dns_answering: bool
+    port_holders: tuple[PortHolder, ...]
+
+
+@dataclass(frozen=True)
+class Observation:
+    links: tuple[Link, ...]
+    addresses: tuple[tuple[str, ipaddress.IPv4Interface], ...]  # (link name, address)
+    routes: tuple[tuple[str, ipaddress.IPv4Network, str | None], ...]  # (link name, destination, gateway)
+    rules: tuple[Rule, ...]  # Proximity's live rules, in order, duplicates kept
+    sysctls: Mapping[str, str | None]
+    files: Mapping[Path, str | None]  # the files Proximity writes (None: absent)
+    dns: DnsProcess | None
+    reservations: tuple[Reservation, ...]
+    attachments: tuple[Attachment, ...]
+    pve_firewall: bool
+    systemd: bool  # dnsmasq runs as a systemd unit (a real host), not as a supervised daemon
+    leases: tuple[Lease, ...] = ()  # read with probe=True
+    lease_warnings: tuple[str, ...] = ()
+    probes: Probes | None = None  # read with probe=True
+
+    def link(self, name: str) -> Link | None:
+        return next((link for link in self.links if link.name == name), None)
+
+    def default_route_link(self) -> str | None:
+        return next((name for name, dst, _ in self.routes if dst.prefixlen == 0), None)
+
+    def file(self, path: Path) -> str | None:
+        return self.files.get(path)
+
+
+def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
+    s = settings
+    return (s.interfaces_file, s.dnsmasq_conf, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
+            s.leases_file, *render.dns_unit_files(s, systemd))
+
+
+def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
+            rules: tuple[Rule, ...] | None = None, probes: Probes | None = None) -> Observation:
+    """Read the host. ``probe`` adds the leases and the probes that status needs (a DNS query, ``ss``);
+    ``rules`` and ``probes`` reuse earlier readings (the status snapshot's quick refresh)."""
+    links, addresses = [], []
+    for item in host.ip_json("-details", "address", "show"):
+        links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
+                          item.get("linkinfo", {}).get("info_kind"), item.get("master")))
+        addresses += [(item["ifname"], ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
+                      for a in item.get("addr_info", []) if a.get("family") == "inet"]
+    routes = tuple(
+        (r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
+         ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False), r.get("gateway"))
+        for r in host.ip_json("-4", "route", "show", "table", "main"))
+    if rules is None:
+        rules = parse_own_rules(host.query(["iptables-save"]).stdout, settings)
+    reservations = tuple(Reservations(settings, host).all())
+    by_name = {link.name: link for link in links}
+    attachments = []
+    for r in reservations:
+        port = next((by_name[n] for n in container_port_names(r.vmid) if n in by_name), None) if r.vmid else None
+        if port is not None:
+            attachments.append(Attachment(r.vmid, r.hostname, port.name, port.master))
+    dns_process = dns.process()
+    obs = Observation(
+        links=tuple(links), addresses=tuple(addresses), routes=routes, rules=rules,
+        sysctls=MappingProxyType({key: host.read_sysctl(key) for key in SYSCTLS}),
+        files=MappingProxyType({path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}),
+        dns=dns_process, reservations=reservations, attachments=tuple(attachments),
+        pve_firewall=pve_firewall_on(host, settings), systemd=host.has_systemd,
+    )
+    if not probe:
+        return obs
+    leases, warnings = parse_leases(obs.file(settings.leases_file) or "", str(settings.leases_file))
+    if probes is None:
+        link = obs.link(settings.bridge)
+        answering = (dns_process is not None and link is not None and (settings.bridge, settings.gateway) in addresses
+                     and host.resolve(f"{settings.service_name}-probe.{settings.domain}",
+                                      str(settings.gateway.ip)) is not None)
+        probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
+    return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
+                          "probes": probes})
+
+
+def pve_firewall_on(host: Host, settings: Settings) -> bool:
+    """The Proxmox firewall: as set, or (auto) whether the datacenter firewall is enabled."""
+    mode = settings.proxmox_firewall
+    if mode != "auto":
+        return mode == "on"
+    if settings.netns:  # a sandbox has no Proxmox firewall
+        return False
+    text = host.read_text(PVE_CLUSTER_FIREWALL)
+    return any(line.replace(" ", "").lower() == "enable:1" for line in (text or "").splitlines())

@@ -1,0 +1,156 @@
+"""Plan: a pure function from (settings, observation) to the list of changes that converge the host.
+
+An empty plan means converged; that is the only definition of converged. ``up`` applies a plan,
+observes again and plans again until the plan is empty (a change can reveal the next one: a
+bridge re-created by ``ifreload`` has lost its ports, which the next plan attaches).
+
+Two modes: ``up`` may rewrite the interfaces file and run ``ifreload -a`` (an admin asked);
+``heal`` (the service, continuously) touches only what Proximity owns and restores the bridge
+with ``ifup BRIDGE``, so an admin's unrelated, unapplied edits are never applied behind their back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proximity.network import interfaces, render
+from proximity.network.changes import (
+    AddRule, AttachPort, Change, DeleteLink, DeleteRule, Ifreload, IfupBridge, ReloadDns, RemoveFile, RestartDns,
+    SetSysctl, StartDns, StopDns, WriteDnsConfig, WriteFile,
+)
+from proximity.network.dnsmasq import content_hash
+from proximity.network.firewall import firewall_rules
+from proximity.network.observe import Observation
+from proximity.network.reservations import render_addn_hosts, render_dhcp_hosts
+from proximity.network.validate import check_subnet_free, resolve_uplink
+from proximity.settings import Settings, SettingsError
+
+Mode = Literal["up", "heal"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def describe(self) -> list[str]:
+        return [change.describe() for change in self.changes]
+
+
+def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
+    """What makes the host match the settings."""
+    s = settings
+    text = obs.file(s.interfaces_file)
+    if text is None:
+        raise SettingsError(f"setting 'interfaces_file': {s.interfaces_file} does not exist; "
+                            "point --interfaces-file at the host's interfaces file")
+    uplink = resolve_uplink(s, obs)
+    check_subnet_free(s, obs, interfaces.remove_block(text))
+    warnings: list[str] = []
+    changes: list[Change] = []
+
+    # 1. The bridge, declared in the interfaces file and live.
+    new_text = _declared(s, text, uplink, obs.pve_firewall, warnings)
+    link = obs.link(s.bridge)
+    live = link is not None and link.up and (s.bridge, s.gateway) in obs.addresses
+    remake_bridge = False
+    if mode == "up" and (new_text != text or not live):
+        if new_text != text:
+            changes.append(WriteFile(s.interfaces_file, new_text, text, backup=True))
+        changes.append(Ifreload(s.bridge, link is not None, obs.rules))
+        remake_bridge = link is None
+    elif mode == "heal" and not live and _stanza(s, text) is not None:
+        changes.append(IfupBridge(s.bridge))
+        remake_bridge = link is None
+
+    # 2. Managed containers' ports on the bridge (a re-created bridge has none; the next round sees it).
+    if link is not None and not remake_bridge:
+        changes += [AttachPort(a.port, s.bridge, a.vmid, a.hostname) for a in obs.attachments if a.master != s.bridge]
+
+    # 3. Rules: exactly one of each wanted rule, nothing else carrying our comment.
+    wanted = firewall_rules(s, uplink, obs.pve_firewall)
+    seen = Counter(obs.rules)
+    for rule, count in seen.items():
+        extra = count - (1 if rule in wanted else 0)
+        changes += [DeleteRule(rule)] * extra
+    changes += [AddRule(rule) for rule in wanted if rule not in seen]
+
+    # 4. Forwarding.
+    forward = obs.sysctls.get("net.ipv4.ip_forward")
+    if forward != "1":
+        changes.append(SetSysctl("net.ipv4.ip_forward", "1", forward))
+
+    # 5. dnsmasq's files, then dnsmasq itself: started, restarted when what it runs with is stale,
+    #    or told to re-read the reservations.
+    conf = render.dnsmasq_conf(s)
+    hosts = {s.dhcp_hosts_file: render_dhcp_hosts(list(obs.reservations)),
+             s.addn_hosts_file: render_addn_hosts(list(obs.reservations), s.domain)}
+    files = {**hosts, **render.dns_unit_files(s, obs.systemd)}
+    for path, wanted_text in files.items():
+        if obs.file(path) != wanted_text:
+            changes.append(WriteFile(path, wanted_text, obs.file(path)))
+    if obs.file(s.dnsmasq_conf) != conf:
+        changes.append(WriteDnsConfig(s.dnsmasq_conf, conf, obs.file(s.dnsmasq_conf)))
+    dns = obs.dns
+    if dns is None:
+        changes.append(StartDns())
+    elif dns.config != content_hash(conf):
+        changes.append(RestartDns("its config changed" if dns.config else "it was not started by Proximity"))
+    elif remake_bridge or (link is not None and dns.bridge_index != link.index):
+        changes.append(RestartDns(f"{s.bridge} was re-created"))
+    elif dns.hosts != content_hash(*hosts.values()):
+        changes.append(ReloadDns())
+    return Plan(tuple(changes), tuple(warnings))
+
+
+def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan:
+    """What removes Proximity from the host: dnsmasq, its files, the stanza, the bridge, the rules."""
+    s = settings
+    text = obs.file(s.interfaces_file)
+    if text is None:
+        raise SettingsError(f"setting 'interfaces_file': {s.interfaces_file} does not exist; "
+                            "point --interfaces-file at the host's interfaces file")
+    changes: list[Change] = []
+    units = [path for path in render.dns_unit_files(s, obs.systemd) if obs.file(path) is not None]
+    if obs.dns is not None or units:
+        changes.append(StopDns(disable=bool(units)))
+    removable = [*units, s.dnsmasq_conf]
+    if purge:
+        removable += [s.leases_file, s.reservations_db, s.dhcp_hosts_file, s.addn_hosts_file]
+    changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
+    new_text = interfaces.remove_block(text)
+    if new_text != text:
+        changes.append(WriteFile(s.interfaces_file, new_text, text, backup=True))
+        changes.append(Ifreload(s.bridge, obs.link(s.bridge) is not None, obs.rules, check_bridge=False))
+    if _stanza(s, new_text) is None and obs.link(s.bridge) is not None:
+        changes.append(DeleteLink(s.bridge))
+    changes += [DeleteRule(rule) for rule in dict.fromkeys(obs.rules)]
+    return Plan(tuple(changes))
+
+
+def _stanza(settings: Settings, text: str) -> interfaces.Stanza | None:
+    """The bridge's stanza in the file (Proximity's or hand-written)."""
+    return next((st for st in interfaces.parse_stanzas(text) if st.name == settings.bridge), None)
+
+
+def _declared(settings: Settings, text: str, uplink: str, pve_firewall: bool, warnings: list[str]) -> str:
+    """The interfaces file with the bridge declared: Proximity's stanza, or the admin's own if it matches."""
+    s = settings
+    hand = next((st for st in interfaces.parse_stanzas(text) if st.name == s.bridge and not st.managed), None)
+    if hand is None:
+        return interfaces.merge_block(text, render.bridge_stanza(s, uplink, pve_firewall))
+    differences = interfaces.compare_bridge(hand, render.bridge_options(s), str(s.interfaces_file))
+    if differences:
+        raise SettingsError(
+            f"{s.interfaces_file} already declares {s.bridge} by hand (line {hand.first_line}) and it differs from "
+            "Proximity's settings:\n  " + "\n  ".join(differences)
+            + f"\nMake that stanza match, or delete it and run `proximity up` to let Proximity manage {s.bridge}.")
+    warnings.append(
+        f"adopted the hand-written {s.bridge} stanza at {s.interfaces_file} line {hand.first_line}; NAT and "
+        "forwarding rules are applied live, make sure its post-up lines re-create them at boot")
+    return interfaces.remove_block(text)

@@ -1,0 +1,183 @@
+"""NetworkManager: observe → plan → apply, for ``up``, ``down`` and continuous healing.
+
+``up`` observes the host, plans the changes, applies them (each change registers its undo as
+it goes; a failure undoes them all, newest first), observes and plans again until the plan is
+empty, then verifies. Run it again and the plan is empty: nothing is written, reloaded or
+restarted. ``heal`` does the same with targeted changes only, for the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from proximity.errors import HostError, ProximityError
+from proximity.host import DryRunHost, Host
+from proximity.network import render
+from proximity.network.changes import Env
+from proximity.network.dnsmasq import dns_service
+from proximity.network.health import NetworkStatus, health
+from proximity.network.leases import Lease, parse_leases
+from proximity.network.observe import Observation, Probes, observe
+from proximity.network.plan import Mode, Plan, plan_down, plan_up
+from proximity.revert import Reverter
+from proximity.settings import Settings, SettingsError, is_hostname_label
+
+MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
+
+
+class ConvergeError(HostError):
+    """``up`` or ``down`` failed; everything it had changed was undone (or the message says what was not)."""
+
+
+@dataclass
+class Report:
+    """What a converge did (or, in a dry run, would do)."""
+
+    dry_run: bool
+    actions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files: list[dict[str, str]] = field(default_factory=list)
+    commands: list[list[str]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    def as_dict(self) -> dict:
+        return {"dry_run": self.dry_run, "changed": self.changed, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False  # a finding that does not break the network by itself
+
+
+class NetworkManager:
+    def __init__(self, settings: Settings, *, dry_run: bool = False, host: Host | None = None):
+        self.settings = settings
+        self.host = host or (DryRunHost(netns=settings.netns) if dry_run else Host(settings.netns))
+        self.dns = dns_service(self.host, settings)
+        self.env = Env(self.host, settings, self.dns)
+        self._leases_cache: tuple[tuple[int, int, int], tuple[list[Lease], list[str]]] | None = None
+
+    # -- reading ----------------------------------------------------------------------------
+    def observe(self, probe: bool = False, probes: Probes | None = None, rules=None) -> Observation:
+        return observe(self.host, self.settings, self.dns, probe=probe, probes=probes, rules=rules)
+
+    def status(self) -> NetworkStatus:
+        return health(self.settings, self.observe(probe=True))
+
+    def plan(self, mode: Mode = "up") -> Plan:
+        return plan_up(self.settings, self.observe(), mode)
+
+    def leases(self) -> tuple[list[Lease], list[str]]:
+        """Leases, parsed again only when dnsmasq has rewritten the file (it is read on hot paths)."""
+        path = self.settings.leases_file
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return [], []
+        cached = self._leases_cache
+        if cached is None or cached[0] != key:
+            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path) or "", str(path)))
+        leases, warnings = cached[1]
+        return list(leases), list(warnings)
+
+    def get_container_network_config(self, hostname: str) -> str:
+        """``net0`` for a container on the managed bridge (the container backends use this)."""
+        if not is_hostname_label(hostname):
+            raise SettingsError(
+                f"hostname {hostname!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and "
+                "hyphens, not starting or ending with a hyphen (for example 'nginx-01')")
+        return render.container_net0(self.settings)
+
+    # -- changing ---------------------------------------------------------------------------
+    def up(self) -> Report:
+        """Converge the host to the settings: rewrite the file and ``ifreload -a`` if needed."""
+        return self._converge("up")
+
+    initialize = up  # the seed's name
+
+    def heal(self) -> Report:
+        """Converge with targeted changes only (``ifup BRIDGE``, never ``ifreload -a``), for the service."""
+        return self._converge("heal")
+
+    def down(self, purge: bool = False) -> Report:
+        report = Report(dry_run=self.host.dry_run)
+        with self._locked():
+            with Reverter() as revert:
+                try:
+                    self._apply(plan_down(self.settings, self.observe(), purge), revert, report)
+                except Exception as exc:
+                    self._fail("down", exc, revert, report)
+                revert.success()
+        return self._finish(report)
+
+    def _converge(self, mode: Mode) -> Report:
+        """Plan and apply until the plan is empty. ``up`` is all or nothing; ``heal`` keeps what it
+        restored when a later step fails (undoing a restored bridge would cut containers off again)."""
+        report = Report(dry_run=self.host.dry_run)
+        with self._locked():
+            with Reverter() as revert:
+                try:
+                    for _round in range(1 if self.host.dry_run else MAX_ROUNDS):
+                        plan = plan_up(self.settings, self.observe(), mode)
+                        report.warnings += [w for w in plan.warnings if w not in report.warnings]
+                        if not plan:
+                            break
+                        self._apply(plan, revert, report)
+                    else:
+                        if not self.host.dry_run:
+                            raise ConvergeError("the host did not converge: it still differs after "
+                                                f"{MAX_ROUNDS} rounds: " + "; ".join(plan_up(
+                                                    self.settings, self.observe(), mode).describe()))
+                    if report.changed and not self.host.dry_run:
+                        self._verify()
+                except Exception as exc:
+                    if mode == "heal":
+                        revert.success()
+                    self._fail(mode, exc, revert, report)
+                revert.success()
+        return self._finish(report)
+
+    def _apply(self, plan: Plan, revert: Reverter, report: Report) -> None:
+        for change in plan.changes:
+            revert.add(f"undo: {change.describe()}", lambda change=change: change.undo(self.env))
+            change.apply(self.env)
+            report.actions.append(change.describe())
+
+    def _verify(self) -> None:
+        status = self.status()
+        if status.health_status != "healthy":
+            raise ConvergeError("verification failed: " + "; ".join(status.reasons))
+
+    def _locked(self):
+        """One converge at a time per host (a dry run takes no lock)."""
+        return self.host.lock(self.settings.lock_file, what="another Proximity run")
+
+    def _finish(self, report: Report) -> Report:
+        if isinstance(self.host, DryRunHost):
+            report.files = self.host.files
+            report.commands = self.host.commands
+        return report
+
+    def _fail(self, verb: str, exc: Exception, revert: Reverter, report: Report) -> None:
+        """Undo what this run changed, then raise one error that says what happened."""
+        failures = revert.fail()
+        if isinstance(exc, ProximityError) and not report.actions:
+            raise exc  # refused or failed before anything changed: its message says it all
+        message = f"`proximity {verb}` failed: {exc}"
+        for note in report.warnings:
+            message += f"\nNote: {note}"
+        if failures:
+            message += "\nCould NOT undo: " + "; ".join(failures) + f"\nCheck {self.settings.interfaces_file} by hand."
+        elif verb == "heal":
+            message += "\nDone before the failure: " + "; ".join(report.actions)
+        else:
+            message += "\nEvery change was undone; the host is as it was before."
+        raise ConvergeError(message) from exc
