@@ -1,8 +1,10 @@
 """The Proximity service: the HTTP API (FastAPI), its jobs, and the dashboard.
 
-Start-up follows the seed: the network is converged first (the same ``up`` as the CLI), then
-the container backend. A failed converge does not stop the service: it reports
-``unhealthy`` with the reason and retries in the background.
+The service reconciles the network continuously: at start, whenever the status snapshot sees
+drift (netlink, inotify and pidfd events), and on a timer. It heals with targeted changes only
+(``ifup BRIDGE``, dnsmasq, rules, ports); a whole-file ``ifreload -a`` happens only when an admin
+asks (``POST /initialize``, ``proximity up``). A failed reconcile does not stop the service: it
+reports ``unhealthy`` with the reason and retries.
 """
 
 from __future__ import annotations
@@ -38,13 +40,16 @@ HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"  # RFC 1123 
 class Context:
     """Everything the service needs, built once at start-up."""
 
-    def __init__(self, settings: Settings, containers: ContainerManager | None = None, retry_every: float = 30):
+    def __init__(self, settings: Settings, containers: ContainerManager | None = None, retry_every: float = 5,
+                 reconcile_every: float = 30):
         self.settings = settings
         self.network = NetworkManager(settings)
         self.tokens = TokenStore(settings)
         self.jobs = JobRunner()
         self._containers = containers
-        self.retry_every = retry_every
+        self.retry_every = retry_every  # after a failed reconcile
+        self.reconcile_every = reconcile_every  # a healthy host is checked this often (events come sooner)
+        self._wake = threading.Event()
         self.last_converge: dict[str, Any] = {"ok": None, "time": None, "error": None}
         self._stop = threading.Event()
         self._converge_lock = threading.Lock()
@@ -67,7 +72,7 @@ class Context:
             data["last_converge"] = converge
             if converge["ok"] is False:  # the service could not set the network up: say so
                 data["health_status"] = "unhealthy"
-                data["reasons"] = [f"converge failed (retrying every {self.retry_every:.0f} s): "
+                data["reasons"] = [f"converge failed (retrying every {self.retry_every:g} s): "
                                    f"{converge['error']}", *data["reasons"]]
             healthy = data["health_status"] == "healthy"
             message = "Network infrastructure operational" if healthy else (
@@ -85,37 +90,56 @@ class Context:
         return self._containers
 
     def converge(self, job: Job | None = None) -> dict:
+        """``up``, asked for by an admin (``/initialize``): the whole file is applied with ``ifreload -a``."""
+        return self._reconcile("up", job)
+
+    def heal(self) -> dict:
+        """What the service does on its own: targeted changes only (``ifup BRIDGE``, never ``ifreload -a``)."""
+        return self._reconcile("heal")
+
+    def _reconcile(self, kind: str, job: Job | None = None) -> dict:
         with self._converge_lock:
             try:
-                report = self.network.up()
-                self.last_converge = {"ok": True, "time": time.time(), "error": None}
+                report = self.network.up() if kind == "up" else self.network.heal()
+                self.last_converge = {"ok": True, "time": time.time(), "error": None, "kind": kind,
+                                      "actions": report.actions}
                 if job:
                     for action in report.actions or ["nothing to do: the host already matches the settings"]:
                         job.step(action)
                 return report.as_dict()
             except Exception as exc:
-                self.last_converge = {"ok": False, "time": time.time(), "error": str(exc)}
+                self.last_converge = {"ok": False, "time": time.time(), "error": str(exc), "kind": kind,
+                                      "actions": []}
                 raise
             finally:
                 self.status.invalidate()
 
+    def wake(self) -> None:
+        """Reconcile soon (the status snapshot saw the host drift)."""
+        self._wake.set()
+
     def start_background(self) -> None:
-        """Converge now, and keep retrying while it fails; never crash the service."""
+        """Reconcile now, then whenever the status snapshot sees drift, and on a timer; never crash."""
+        self.status.on_change = lambda status: status.health_status != "healthy" and self.wake()
 
         def loop() -> None:
             while not self._stop.is_set():
+                self._wake.clear()
                 try:
-                    self.converge()
-                    return
+                    report = self.heal()
                 except Exception as exc:
-                    log.error("network converge failed, retrying in %.0f s: %s", self.retry_every, exc)
-                if self._stop.wait(self.retry_every):
-                    return
+                    log.error("network reconcile failed, retrying in %.0f s: %s", self.retry_every, exc)
+                    self._stop.wait(self.retry_every)  # a failing host is not hammered, even when woken
+                    continue
+                if report["actions"]:
+                    log.warning("healed the network: %s", "; ".join(report["actions"]))
+                self._wake.wait(self.reconcile_every)
 
-        threading.Thread(target=loop, name="proximity-converge", daemon=True).start()
+        threading.Thread(target=loop, name="proximity-reconcile", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self.jobs.shutdown()
         self.status.close()
 

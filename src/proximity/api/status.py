@@ -33,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,6 +182,7 @@ class StatusSnapshot:
         self._inotify: _Inotify | None = None
         self._pidfd: int | None = None
         self._pid: int | None = None
+        self.on_change: Callable[[NetworkStatus], object] | None = None  # called with each new status
 
     # -- public API ---------------------------------------------------------------------
     def get(self) -> NetworkStatus:
@@ -278,6 +280,8 @@ class StatusSnapshot:
                             if full:
                                 self._served = max(self._served, ticket)
                             self._cond.notify_all()
+                        if self.on_change is not None:
+                            self.on_change(status)
                         if full:  # a failed probe or a sick host is looked at again sooner
                             settled = ok and status.health_status == "healthy"
                             next_full = time.monotonic() + (self.full_every if settled else min(self.full_every,

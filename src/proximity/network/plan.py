@@ -4,9 +4,9 @@ An empty plan means converged; that is the only definition of converged. ``up`` 
 observes again and plans again until the plan is empty (a change can reveal the next one: a
 bridge re-created by ``ifreload`` has lost its ports, which the next plan attaches).
 
-Two modes: ``up`` may rewrite the interfaces file and run ``ifreload -a`` (an admin asked);
-``heal`` (the service, continuously) touches only what Proximity owns and restores the bridge
-with ``ifup BRIDGE``, so an admin's unrelated, unapplied edits are never applied behind their back.
+Two modes differ only in how the bridge is applied: ``up`` (an admin asked) runs ``ifreload -a``;
+``heal`` (the service, continuously) touches only what Proximity owns and runs ``ifup BRIDGE``, so
+an admin's unrelated, unapplied edits to other interfaces are never applied behind their back.
 """
 
 from __future__ import annotations
@@ -59,13 +59,10 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     link = obs.link(s.bridge)
     live = link is not None and link.up and (s.bridge, s.gateway) in obs.addresses
     remake_bridge = False
-    if mode == "up" and (new_text != text or not live):
+    if new_text != text or not live:
         if new_text != text:
             changes.append(WriteFile(s.interfaces_file, new_text, text, backup=True))
-        changes.append(Ifreload(s.bridge, link is not None, obs.rules))
-        remake_bridge = link is None
-    elif mode == "heal" and not live and _stanza(s, text) is not None:
-        changes.append(IfupBridge(s.bridge))
+        changes.append(Ifreload(s.bridge, link is not None, obs.rules) if mode == "up" else IfupBridge(s.bridge))
         remake_bridge = link is None
 
     # 2. Managed containers' ports on the bridge (a re-created bridge has none; the next round sees it).
