@@ -72,9 +72,10 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
 def settings_for(sandbox: str | None, **overrides: Any) -> Settings:
     """Settings for the machine, or for a sandbox host; flags given on the command line win."""
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    if sandbox:
-        overrides = {**sandboxes.load(sandbox).settings_overrides(), **overrides}
-    return load_settings(**overrides)
+    if not sandbox:
+        return load_settings(**overrides)
+    sb = sandboxes.load(sandbox)
+    return load_settings(sb.default_settings(), **{**sb.host_settings(), **overrides})
 
 
 def manager_for(sandbox: str | None, dry_run: bool = False, **overrides: Any) -> NetworkManager:

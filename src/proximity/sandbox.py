@@ -138,17 +138,24 @@ class Sandbox:
         """Pid files of every process started for this sandbox."""
         return self.root / "run"
 
-    def settings_overrides(self) -> dict[str, object]:
-        """What Proximity's settings must change to act on this sandbox."""
+    def host_settings(self) -> dict[str, object]:
+        """Where this host keeps its files and which namespace it is: these win over every other source."""
         return {
             "interfaces_file": str(self.interfaces_file),
             "dnsmasq_conf": str(self.dnsmasq_conf),
             "leases_file": str(self.leases_file),
             "state_dir": str(self.state_dir),
             "run_dir": str(self.run_dir),
-            "upstream_dns": [LAN_GATEWAY],
             "netns": self.name,
         }
+
+    def default_settings(self) -> dict[str, object]:
+        """This host's defaults: the file and the environment may change them (the LAN's DNS server)."""
+        return {"upstream_dns": [LAN_GATEWAY]}
+
+    def settings_overrides(self) -> dict[str, object]:
+        """Everything Proximity's settings must say to act on this sandbox (for code that builds them)."""
+        return {**self.default_settings(), **self.host_settings()}
 
 
 @dataclass(frozen=True)
