@@ -102,48 +102,81 @@ class RemoveFile(Change):
 
 # -- the bridge -------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Ifreload(Change):
-    """``ifreload -a``: apply the whole interfaces file (only when an admin runs up or down)."""
+class BridgeState:
+    """The bridge before a change: whether it existed, was up, its addresses and its ports."""
 
+    exists: bool
+    up: bool = False
+    addresses: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+
+    def restore(self, env: Env, bridge: str) -> None:
+        links = {link["ifname"]: link for link in env.host.ip_json("address", "show")}
+        link = links.get(bridge)
+        if link is None:
+            return
+        if not self.exists:
+            env.host.run(["ip", "link", "delete", bridge])
+            return
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet" and f"{a['local']}/{a['prefixlen']}" not in self.addresses:
+                env.host.run(["ip", "address", "del", f"{a['local']}/{a['prefixlen']}", "dev", bridge])
+        if not self.up and "UP" in link.get("flags", []):
+            env.host.run(["ip", "link", "set", "dev", bridge, "down"])
+        for port in self.ports:  # a re-created bridge has lost them
+            if port in links and links[port].get("master") != bridge:
+                env.host.run(["ip", "link", "set", "dev", port, "master", bridge])
+
+
+@dataclass(frozen=True)
+class ApplyInterfaces(Change):
+    """Write the interfaces file (with a backup) and apply it, as one change with one undo.
+
+    ``ifreload -a`` applies the whole file: only when an admin runs up or down. ``ifup BRIDGE``
+    applies only our bridge: what the service uses, so an admin's unapplied edits stay unapplied.
+    """
+
+    path: Path
+    text: str
+    before: str
     bridge: str
-    bridge_existed: bool  # before this plan: the undo deletes a bridge it made
-    rules_before: tuple[Rule, ...]  # the undo removes rules that post-up lines added
+    bridge_before: BridgeState  # the undo puts the bridge back as it was
+    rules_before: tuple[Rule, ...]  # ... and removes the rules that post-up lines added
+    whole_file: bool = True  # ifreload -a; False: ifup BRIDGE
     check_bridge: bool = True  # `ifquery --check` must pass for the bridge afterwards
+    _reached: set = field(default_factory=set, compare=False, repr=False)  # how far apply got
 
     def describe(self) -> str:
-        return "apply the interfaces file with `ifreload -a`"
+        how = "`ifreload -a`" if self.whole_file else f"`ifup {self.bridge}`"
+        return (f"write {self.path} and apply it with {how}" if self.text != self.before
+                else f"apply {self.path} with {how}")
 
     def apply(self, env: Env) -> None:
-        ifreload(env)
+        if self.text != self.before:
+            WriteFile(self.path, self.text, self.before, backup=True).apply(env)
+        env.host.mkdir(IFUPDOWN_RUN_DIR)
+        self._reached.add("reload")
+        _retry_locked(env, ["ifreload", "-a"] if self.whole_file else ["ifup", self.bridge])
         if self.check_bridge and not env.host.dry_run:
             ifquery_check(env)
 
     def undo(self, env: Env) -> None:
-        # The file is restored by then (undos run in reverse). Reload even if that fails too
-        # (another stanza's post-up may hang): what matters is the live state.
+        """The file differs from the old one only in the bridge's stanza, so putting the bridge, its
+        addresses, ports and rules back is the whole undo. A bridge this change made or deleted is
+        reloaded away or back, so that ifupdown2's own state follows too."""
+        if self.text != self.before:
+            env.host.write_text(self.path, self.before)
+        if "reload" not in self._reached:
+            return
+        links = {link["ifname"] for link in env.host.ip_json("link", "show")}
         try:
-            ifreload(env)
+            if self.bridge_before.exists != (self.bridge in links):  # made, or deleted: reload it back
+                _retry_locked(env, ["ifreload", "-a"])  # even if that fails (a hanging post-up elsewhere)
         finally:
-            links = {link["ifname"] for link in env.host.ip_json("link", "show")}
-            if not self.bridge_existed and self.bridge in links:
-                env.host.run(["ip", "link", "delete", self.bridge])
+            self.bridge_before.restore(env, self.bridge)
             live = parse_own_rules(env.host.query(["iptables-save"]).stdout, env.settings)
             for rule in set(live) - set(self.rules_before):
                 env.host.run(rule.argv("-D"))
-
-
-@dataclass(frozen=True)
-class IfupBridge(Change):
-    """``ifup BRIDGE``: bring back only our bridge (healing never reloads the admin's other edits)."""
-
-    bridge: str
-
-    def describe(self) -> str:
-        return f"bring {self.bridge} up with `ifup {self.bridge}`"
-
-    def apply(self, env: Env) -> None:
-        env.host.mkdir(IFUPDOWN_RUN_DIR)
-        _retry_locked(env, ["ifup", self.bridge])
 
 
 @dataclass(frozen=True)
@@ -197,6 +230,7 @@ class AddRule(Change):
 @dataclass(frozen=True)
 class DeleteRule(Change):
     rule: Rule
+    copies_before: int = 1  # how many copies the host had: the undo puts them all back
 
     def describe(self) -> str:
         return f"remove {self.rule.table} rule {self.rule.saved()}"
@@ -206,7 +240,9 @@ class DeleteRule(Change):
             env.host.run(self.rule.argv("-D"))
 
     def undo(self, env: Env) -> None:
-        env.host.run(self.rule.argv(self.rule.add_op))
+        live = parse_own_rules(env.host.query(["iptables-save"]).stdout, env.settings).count(self.rule)
+        for _ in range(self.copies_before - live):
+            env.host.run(self.rule.argv(self.rule.add_op))
 
 
 @dataclass(frozen=True)
@@ -287,15 +323,11 @@ class StopDns(Change):
     def undo(self, env: Env) -> None:
         if self.disable:
             env.dns.enable()
-        env.dns.start()
+        if env.dns.running_pid() is None:
+            env.dns.start()
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def ifreload(env: Env) -> None:
-    env.host.mkdir(IFUPDOWN_RUN_DIR)
-    _retry_locked(env, ["ifreload", "-a"])
-
-
 def _retry_locked(env: Env, argv: list[str]) -> None:
     """ifupdown2's lock is machine-wide: another reload may hold it for a moment."""
     for attempt in range(20):

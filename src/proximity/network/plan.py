@@ -17,7 +17,7 @@ from typing import Literal
 
 from proximity.network import interfaces, render
 from proximity.network.changes import (
-    AddRule, AttachPort, Change, DeleteLink, DeleteRule, Ifreload, IfupBridge, ReloadDns, RemoveFile, RestartDns,
+    AddRule, ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, ReloadDns, RemoveFile, RestartDns,
     SetSysctl, StartDns, StopDns, WriteDnsConfig, WriteFile,
 )
 from proximity.network.dnsmasq import content_hash
@@ -60,9 +60,8 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     live = link is not None and link.up and (s.bridge, s.gateway) in obs.addresses
     remake_bridge = False
     if new_text != text or not live:
-        if new_text != text:
-            changes.append(WriteFile(s.interfaces_file, new_text, text, backup=True))
-        changes.append(Ifreload(s.bridge, link is not None, obs.rules) if mode == "up" else IfupBridge(s.bridge))
+        changes.append(ApplyInterfaces(s.interfaces_file, new_text, text, s.bridge, _bridge_state(s, obs),
+                                       obs.rules, whole_file=mode == "up"))
         remake_bridge = link is None
 
     # 2. Managed containers' ports on the bridge (a re-created bridge has none; the next round sees it).
@@ -74,7 +73,7 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     seen = Counter(obs.rules)
     for rule, count in seen.items():
         extra = count - (1 if rule in wanted else 0)
-        changes += [DeleteRule(rule)] * extra
+        changes += [DeleteRule(rule, count)] * extra
     changes += [AddRule(rule) for rule in wanted if rule not in seen]
 
     # 4. Forwarding.
@@ -122,12 +121,20 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
     changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
     new_text = interfaces.remove_block(text)
     if new_text != text:
-        changes.append(WriteFile(s.interfaces_file, new_text, text, backup=True))
-        changes.append(Ifreload(s.bridge, obs.link(s.bridge) is not None, obs.rules, check_bridge=False))
+        changes.append(ApplyInterfaces(s.interfaces_file, new_text, text, s.bridge, _bridge_state(s, obs),
+                                       obs.rules, check_bridge=False))
     if _stanza(s, new_text) is None and obs.link(s.bridge) is not None:
         changes.append(DeleteLink(s.bridge))
-    changes += [DeleteRule(rule) for rule in dict.fromkeys(obs.rules)]
+    changes += [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules]
     return Plan(tuple(changes))
+
+
+def _bridge_state(settings: Settings, obs: Observation) -> BridgeState:
+    link = obs.link(settings.bridge)
+    if link is None:
+        return BridgeState(False)
+    return BridgeState(True, link.up, tuple(str(a) for name, a in obs.addresses if name == settings.bridge),
+                       tuple(port.name for port in obs.links if port.master == settings.bridge))
 
 
 def _stanza(settings: Settings, text: str) -> interfaces.Stanza | None:

@@ -168,8 +168,9 @@ class NetworkManager:
 
     def _fail(self, verb: str, exc: Exception, revert: Reverter, report: Report) -> None:
         """Undo what this run changed, then raise one error that says what happened."""
+        started = bool(revert.pending)  # each change registers its undo before it starts
         failures = revert.fail()
-        if isinstance(exc, ProximityError) and not report.actions:
+        if isinstance(exc, ProximityError) and not started:
             raise exc  # refused or failed before anything changed: its message says it all
         message = f"`proximity {verb}` failed: {exc}"
         for note in report.warnings:
