@@ -29,8 +29,9 @@ class Container:
     vmid: int
     hostname: str
     state: str  # "running" or "stopped"
-    net0: str
+    net0: str  # "" when not known (a listing that does not read every config)
     backend: str
+    lock: str | None = None  # Proxmox's config lock (backup, snapshot, migrate, ...), None when free
 
 
 class ContainerBackend(Protocol):
@@ -46,9 +47,15 @@ class ContainerBackend(Protocol):
     def list(self) -> list[Container]: ...
     def get_net0(self, vmid: int) -> str: ...
     def set_net0(self, vmid: int, value: str) -> None: ...
+    def can_snapshot(self, vmid: int) -> bool: ...
     def snapshot(self, vmid: int, name: str) -> None: ...
     def rollback(self, vmid: int, name: str) -> None: ...
     def delete_snapshot(self, vmid: int, name: str) -> None: ...
+
+
+def dns_label(hostname: str) -> str:
+    """The name a container has on prox-net: Proxmox accepts an FQDN hostname, DNS uses its first label."""
+    return hostname.split(".", 1)[0]
 
 
 @dataclass(frozen=True)
