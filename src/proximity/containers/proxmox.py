@@ -219,8 +219,10 @@ class ProxmoxBackend:
             if isinstance(result, str) and result.startswith("UPID:"):
                 self._follow(result, f"set net0 of CT {vmid}")
             break
-        applied = self.get_net0(vmid)
-        if Net0.parse(applied).options != Net0.parse(value).options:
+        # GET .../config shows pending values; current=1 shows what is in effect
+        applied = self._call(lambda: self.node.lxc(vmid).config.get(current=1), vmid).get("net0", "")
+        have = {k: v.lower() for k, v in Net0.parse(applied).options.items()}
+        if any(have.get(k) != v.lower() for k, v in Net0.parse(value).options.items()):
             raise ProxmoxBackendError(
                 f"net0 of CT {vmid} was written but is not in effect (pending: the container is running and "
                 f"Proxmox could not hot-plug it); it is still {applied!r}. Stop the container and try again"
