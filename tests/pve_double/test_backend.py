@@ -13,9 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from proximity.containers.base import ContainerSpec
+from proximity.containers.base import ContainerLocked, ContainerSpec
 from proximity.containers.proxmox import (
-    ContainerLocked,
     PermissionDenied,
     ProxmoxBackend,
     ProxmoxBackendError,

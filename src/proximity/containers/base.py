@@ -5,11 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from proximity.errors import HostError
+from proximity.errors import ConflictError, HostError
 
 
 class BackendError(HostError):
     """A backend operation failed; the message says what failed and what to do."""
+
+
+class StillRunning(BackendError):
+    """We stopped waiting, but the operation goes on (a Proxmox task): undoing anything now would race it."""
+
+
+LOCK_MEANING = {  # Proxmox's config locks (pve-container LXC/Config.pm), and what each means
+    "backup": "a backup (vzdump) is running",
+    "snapshot": "a snapshot is being taken",
+    "snapshot-delete": "a snapshot is being deleted",
+    "rollback": "a snapshot rollback is running or failed",
+    "migrate": "a migration to another node is running or failed",
+    "create": "the container is still being created",
+    "destroyed": "the container is being destroyed",
+    "mounted": "its volumes are mounted (pct mount)",
+    "disk": "a disk operation is running",
+}
+
+
+class ContainerLocked(ConflictError):
+    """The container's config is locked by another operation; nothing was changed."""
+
+    def __init__(self, vmid: int | None, lock: str):
+        what = f"CT {vmid}" if vmid is not None else "the container"
+        meaning = LOCK_MEANING.get(lock, "another operation holds it")
+        super().__init__(
+            f"{what} is locked ({lock}): {meaning}. Wait for it to finish; if nothing is running "
+            f"(a crashed task), clear it on the Proxmox host with `pct unlock {vmid or 'VMID'}`"
+        )
+        self.vmid, self.lock = vmid, lock
 
 
 @dataclass(frozen=True)

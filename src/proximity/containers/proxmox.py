@@ -27,8 +27,8 @@ from typing import Any
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
-from proximity.errors import ConflictError, InputError, ProxmoxError
+from proximity.containers.base import BackendError, Container, ContainerLocked, ContainerSpec, Net0, StillRunning
+from proximity.errors import InputError, ProxmoxError
 
 ROLE_HINT = "grant them with the role commands in the README (section 'Proxmox permissions')"
 # What Proximity needs, as (path, privileges); "{storage}" and "{bridge}" are filled in.
@@ -38,18 +38,6 @@ REQUIRED_PRIVILEGES = (
     ("/storage/{storage}", ("Datastore.AllocateSpace", "Datastore.Audit")),
     ("/sdn/zones/localnetwork/{bridge}", ("SDN.Use",)),
 )
-LOCK_MEANING = {
-    "backup": "a backup (vzdump) is running",
-    "snapshot": "a snapshot is being taken",
-    "snapshot-delete": "a snapshot is being deleted",
-    "rollback": "a snapshot rollback is running or failed",
-    "migrate": "a migration to another node is running or failed",
-    "create": "the container is still being created",
-    "destroyed": "the container is being destroyed",
-    "mounted": "its volumes are mounted (pct mount)",
-    "disk": "a disk operation is running",
-    "clone": "a clone is running",
-}
 ID_TAKEN = re.compile(r"\b(CT|VM) \d+ already exists|config file already exists")
 LOCKED = re.compile(r"CT is locked \((\S+)\)")
 DIGEST_MISMATCH = "detected modified configuration"
@@ -66,7 +54,7 @@ class TaskFailed(ProxmoxBackendError):
         self.upid, self.exitstatus = upid, exitstatus
 
 
-class TaskTimeout(ProxmoxBackendError):
+class TaskTimeout(ProxmoxBackendError, StillRunning):
     """We stopped waiting; the task itself goes on in Proxmox (nothing may be undone that would race it)."""
 
     def __init__(self, message: str, upid: str):
@@ -76,19 +64,6 @@ class TaskTimeout(ProxmoxBackendError):
 
 class PermissionDenied(ProxmoxBackendError):
     """Proxmox answered 403, or the token lacks rights (named in the message)."""
-
-
-class ContainerLocked(ConflictError):
-    """The container's config is locked by another operation; nothing was changed."""
-
-    def __init__(self, vmid: int | None, lock: str):
-        what = f"CT {vmid}" if vmid is not None else "the container"
-        meaning = LOCK_MEANING.get(lock, "another operation holds it")
-        super().__init__(
-            f"{what} is locked ({lock}): {meaning}. Wait for it to finish; if nothing is running "
-            f"(a crashed task), clear it on the Proxmox host with `pct unlock {vmid or 'VMID'}`"
-        )
-        self.vmid, self.lock = vmid, lock
 
 
 def lock_error(vmid: int | None, text: str) -> ContainerLocked | None:
