@@ -91,12 +91,36 @@ class ContainerManager:
             container = self.backend.create(spec)
             with self.reservations.locked():
                 self.reservations.assign(hostname, container.vmid)
-            if start:
-                self.backend.start(container.vmid)
+        except StillRunning as exc:  # the create goes on in Proxmox: keep its name and address for it
+            raise BackendError(f"{exc}. The reservation of {hostname} ({reservation.ip}) is kept for it: once "
+                               f"the task has ended, `proximity ct destroy {hostname}` if it is not wanted") from exc
         except BaseException:
             self._forget(hostname, reservation)
             raise
+        if start:
+            try:
+                self.backend.start(container.vmid)
+            except Exception as exc:
+                raise self._failed_start(container.vmid, hostname, reservation, exc) from exc
         return self.info(container.vmid)
+
+    def _failed_start(self, vmid: int, hostname: str, reservation: Reservation, exc: Exception) -> BackendError:
+        """After a failed start the container is destroyed (and its reservation released), or kept with its
+        reservation: never left on the bridge with a MAC nobody reserved."""
+        kept = (f"CT {vmid} is kept with its reservation ({reservation.ip}, {reservation.mac}): fix the cause and "
+                f"`proximity ct start {hostname}`, or `proximity ct destroy {hostname}`")
+        if isinstance(exc, StillRunning):  # destroying now would race the start task
+            return BackendError(f"CT {vmid} ({hostname}) was created; its start {exc}. {kept}")
+        try:
+            if self.backend.status(vmid).state == "running":
+                self.backend.stop(vmid)
+            self.backend.destroy(vmid)
+        except Exception as cleanup:
+            return BackendError(f"CT {vmid} ({hostname}) was created but did not start: {exc}. It could not be "
+                                f"destroyed ({cleanup}); {kept}")
+        self._forget(hostname, reservation)
+        return BackendError(f"CT {vmid} ({hostname}) was created but did not start: {exc}. It was destroyed "
+                            "and its reservation released")
 
     def start(self, ref: str) -> ContainerInfo:
         vmid = self.resolve(ref)
