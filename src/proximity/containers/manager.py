@@ -110,17 +110,17 @@ class ContainerManager:
         kept = (f"CT {vmid} is kept with its reservation ({reservation.ip}, {reservation.mac}): fix the cause and "
                 f"`proximity ct start {hostname}`, or `proximity ct destroy {hostname}`")
         if isinstance(exc, StillRunning):  # destroying now would race the start task
-            return BackendError(f"CT {vmid} ({hostname}) was created; its start {exc}. {kept}")
+            return BackendError(f"CT {vmid} ({hostname}) was created; {kept}. Its start: {exc}")
         try:
             if self.backend.status(vmid).state == "running":
                 self.backend.stop(vmid)
             self.backend.destroy(vmid)
         except Exception as cleanup:
-            return BackendError(f"CT {vmid} ({hostname}) was created but did not start: {exc}. It could not be "
-                                f"destroyed ({cleanup}); {kept}")
+            return BackendError(f"CT {vmid} ({hostname}) was created but did not start, and could not be destroyed "
+                                f"({str(cleanup).splitlines()[0]}); {kept}. Why it did not start: {exc}")
         self._forget(hostname, reservation)
-        return BackendError(f"CT {vmid} ({hostname}) was created but did not start: {exc}. It was destroyed "
-                            "and its reservation released")
+        return BackendError(f"CT {vmid} ({hostname}) was created but did not start; it was destroyed and its "
+                            f"reservation released. Why it did not start: {exc}")
 
     def start(self, ref: str) -> ContainerInfo:
         vmid = self.resolve(ref)
@@ -251,15 +251,16 @@ class ContainerManager:
                 undone = revert.pending
                 problems = revert.fail()
                 if problems:
-                    detail = f"; rollback problems: {'; '.join(problems)}"
+                    outcome = f"the rollback had problems: {'; '.join(problems)}"
                 elif snapshot and any(u.startswith("roll back") for u in undone):
-                    detail = f"; rolled back to snapshot {snapshot}" + (" and started again" if was_running else "")
+                    outcome = f"rolled back to snapshot {snapshot}" + (" and started again" if was_running else "")
                 elif any(u.startswith("write back") for u in undone):
-                    detail = ("; config-only rollback: the old net0 is written back" +
-                              (" and the container started again" if was_running else ""))
+                    outcome = ("config-only rollback: the old net0 is written back" +
+                               (" and the container started again" if was_running else ""))
                 else:
-                    detail = "; nothing had changed"
-                raise MigrationError(f"migration of CT {vmid} ({container.hostname}) failed: {exc}{detail}") from exc
+                    outcome = "nothing had changed"
+                raise MigrationError(f"migration of CT {vmid} ({container.hostname}) failed; {outcome}. "
+                                     f"What failed: {exc}") from exc
             revert.success()
         report.ip, report.dns_name = reservation.ip, f"{name}.{self.settings.domain}"
         return report
