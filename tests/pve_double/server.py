@@ -44,6 +44,11 @@ Modes a test switches on to meet what real clusters do (all off by default, exce
     an HTTP status such as 595/596 (pveproxy could not reach the node).
 ``claim_next_ids``
     another creator claims each id the next N ``/cluster/nextid`` calls hand out.
+``edit_after_get``
+    another client edits the config right after each of the next N ``GET .../config``, so
+    a PUT with that GET's ``digest`` is refused ("detected modified configuration").
+``task_log_noise``
+    every task first logs that many lines (a long log, as a create's or a backup's).
 ``other_resources``
     more entries for ``/cluster/resources``: other nodes' containers, QEMU VMs.
 
@@ -429,6 +434,8 @@ class PveDouble:
         self.hotplug = True
         self.ha_delay = 0.3
         self.claim_next_ids = 0
+        self.edit_after_get = 0
+        self.task_log_noise = 0
         self.other_resources: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self._local = threading.local()
@@ -838,6 +845,8 @@ class PveDouble:
 
     def _run_task(self, task: Task, body: Callable[[Task], None]) -> None:
         error: str | None = None
+        for n in range(self.task_log_noise):
+            self._tlog(task, f"progress line {n + 1}")
         try:
             body(task)
         except Exception as exc:  # every die in a worker ends the task with its text
@@ -1050,6 +1059,9 @@ class PveDouble:
             else:
                 result = dict(ct.config) if p.get("current") else ct.with_pending()
             result["digest"] = ct.digest()
+            if self.edit_after_get > 0 and not p.get("snapshot"):  # someone else, right after our read
+                self.edit_after_get -= 1
+                ct.config["description"] = f"edited elsewhere ({self.edit_after_get})"
             return result
 
     def _set_config(self, p: dict[str, Any]) -> None:

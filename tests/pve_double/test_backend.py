@@ -126,23 +126,15 @@ def test_a_failed_poll_does_not_abort_the_wait(double, backend, kind):
     assert [r["status"] for r in calls(double, "GET", "/status")][:2] == [kind if kind != "reset" else "reset"] * 2
 
 
-def test_a_failed_task_shows_its_final_task_error_line_even_after_a_long_log(double, backend, realizer):
+def test_a_failed_task_shows_its_final_task_error_line_even_after_a_long_log(double, backend):
     vmid = create(backend)
-    task_log = [f"line {i}" for i in range(600)]  # longer than any fixed page of the log
-    original = double._tlog
-
-    def chatty_start(vmid_: int) -> None:
-        task = next(t for t in double._tasks.values() if t.type == "vzstart" and t.status == "running")
-        for line in task_log:
-            original(task, line)
-        raise RuntimeError("startup for container '100' failed")
-
-    realizer.start = chatty_start
+    double.task_log_noise = 600  # longer than any fixed page of the log
+    double.fail_next["start"] = f"startup for container '{vmid}' failed"
     with pytest.raises(TaskFailed) as caught:
         backend.start(vmid)
     message = str(caught.value)
-    assert message.rstrip().endswith("TASK ERROR: startup for container '100' failed")
-    assert "line 599" in message and "line 500" not in message
+    assert message.rstrip().endswith(f"TASK ERROR: startup for container '{vmid}' failed")
+    assert "progress line 600" in message and "progress line 500" not in message
 
 
 def test_a_timeout_says_the_task_goes_on_and_undoes_nothing(double, realizer):
@@ -208,48 +200,21 @@ def test_destroy_purges_so_ha_and_jobs_keep_no_reference(double, backend):
 # ------------------------------------------------------------------ 4. digest and locks
 
 
-def test_set_net0_sends_the_digest_and_retries_once_after_a_concurrent_edit(double, backend, realizer):
+def test_set_net0_sends_the_digest_and_retries_once_after_a_concurrent_edit(double, backend):
     vmid = create(backend)
-    original = realizer.set_config
-    edits = []
-
-    def someone_else_edits_first(vmid_: int, changes: dict) -> None:
-        original(vmid_, changes)
-
-    realizer.set_config = someone_else_edits_first
-    # another client writes the config between our GET and our PUT, once
-    real_get = double._get_config
-
-    def get_then_edit(p: dict) -> dict:
-        result = real_get(p)
-        if not edits:
-            edits.append(1)
-            with double._state:
-                double._cts[vmid].config["description"] = "edited in the GUI"
-        return result
-
-    double._routes[("GET", "/nodes/{node}/lxc/{vmid}/config")] = get_then_edit
-    new = "name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr=02:AA:BB:CC:DD:EE"
-    backend.set_net0(vmid, new)
+    double.edit_after_get = 1  # the GUI writes the config between our GET and our PUT, once
+    backend.set_net0(vmid, "name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr=02:AA:BB:CC:DD:01")
     puts = calls(double, "PUT", "/config")
     assert [r["status"] for r in puts] == [500, 200] and all(r["params"].get("digest") for r in puts)
-    assert "ip=dhcp" in double.container(vmid)["config"]["net0"]
+    assert "02:AA:BB:CC:DD:01" in double.container(vmid)["config"]["net0"]
 
 
 def test_a_digest_mismatch_twice_is_reported(double, backend):
     vmid = create(backend)
-    real_get = double._get_config
-
-    def get_then_edit(p: dict) -> dict:
-        result = real_get(p)
-        if not p.get("current"):
-            with double._state:
-                double._cts[vmid].config["description"] = f"edit {time.monotonic()}"
-        return result
-
-    double._routes[("GET", "/nodes/{node}/lxc/{vmid}/config")] = get_then_edit
+    double.edit_after_get = 2
     with pytest.raises(ProxmoxBackendError, match="changed by someone else twice"):
         backend.set_net0(vmid, NET0)
+    assert [r["status"] for r in calls(double, "PUT", "/config")] == [500, 500]
 
 
 @pytest.mark.parametrize("lock", ["backup", "snapshot", "migrate"])
