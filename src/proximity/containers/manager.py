@@ -219,12 +219,12 @@ class ContainerManager:
 
         for text in notes:
             step(text)
+        with self.reservations.locked():  # refused (name or address in use): nothing has changed
+            reservation = self.reservations.reserve(name, self.network.leases()[0], old.get("hwaddr"))
+            self.reservations.assign(name, vmid)
         with Reverter() as revert:
+            revert.add(f"release the reservation of {name}", lambda: self._forget(name, reservation))
             try:
-                with self.reservations.locked():
-                    reservation = self.reservations.reserve(name, self.network.leases()[0], old.get("hwaddr"))
-                    self.reservations.assign(name, vmid)
-                revert.add(f"release the reservation of {name}", lambda: self._forget(name, reservation))
                 report.new_net0 = self._migrated_net0(old, reservation.mac)
                 if snapshot:
                     self.backend.snapshot(vmid, snapshot)
@@ -243,8 +243,8 @@ class ContainerManager:
                 step(f"holds {reservation.ip} and resolves as {name}.{self.settings.domain}")
             except StillRunning as exc:
                 revert.success()  # a rollback now would race the task still running in Proxmox
-                kept = f"; snapshot {snapshot} is kept: when the task has ended, roll back with " \
-                       f"`pct rollback {vmid} {snapshot}`" if snapshot else f"; old net0 was {container.net0}"
+                kept = (f"; snapshot {snapshot} is kept: when the task has ended, roll back with "
+                        f"`pct rollback {vmid} {snapshot}`") if snapshot else f"; old net0 was {container.net0}"
                 raise MigrationError(f"migration of CT {vmid} ({container.hostname}) stopped: {exc}. Not rolled "
                                      f"back; the reservation of {name} is kept{kept}") from exc
             except Exception as exc:

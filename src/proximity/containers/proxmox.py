@@ -122,18 +122,17 @@ class ProxmoxBackend:
             "hostname": spec.hostname, "ostemplate": template, "net0": spec.net0, "memory": spec.memory,
             "cores": spec.cores, "unprivileged": 1, "features": "nesting=1", "storage": self.config.storage,
         }
-        for attempt in range(1, self.config.id_attempts + 1):
+        for attempt in itertools.count(1):
             vmid = spec.vmid or self.next_id()
             try:
                 upid = self._call(lambda: self.node.lxc.post(vmid=vmid, **params))
+                break
             except ProxmoxBackendError as exc:
                 # nextid reserves nothing: another creator (GUI, Terraform, a second job) took the id
-                if spec.vmid is None and ID_TAKEN.search(str(exc)) and attempt < self.config.id_attempts:
-                    continue
-                raise
-            self._follow(upid, f"create CT {vmid} ({spec.hostname})", self.config.create_timeout)
-            return self.status(vmid)
-        raise AssertionError("unreachable")
+                if spec.vmid is not None or not ID_TAKEN.search(str(exc)) or attempt >= self.config.id_attempts:
+                    raise
+        self._follow(upid, f"create CT {vmid} ({spec.hostname})", self.config.create_timeout)
+        return self.status(vmid)
 
     def start(self, vmid: int) -> None:
         self._task(lambda: self.node.lxc(vmid).status.start.post(), f"start CT {vmid}", vmid, "running")
