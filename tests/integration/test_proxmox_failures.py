@@ -218,3 +218,32 @@ def test_a_create_that_outlives_its_timeout_keeps_its_reservation(network, doubl
         held.set()
         manager.reservations.release("web-03")
     assert double.wait_tasks(10)
+
+
+# ------------------------------------------------------------------ what a user sees
+
+
+def cli(network, double: PveDouble, *args: str):
+    env = {"PROXIMITY_BACKEND": "proxmox", "PROXIMITY_PROXMOX_HOST": "127.0.0.1",
+           "PROXIMITY_PROXMOX_PORT": str(double.port), "PROXIMITY_PROXMOX_NODE": "pve",
+           "PROXIMITY_PROXMOX_TOKEN_ID": TOKEN[0], "PROXIMITY_PROXMOX_TOKEN_SECRET": TOKEN[1],
+           "PROXIMITY_PROXMOX_CA_FILE": double.ca_file, "PROXIMITY_PROXMOX_TEMPLATE": TEMPLATE}
+    return proximity(*args, "--sandbox", network.name, check=False, env=env)
+
+
+def test_the_cli_names_missing_rights_once_and_exits_1(network, manager, double):
+    legacy(manager, "legacy-10", start=False)
+    double.set_access(privsep=True, acl={"/vms": {"VM.Audit"}})
+    result = cli(network, double, "ct", "list")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    assert "lacks VM.Allocate" in text and "on /vms" in text and "VM.Audit," not in text
+    assert "section 'Proxmox permissions'" in text
+
+
+def test_the_cli_says_when_a_stop_had_to_be_forced(network, manager, double, realizer):
+    vmid = legacy(manager, "legacy-11")
+    realizer.errors["shutdown"] = "container did not stop"
+    result = cli(network, double, "ct", "stop", str(vmid))
+    assert result.returncode == 0, result.stderr
+    assert "stopped by force" in " ".join(result.stdout.split())
