@@ -49,6 +49,8 @@ class ProxmoxBackendError(ProxmoxError, BackendError):
 
 
 class TaskFailed(ProxmoxBackendError):
+    """A task ended with an error; the message ends with its log's last lines (``TASK ERROR: ...``)."""
+
     def __init__(self, message: str, upid: str, exitstatus: str):
         super().__init__(message)
         self.upid, self.exitstatus = upid, exitstatus
