@@ -323,7 +323,7 @@ def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
         out.print(f"[green]✓[/] CT {vmid} destroyed; its reservation and lease are released")
         return
     info = getattr(manager, verb)(str(vmid))
-    out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}")
+    out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}" + (f" ({info.note})" if info.note else ""))
 
 
 @ct_app.command("start")

@@ -20,8 +20,39 @@ other calls fail at once with "CT is locked (snapshot)".
 Plain HTTP by default; ``tls=True`` serves HTTPS with a self-signed certificate for
 127.0.0.1 (``ca_file``), for clients such as proxmoxer that only speak HTTPS.
 
-Simplifications: no 3 s delay on a 401, one node, no HA, pools, permissions, pending
-changes or restore.
+Modes a test switches on to meet what real clusters do (all off by default, except hotplug):
+
+``set_access(...)`` / ``add_token(...)``
+    rights per token, with ``privsep``: a call the schema's ``permissions`` (and pve-container's
+    own checks) refuse is a 403 ``Permission check failed (/vms/101, VM.PowerMgmt)``, while list
+    endpoints silently leave out what the token may not see; ``/access/permissions`` tells.
+``storages`` / ``templates``
+    which storages exist (type and content, see ``LVM_INSTALL``, ``ZFS_INSTALL``): create
+    refuses a missing storage or one without ``rootdir`` content and a template that does not
+    exist; storage without snapshots (``dir``, ``nfs``, ``lvm``) and bind mounts refuse snapshots.
+``bridges``
+    the bridges of the node: start fails as Proxmox does on a missing bridge, or on a ``tag=``
+    for a bridge that is not VLAN-aware and has no physical port.
+``make_ha_managed(vmid)``
+    start/shutdown/stop answer ``hastart``/``hastop`` tasks that end once queued; the HA
+    manager changes the state ``ha_delay`` seconds later; destroy needs ``purge``.
+``hotplug = False``
+    a config change on a running container stays pending (``GET .../config`` shows it,
+    ``current=1`` does not) until the next start.
+``inject(kind, method, path)``
+    the next matching requests fail: ``"reset"`` (connection closed without an answer) or
+    an HTTP status such as 595/596 (pveproxy could not reach the node).
+``claim_next_ids``
+    another creator claims each id the next N ``/cluster/nextid`` calls hand out.
+``edit_after_get``
+    another client edits the config right after each of the next N ``GET .../config``, so
+    a PUT with that GET's ``digest`` is refused ("detected modified configuration").
+``task_log_noise``
+    every task first logs that many lines (a long log, as a create's or a backup's).
+``other_resources``
+    more entries for ``/cluster/resources``: other nodes' containers, QEMU VMs.
+
+Simplifications: no 3 s delay on a 401, no pools or restore.
 """
 
 from __future__ import annotations
@@ -35,7 +66,9 @@ import os
 import random
 import re
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -73,6 +106,20 @@ CREATE_ONLY = {
 }
 NOT_OPTIONS = {"node", "vmid", "delete", "revert", "digest"}
 NEW_DISK_RE = re.compile(r"^(([^/:\s]+):)?(\d+(\.\d+)?)$")
+SNAPSHOT_STORAGE_TYPES = {"lvmthin", "zfspool", "rbd", "btrfs", "cephfs", "zfs"}  # dir, nfs, cifs, lvm: raw, none
+LVM_INSTALL = {  # what the Proxmox installer sets up on ext4/xfs
+    "local": {"type": "dir", "content": "backup,iso,vztmpl"},
+    "local-lvm": {"type": "lvmthin", "content": "images,rootdir"},
+}
+ZFS_INSTALL = {  # on ZFS there is no local-lvm
+    "local": {"type": "dir", "content": "backup,iso,vztmpl"},
+    "local-zfs": {"type": "zfspool", "content": "images,rootdir"},
+}
+ALL_PRIVILEGES = (
+    "Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.Audit", "SDN.Audit", "SDN.Use", "Sys.Audit",
+    "Sys.Modify", "VM.Allocate", "VM.Audit", "VM.Backup", "VM.Config.CPU", "VM.Config.Disk", "VM.Config.Memory",
+    "VM.Config.Network", "VM.Config.Options", "VM.Console", "VM.PowerMgmt", "VM.Snapshot", "VM.Snapshot.Rollback",
+)
 OSTYPE_ALIASES = {"rockylinux": "centos", "almalinux": "centos", "arch": "archlinux", "opensuse-leap": "opensuse"}
 
 
@@ -264,6 +311,23 @@ class Task:
 
 
 @dataclass
+class Access:
+    """A token's rights: with ``privsep`` only ``acl`` (path -> privileges, propagated to what is
+    below the path) counts; without it, the user's rights (root@pam: everything)."""
+
+    privsep: bool = False
+    acl: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Fault:
+    kind: str | int  # "reset" or an HTTP status
+    method: str
+    path: re.Pattern[str]
+    times: int
+
+
+@dataclass
 class Container:
     vmid: int
     config: dict[str, Any]
@@ -271,10 +335,24 @@ class Container:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float | None = None
     pid: int | None = None
+    pending: dict[str, Any] = field(default_factory=dict)  # option -> new value (None: delete)
+    ha: str | None = None  # HA-managed: the requested state ("started", "stopped")
+
+    def with_pending(self) -> dict[str, Any]:
+        merged = dict(self.config)
+        for key, value in self.pending.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
 
     def digest(self) -> str:
         """SHA1 of the config "file" (as Proxmox's digest), so it changes with every write."""
         lines = [f"{k}: {v}" for k, v in sorted(self.config.items())]
+        if self.pending:
+            lines.append("[pve:pending]")
+            lines.extend(f"{k}: {v}" for k, v in sorted(self.pending.items()))
         for name, snap in sorted(self.snapshots.items()):
             lines.append(f"[{name}]")
             lines.extend(f"{k}: {v}" for k, v in sorted(snap.items()) if k != "config")
@@ -347,15 +425,35 @@ class PveDouble:
         self.url: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.fail_next: dict[str, str] = {}
+        # the modes (see the module docstring)
+        self.secrets: dict[str, str] = {token[0]: token[1]}
+        self.access: dict[str, Access] = {token[0]: Access()}
+        self.storages: dict[str, dict[str, Any]] | None = None  # None: any storage, all content, snapshots
+        self.templates: set[str] | None = None  # None: every template exists
+        self.bridges: dict[str, dict[str, Any]] | None = None  # name -> {"ports": [...], "vlan_aware": bool}
+        self.hotplug = True
+        self.ha_delay = 0.3
+        self.claim_next_ids = 0
+        self.edit_after_get = 0
+        self.task_log_noise = 0
+        self.other_resources: list[dict[str, Any]] = []
+        self.faults: list[Fault] = []
+        self._local = threading.local()
         self._state = threading.RLock()
         self._cts: dict[int, Container] = {}
         self._tasks: dict[str, Task] = {}
         self._vm_locks: dict[int, threading.Lock] = {}
         self._pids = itertools.count(random.randint(0x1000, 0x8000))
         self._server: http.server.ThreadingHTTPServer | None = None
+        self._timers: list[threading.Timer] = []
         self._serve_thread: threading.Thread | None = None
         self._routes: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
             ("GET", "/cluster/nextid"): self._nextid,
+            ("GET", "/cluster/resources"): self._resources,
+            ("GET", "/access/permissions"): self._permissions,
+            ("GET", "/nodes/{node}/storage"): self._storage_list,
+            ("GET", "/nodes/{node}/lxc/{vmid}/pending"): self._pending,
+            ("GET", "/nodes/{node}/lxc/{vmid}/feature"): self._feature,
             ("GET", "/nodes/{node}/lxc"): self._list,
             ("POST", "/nodes/{node}/lxc"): self._create,
             ("DELETE", "/nodes/{node}/lxc/{vmid}"): self._destroy,
@@ -408,6 +506,9 @@ class PveDouble:
         if self._serve_thread is not None:
             self._serve_thread.join(5)
             self._serve_thread = None
+        for timer in self._timers:
+            timer.cancel()
+            timer.join(self.lock_timeout + 5)
         for task in list(self._tasks.values()):
             if task.thread is not None:
                 task.thread.join(self.lock_timeout + 5)
@@ -427,6 +528,29 @@ class PveDouble:
     def auth_header(self) -> str:
         """The ``Authorization`` header value proxmoxer would send for ``token``."""
         return f"PVEAPIToken={self.token[0]}={self.token[1]}"
+
+    # ----------------------------------------------------------------- modes
+    def add_token(self, token_id: str, secret: str, *, privsep: bool = True,
+                  acl: Mapping[str, Any] | None = None) -> str:
+        """Another API token; returns the Authorization header value for it."""
+        self.secrets[token_id] = secret
+        self.set_access(token_id, privsep=privsep, acl=acl)
+        return f"PVEAPIToken={token_id}={secret}"
+
+    def set_access(self, token_id: str | None = None, *, privsep: bool = True,
+                   acl: Mapping[str, Any] | None = None) -> None:
+        """Rights of ``token_id`` (default: the double's token): ``acl`` maps a path to privileges."""
+        self.access[token_id or self.token[0]] = Access(privsep, {p: set(v) for p, v in (acl or {}).items()})
+
+    def make_ha_managed(self, vmid: int) -> None:
+        with self._state:
+            ct = self._cts[vmid]
+            ct.ha = "started" if ct.status == "running" else "stopped"
+
+    def inject(self, kind: str | int, method: str = "GET", path: str = r"/tasks/[^/]+/status$",
+               times: int = 1) -> None:
+        """The next ``times`` requests matching ``method`` and the ``path`` regex (below /api2/json) fail."""
+        self.faults.append(Fault(kind, method.upper(), re.compile(path), times))
 
     # ----------------------------------------------------------------- inspection
     def container(self, vmid: int) -> dict[str, Any] | None:
@@ -463,6 +587,12 @@ class PveDouble:
             sent = self._params(method, split.query, headers, body)
         except ApiError:
             sent = {}
+        fault = self._fault(method, rel)
+        if fault is not None:
+            self.requests.append({"method": method, "path": rel, "params": sent, "status": fault})
+            if fault == "reset":
+                return 0, "reset", {}
+            return fault, "Connection refused", {"data": None, "message": "Connection refused\n"}
         try:
             status, reason, payload = 200, "OK", self._dispatch(method, path, split.query, headers, body)
         except ApiError as exc:
@@ -477,6 +607,14 @@ class PveDouble:
             payload = {"data": None, "message": f"internal error in the double: {exc!r}\n"}
         self.requests.append({"method": method, "path": rel, "params": sent, "status": status})
         return status, reason, payload
+
+    def _fault(self, method: str, rel: str) -> str | int | None:
+        with self._state:
+            for fault in self.faults:
+                if fault.times > 0 and fault.method == method and fault.path.search(rel):
+                    fault.times -= 1
+                    return fault.kind
+        return None
 
     def _params(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -508,8 +646,9 @@ class PveDouble:
         if not m:
             raise ApiError(401, "No ticket")
         tm = re.search(r"^(.+?)[=:](.+)$", m.group(1).strip())
-        if not tm or (tm.group(1), tm.group(2)) != tuple(self.token):
+        if not tm or self.secrets.get(tm.group(1)) != tm.group(2):
             raise ApiError(401, "authentication failure")
+        self._local.token = tm.group(1)
 
     def _dispatch(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict:
         m = re.search(rf"^{API_BASE}/+([a-z][a-z0-9]+)(/.*)?$", path)
@@ -541,6 +680,10 @@ class PveDouble:
                 f"hostname lookup '{node}' failed - failed to get address info for: {node}: "
                 "Name or service not known\n",
             )
+        check = (self.schema.info(method, template).get("permissions") or {}).get("check")
+        if check and check[0] == "perm":
+            path = re.sub(r"\{(\w+)\}", lambda m: str(merged.get(m.group(1), "")), check[1])
+            self._require(path, *check[2], any_="any" in check[3:])
         props = self.schema.properties(method, template)
         typed: dict[str, Any] = {}
         for key, value in merged.items():
@@ -550,6 +693,45 @@ class PveDouble:
         if isinstance(result, _WithTotal):
             return {"data": result.data, "total": result.total}
         return {"data": result}
+
+    # ----------------------------------------------------------------- permissions
+    def _rights(self) -> dict[str, set[str]] | None:
+        """The caller's ACL, or None for every right."""
+        token_id = getattr(self._local, "token", self.token[0])
+        access = self.access.get(token_id) or Access(privsep=True)
+        if not access.privsep and token_id.split("!")[0] == "root@pam":
+            return None
+        return access.acl
+
+    def _allowed(self, path: str, *privileges: str, any_: bool = False) -> bool:
+        rights = self._rights()
+        if rights is None:
+            return True
+
+        def has(privilege: str) -> bool:
+            return any(privilege in privs and (acl_path in ("/", path) or path.startswith(acl_path.rstrip("/") + "/"))
+                       for acl_path, privs in rights.items())
+
+        return any(map(has, privileges)) if any_ else all(map(has, privileges))
+
+    def _require(self, path: str, *privileges: str, any_: bool = False) -> None:
+        """``PVE::RPCEnvironment::check``: 403 naming the path and the privilege."""
+        if any_:
+            if not self._allowed(path, *privileges, any_=True):
+                raise ApiError(403, f"Permission check failed ({path}, {'|'.join(privileges)})\n")
+            return
+        for privilege in privileges:
+            if not self._allowed(path, privilege):
+                raise ApiError(403, f"Permission check failed ({path}, {privilege})\n")
+
+    def _require_networks(self, vmid: int, options: Mapping[str, Any]) -> None:
+        """pve-container's check_ct_modify_config_perm for net[n]: VM.Config.Network, and SDN.Use on the bridge."""
+        for key, value in options.items():
+            if re.fullmatch(r"net\d+", key) and value is not None:
+                self._require(f"/vms/{vmid}", "VM.Config.Network")
+                bridge = re.search(r"(?:^|,)bridge=([^,]+)", str(value))
+                if bridge:
+                    self._require(f"/sdn/zones/localnetwork/{bridge.group(1)}", "SDN.Use")
 
     # ----------------------------------------------------------------- helpers
     def _ct_or_500(self, vmid: int) -> Container:
@@ -663,6 +845,8 @@ class PveDouble:
 
     def _run_task(self, task: Task, body: Callable[[Task], None]) -> None:
         error: str | None = None
+        for n in range(self.task_log_noise):
+            self._tlog(task, f"progress line {n + 1}")
         try:
             body(task)
         except Exception as exc:  # every die in a worker ends the task with its text
@@ -700,11 +884,97 @@ class PveDouble:
             vmid = 100
             while vmid in self._cts:
                 vmid += 1
+            if self.claim_next_ids > 0:  # another creator (GUI, Terraform) takes the id before our caller
+                self.claim_next_ids -= 1
+                self._cts[vmid] = Container(vmid, {"hostname": f"other-{vmid}", "memory": 512, "swap": 512,
+                                                   "rootfs": f"local:vm-{vmid}-disk-0,size=4G"})
             return str(vmid)
 
     def _list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._state:  # only what the token may see: a token without rights gets [], not 403
+            return [self._vmstatus(ct) for vmid, ct in sorted(self._cts.items()) if self._allowed(f"/vms/{vmid}", "VM.Audit")]
+
+    def _resources(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        if p.get("type") not in (None, "vm"):
+            return []
         with self._state:
-            return [self._vmstatus(ct) for _, ct in sorted(self._cts.items())]
+            result = []
+            for vmid, ct in sorted(self._cts.items()):
+                entry = {**self._vmstatus(ct), "id": f"lxc/{vmid}", "node": self.node}
+                if ct.ha:
+                    entry["hastate"] = ct.ha
+                result.append(entry)
+            result.extend(copy.deepcopy(self.other_resources))
+        return [r for r in result if self._allowed(f"/vms/{r['vmid']}", "VM.Audit")]
+
+    def _permissions(self, p: dict[str, Any]) -> dict[str, dict[str, int]]:
+        rights = self._rights()
+        if rights is None:
+            granted = {"/": {privilege: 1 for privilege in ALL_PRIVILEGES}}
+        else:
+            granted = {path: {privilege: 1 for privilege in sorted(privs)} for path, privs in rights.items()}
+        if p.get("path"):
+            path = p["path"]
+            return {path: {priv: 1 for priv in ALL_PRIVILEGES if self._allowed(path, priv)}}
+        return granted
+
+    def _storage_config(self) -> dict[str, dict[str, Any]]:
+        if self.storages is not None:
+            return self.storages
+        # permissive: what is listed, and any other name, holds everything (and can snapshot)
+        return {"local": {"type": "dir", "content": "backup,images,iso,rootdir,vztmpl"},
+                "local-lvm": {"type": "lvmthin", "content": "images,rootdir"}}
+
+    def _storage_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        wanted = set(split_list(p.get("content")))
+        result = []
+        for name, scfg in sorted(self._storage_config().items()):
+            content = set(scfg["content"].split(","))
+            if wanted and not wanted & content:
+                continue
+            if p.get("storage") and p["storage"] != name:
+                continue
+            if not self._allowed(f"/storage/{name}", "Datastore.Audit", "Datastore.AllocateSpace", any_=True):
+                continue
+            result.append({"storage": name, "type": scfg["type"], "content": scfg["content"], "active": 1,
+                           "enabled": 1, "shared": 0, "total": 100 << 30, "used": 10 << 30, "avail": 90 << 30})
+        return result
+
+    def _pending(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._state:
+            ct = self._ct_or_500(p["vmid"])
+            result = []
+            for key in sorted(set(ct.config) | set(ct.pending)):
+                item: dict[str, Any] = {"key": key}
+                if key in ct.config:
+                    item["value"] = perl_str(ct.config[key])
+                if key in ct.pending:
+                    if ct.pending[key] is None:
+                        item["delete"] = 1
+                    else:
+                        item["pending"] = perl_str(ct.pending[key])
+                result.append(item)
+            return result
+
+    def _has_snapshots(self, ct: Container) -> bool:
+        """``PVE::LXC::Config->has_feature('snapshot')``: every volume on storage that can snapshot, no bind mounts."""
+        for key, value in ct.config.items():
+            if key != "rootfs" and not re.fullmatch(r"mp\d+", key):
+                continue
+            volume = str(value).split(",", 1)[0]
+            if volume.startswith("/"):
+                return False  # a bind mount or a device
+            if self.storages is not None:
+                scfg = self.storages.get(volume.split(":", 1)[0])
+                if scfg is None or scfg["type"] not in SNAPSHOT_STORAGE_TYPES:
+                    return False
+        return True
+
+    def _feature(self, p: dict[str, Any]) -> dict[str, Any]:
+        with self._state:
+            ct = self._ct_or_500(p["vmid"])
+            has = self._has_snapshots(ct) if p["feature"] == "snapshot" else True
+        return {"hasFeature": int(has), "nodes": [self.node]}
 
     def _create(self, p: dict[str, Any]) -> str:
         vmid = p["vmid"]
@@ -712,6 +982,17 @@ class PveDouble:
             raise ApiError(501, "restore is not implemented by the double", {"restore": "not implemented by the double"})
         storage = p.get("storage") or "local"
         used_disks: list[int] = []
+        self._require(f"/vms/{vmid}", "VM.Allocate")
+        self._require_networks(vmid, p)
+        rootfs_storage = str(p.get("rootfs", f"{storage}:4")).split(",", 1)[0].split(":", 1)[0]
+        if self.storages is not None and not rootfs_storage.startswith("/"):
+            scfg = self.storages.get(rootfs_storage)
+            if scfg is None:  # PVE::Storage::storage_config
+                raise ApiError(500, f"storage '{rootfs_storage}' does not exist\n")
+            if "rootdir" not in scfg["content"].split(","):
+                raise param_error({"storage": f"storage '{rootfs_storage}' does not support container directories"})
+        if not rootfs_storage.startswith("/"):
+            self._require(f"/storage/{rootfs_storage}", "Datastore.AllocateSpace")
         with self._state:
             if vmid in self._cts:
                 raise ApiError(500, f"CT {vmid} already exists on node '{self.node}'\n")
@@ -738,6 +1019,8 @@ class PveDouble:
         def body(task: Task) -> None:
             with self._vm_lock(vmid):
                 try:
+                    if self.templates is not None and p["ostemplate"] not in self.templates:
+                        raise TaskError(f"volume '{p['ostemplate']}' does not exist\n")
                     self._tlog(task, f"extracting archive '{p['ostemplate']}'")
                     self._realize(task, "create", self.realizer.create, vmid, realizer_params)
                     self._tlog(task, f"Detected container architecture: {config['arch']}")
@@ -774,8 +1057,11 @@ class PveDouble:
                 result = dict(snap["config"])
                 result.update({k: v for k, v in snap.items() if k not in ("config",) and v is not None})
             else:
-                result = dict(ct.config)
+                result = dict(ct.config) if p.get("current") else ct.with_pending()
             result["digest"] = ct.digest()
+            if self.edit_after_get > 0 and not p.get("snapshot"):  # someone else, right after our read
+                self.edit_after_get -= 1
+                ct.config["description"] = f"edited elsewhere ({self.edit_after_get})"
             return result
 
     def _set_config(self, p: dict[str, Any]) -> None:
@@ -797,6 +1083,7 @@ class PveDouble:
                 raise param_error({"delete": f"you can't use '-{opt}' and -delete {opt}' at the same time"})
             if opt in revert:
                 raise param_error({"delete": f"you can't use '-delete {opt}' and '-revert {opt}' at the same time"})
+        self._require_networks(vmid, options)
         try:
             held = self._vm_lock(vmid)
         except TaskError as exc:
@@ -819,6 +1106,10 @@ class PveDouble:
                 }
                 changes.update({opt: None for opt in delete if opt in ct.config})
             injected = self.fail_next.pop("set_config", None)
+            with self._state:
+                if ct.status == "running" and not self.hotplug:  # written as pending, applied at the next start
+                    ct.pending.update(changes)
+                    return None
             if changes:
                 try:
                     if injected is not None:
@@ -837,7 +1128,8 @@ class PveDouble:
     def _status(self, p: dict[str, Any]) -> dict[str, Any]:
         with self._state:
             ct = self._ct_or_500(p["vmid"])
-            return {**self._vmstatus(ct), "ha": {"managed": 0}}
+            ha = {"managed": 1, "state": ct.ha} if ct.ha else {"managed": 0}
+            return {**self._vmstatus(ct), "ha": ha}
 
     def _do_start(self, task: Task, vmid: int, *, skiplock: bool) -> None:
         with self._vm_lock(vmid):
@@ -846,9 +1138,66 @@ class PveDouble:
                 raise TaskError("you can't start a CT if it's a template\n")
             if not skiplock:
                 self._check_lock(ct, allow=("mounted",))
+            self._prepare_start(ct)
             self._realize(task, "start", self.realizer.start, vmid)
+            self._running(ct)
+
+    def _running(self, ct: Container) -> None:
+        with self._state:
+            ct.status, ct.started, ct.pid = "running", time.time(), random.randint(1000, 4_000_000)
+
+    def _prepare_start(self, ct: Container) -> None:
+        """Before lxc-start: pending changes are applied, then every net[n] is plugged into its bridge."""
+        with self._state:
+            pending, ct.pending = dict(ct.pending), {}
+        if pending:
+            self.realizer.set_config(ct.vmid, dict(pending))
             with self._state:
-                ct.status, ct.started, ct.pid = "running", time.time(), random.randint(1000, 4_000_000)
+                ct.config = {**{k: v for k, v in ct.config.items() if k not in pending},
+                             **{k: v for k, v in pending.items() if v is not None}}
+        if self.bridges is None:
+            return
+        for key, value in sorted(ct.config.items()):
+            if not re.fullmatch(r"net\d+", key):
+                continue
+            net = dict(part.split("=", 1) for part in str(value).split(",") if "=" in part)
+            bridge = self.bridges.get(net.get("bridge", ""))
+            if bridge is None:  # pve-common PVE::Network
+                raise TaskError(f"bridge '{net.get('bridge')}' does not exist\n")
+            if net.get("tag") and not bridge.get("vlan_aware") and not bridge.get("ports"):
+                raise TaskError(f"no physical interface on bridge '{net['bridge']}'\n")
+
+    # HA: pve-container hands start/stop of an HA-managed CT to ha-manager and returns at once.
+    def _ha_request(self, vmid: int, state: str) -> str:
+        dtype = "hastart" if state == "started" else "hastop"
+
+        def body(task: Task) -> None:
+            with self._state:
+                self._cts[vmid].ha = state
+            self._tlog(task, f"Requesting HA {'start' if state == 'started' else 'stop'} for CT {vmid}")
+            timer = threading.Timer(self.ha_delay, self._ha_act, args=(vmid, state))
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+
+        return self._spawn(dtype, dtype, vmid, body)
+
+    def _ha_act(self, vmid: int, state: str) -> None:
+        """What the HA manager does later: the real start or stop (an error puts the service in 'error')."""
+        try:
+            with self._vm_lock(vmid):
+                ct = self._load(vmid)
+                if state == "started" and ct.status != "running":
+                    self._prepare_start(ct)
+                    self.realizer.start(vmid)
+                    self._running(ct)
+                elif state == "stopped" and ct.status == "running":
+                    self.realizer.shutdown(vmid, 60)
+                    self._stopped(ct)
+        except Exception:
+            with self._state:
+                if vmid in self._cts:
+                    self._cts[vmid].ha = "error"
 
     def _start(self, p: dict[str, Any]) -> str:
         vmid = p["vmid"]
@@ -856,6 +1205,8 @@ class PveDouble:
             ct = self._cts.get(vmid)
             if ct is not None and ct.status == "running":
                 raise ApiError(500, f"CT {vmid} already running\n")
+        if ct is not None and ct.ha:
+            return self._ha_request(vmid, "started")
         skiplock = bool(p.get("skiplock"))
         return self._spawn("start", "vzstart", vmid, lambda task: self._do_start(task, vmid, skiplock=skiplock))
 
@@ -872,6 +1223,8 @@ class PveDouble:
     def _shutdown(self, p: dict[str, Any]) -> str:
         vmid = p["vmid"]
         self._require_running(vmid)
+        if self._cts[vmid].ha:
+            return self._ha_request(vmid, "stopped")
         timeout = p.get("timeout")
         timeout = 60 if timeout is None else timeout
         force = bool(p.get("forceStop"))
@@ -894,6 +1247,8 @@ class PveDouble:
     def _stop(self, p: dict[str, Any]) -> str:
         vmid = p["vmid"]
         self._require_running(vmid)
+        if self._cts[vmid].ha:
+            return self._ha_request(vmid, "stopped")
         skiplock = bool(p.get("skiplock"))
 
         def body(task: Task) -> None:
@@ -914,6 +1269,8 @@ class PveDouble:
             ct = self._ct_or_500(vmid)
             if ct.config.get("protection"):
                 raise ApiError(500, f"can't remove CT {vmid} - protection mode enabled\n")
+            if ct.ha and not p.get("purge"):
+                raise ApiError(500, f"unable to remove CT {vmid} - used in HA resources and purge parameter not set.\n")
             if ct.status == "running" and not force:
                 raise ApiError(500, running_msg)
 
@@ -967,6 +1324,8 @@ class PveDouble:
                     self._check_lock(ct)
                     if name in ct.snapshots:
                         raise TaskError(f"snapshot name '{name}' already used\n")
+                    if not self._has_snapshots(ct):
+                        raise TaskError("snapshot feature is not available\n")
                     saved = {k: v for k, v in ct.config.items() if k not in ("lock", "parent")}
                     snap: dict[str, Any] = {"config": saved, "snapstate": "prepare", "snaptime": int(time.time())}
                     if ct.config.get("parent") is not None:
@@ -1189,6 +1548,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         double: PveDouble = self.server.double  # type: ignore[attr-defined]
         status, reason, payload = double.handle(self.command, self.path, self.headers, body)
+        if status == 0:  # an injected connection reset: close with RST, no answer
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
         raw = json.dumps(payload).encode()
         self.send_response(status, reason)
         self.send_header("Content-Type", "application/json;charset=UTF-8")

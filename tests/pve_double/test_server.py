@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .schema import Schema
-from .server import MemoryRealizer, PveDouble, Realizer, decode_urlencoded
+from .server import LVM_INSTALL, MemoryRealizer, PveDouble, Realizer, decode_urlencoded
 
 TEMPLATE = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
 NET0 = "name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr=02:aa:bb:cc:dd:ee"
@@ -453,3 +453,124 @@ def test_proxmoxer_talks_to_the_double_over_https(realizer, schema):
         with pytest.raises(proxmoxer.ResourceException) as refused:
             bad.nodes("pve").lxc.get()
         assert (refused.value.status_code, refused.value.content) == (401, "authentication failure")
+
+
+# ------------------------------------------------------------------ modes of a real cluster
+
+
+def test_permissions_per_token_with_privsep(double, client):
+    client.create(101)
+    client.create(102)
+    header = double.add_token("ops@pve!ci", "s3cret", privsep=True, acl={"/vms/101": {"VM.Audit", "VM.PowerMgmt"}})
+    ops = Client(double, header)
+    # a list shows only what the token may see: no 403, just fewer (or no) entries
+    assert [c["vmid"] for c in ops.ok("GET", "/nodes/pve/lxc")] == [101]
+    assert [r["vmid"] for r in ops.ok("GET", "/cluster/resources", {"type": "vm"})] == [101]
+    assert ops.ok("GET", "/access/permissions") == {"/vms/101": {"VM.Audit": 1, "VM.PowerMgmt": 1}}
+    status, body = ops.call("POST", "/nodes/pve/lxc/102/status/start")
+    assert (status, body["message"]) == (403, "Permission check failed (/vms/102, VM.PowerMgmt)\n")
+    status, body = ops.call("PUT", "/nodes/pve/lxc/101/config", {"net0": NET0})
+    assert (status, body["message"]) == (
+        403, "Permission check failed (/vms/101, VM.Config.Disk|VM.Config.CPU|VM.Config.Memory|VM.Config.Network|"
+             "VM.Config.Options)\n")
+    double.set_access("ops@pve!ci", acl={"/vms": {"VM.Config.Network"}})
+    status, body = ops.call("PUT", "/nodes/pve/lxc/101/config", {"net0": NET0})
+    assert (status, body["message"]) == (403, "Permission check failed (/sdn/zones/localnetwork/prox-net, SDN.Use)\n")
+    nothing = Client(double, double.add_token("ops@pve!empty", "x", privsep=True))
+    assert nothing.ok("GET", "/nodes/pve/lxc") == [] and nothing.ok("GET", "/access/permissions") == {}
+    # without privsep, root@pam's token has every right
+    assert "VM.Allocate" in client.ok("GET", "/access/permissions")["/"]
+
+
+def test_storage_content_snapshot_support_and_templates(double, client, realizer):
+    double.storages = {**LVM_INSTALL, "backup-dir": {"type": "dir", "content": "images,rootdir"}}
+    double.templates = {TEMPLATE}
+    status, body = client.call("POST", "/nodes/pve/lxc", {"vmid": 101, "ostemplate": TEMPLATE, "storage": "local-zfs"})
+    assert (status, body["message"]) == (500, "storage 'local-zfs' does not exist\n")
+    status, body = client.call("POST", "/nodes/pve/lxc", {"vmid": 101, "ostemplate": TEMPLATE, "storage": "local"})
+    assert (status, body["errors"]) == (400, {"storage": "storage 'local' does not support container directories"})
+    missing = "local:vztmpl/nope.tar.zst"
+    assert client.create(101, ostemplate=missing, storage="local-lvm")["exitstatus"] == f"volume '{missing}' does not exist"
+    assert [s["storage"] for s in client.ok("GET", "/nodes/pve/storage", {"content": "rootdir"})] == [
+        "backup-dir", "local-lvm"]
+    assert client.create(101, storage="local-lvm")["exitstatus"] == "OK"
+    assert client.create(102, storage="backup-dir")["exitstatus"] == "OK"
+    client.create(103, storage="local-lvm", mp0="/srv/data,mp=/data")
+    features = {vmid: client.ok("GET", f"/nodes/pve/lxc/{vmid}/feature", {"feature": "snapshot"})["hasFeature"]
+                for vmid in (101, 102, 103)}
+    assert features == {101: 1, 102: 0, 103: 0}
+    refused = client.run("POST", "/nodes/pve/lxc/102/snapshot", {"snapname": "before"})
+    assert refused["exitstatus"] == "snapshot feature is not available"
+    assert client.run("POST", "/nodes/pve/lxc/101/snapshot", {"snapname": "before"})["exitstatus"] == "OK"
+
+
+def test_the_bridge_and_vlan_check_at_start(double, client):
+    double.bridges = {"vmbr0": {"ports": ["eno1"]}, "prox-net": {"ports": []}}
+    client.create(101, net0="name=eth0,bridge=vmbr0,ip=dhcp,tag=20")
+    client.create(102, net0="name=eth0,bridge=prox-net,ip=dhcp,tag=20")
+    client.create(103, net0="name=eth0,bridge=nowhere,ip=dhcp")
+    client.create(104, net0="name=eth0,bridge=prox-net,ip=dhcp")
+    results = {vmid: client.run("POST", f"/nodes/pve/lxc/{vmid}/status/start")["exitstatus"] for vmid in (101, 102, 103, 104)}
+    assert results == {101: "OK", 102: "no physical interface on bridge 'prox-net'",
+                       103: "bridge 'nowhere' does not exist", 104: "OK"}
+
+
+def test_ha_managed_tasks_end_when_queued(double, client, realizer):
+    client.create(101)
+    double.make_ha_managed(101)
+    double.ha_delay = 0.3
+    start = client.run("POST", "/nodes/pve/lxc/101/status/start")
+    assert UPID.match(start["upid"]).group(1) == "hastart" and start["exitstatus"] == "OK"
+    assert client.log(start["upid"])[0] == "Requesting HA start for CT 101"
+    assert client.ok("GET", "/nodes/pve/lxc/101/status/current")["status"] == "stopped"  # queued, not done
+    wait_until(lambda: client.ok("GET", "/nodes/pve/lxc/101/status/current")["status"] == "running")
+    assert client.ok("GET", "/nodes/pve/lxc/101/status/current")["ha"] == {"managed": 1, "state": "started"}
+    stop = client.run("POST", "/nodes/pve/lxc/101/status/shutdown")
+    assert UPID.match(stop["upid"]).group(1) == "hastop"
+    assert client.ok("GET", "/nodes/pve/lxc/101/status/current")["status"] == "running"
+    wait_until(lambda: client.ok("GET", "/nodes/pve/lxc/101/status/current")["status"] == "stopped")
+    status, body = client.call("DELETE", "/nodes/pve/lxc/101")
+    assert (status, body["message"]) == (500, "unable to remove CT 101 - used in HA resources and purge parameter not set.\n")
+    assert client.run("DELETE", "/nodes/pve/lxc/101", {"purge": 1})["exitstatus"] == "OK"
+
+
+def test_a_change_on_a_running_container_stays_pending_without_hotplug(double, client, realizer):
+    client.create(101, net0=NET0)
+    client.run("POST", "/nodes/pve/lxc/101/status/start")
+    double.hotplug = False
+    new = "name=eth0,bridge=vmbr0,ip=dhcp,hwaddr=02:AA:BB:CC:DD:EE"
+    assert client.ok("PUT", "/nodes/pve/lxc/101/config", {"net0": new}) is None
+    assert "bridge=vmbr0" in client.ok("GET", "/nodes/pve/lxc/101/config")["net0"]  # pending values by default
+    assert "bridge=prox-net" in client.ok("GET", "/nodes/pve/lxc/101/config", {"current": 1})["net0"]
+    pending = {p["key"]: p for p in client.ok("GET", "/nodes/pve/lxc/101/pending")}
+    assert "bridge=vmbr0" in pending["net0"]["pending"] and "bridge=prox-net" in pending["net0"]["value"]
+    assert realizer.calls_of("set_config") == []
+    client.run("POST", "/nodes/pve/lxc/101/status/stop")
+    client.run("POST", "/nodes/pve/lxc/101/status/start")  # applied at the next start
+    assert "bridge=vmbr0" in client.ok("GET", "/nodes/pve/lxc/101/config", {"current": 1})["net0"]
+    assert "net0" not in {p["key"]: p for p in client.ok("GET", "/nodes/pve/lxc/101/pending") if "pending" in p}
+
+
+def test_transient_failures_of_a_poll(double, client):
+    upid = client.create(101)["upid"]
+    double.inject(596, "GET", r"/tasks/[^/]+/status$", times=1)
+    double.inject("reset", "GET", r"/tasks/[^/]+/status$", times=1)
+    path = f"/nodes/pve/tasks/{urllib.parse.quote(upid, safe='')}/status"
+    status, body = client.call("GET", path)
+    assert status == 596
+    with pytest.raises((ConnectionError, urllib.error.URLError)):
+        client.call("GET", path)
+    assert client.call("GET", path)[0] == 200  # only the next ones fail
+
+
+def test_concurrent_id_claims_and_other_nodes(double, client):
+    double.claim_next_ids = 1
+    assert client.ok("GET", "/cluster/nextid") == "100"
+    status, body = client.call("POST", "/nodes/pve/lxc", {"vmid": 100, "ostemplate": TEMPLATE})
+    assert (status, body["message"]) == (500, "CT 100 already exists on node 'pve'\n")
+    double.other_resources = [
+        {"id": "qemu/300", "vmid": 300, "type": "qemu", "node": "pve", "name": "vm", "status": "running"},
+        {"id": "lxc/400", "vmid": 400, "type": "lxc", "node": "pve2", "name": "ct", "status": "stopped"},
+    ]
+    resources = client.ok("GET", "/cluster/resources", {"type": "vm"})
+    assert [(r["id"], r["node"]) for r in resources] == [("lxc/100", "pve"), ("qemu/300", "pve"), ("lxc/400", "pve2")]

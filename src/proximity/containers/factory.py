@@ -30,5 +30,5 @@ def backend_for(settings: Settings) -> ContainerBackend:
         token_id=settings.proxmox_token_id, token_secret=settings.proxmox_token_secret,
         verify_tls=settings.proxmox_verify_tls,
         ca_file=str(settings.proxmox_ca_file) if settings.proxmox_ca_file else None,
-        storage=settings.proxmox_storage, template=settings.proxmox_template,
+        storage=settings.proxmox_storage, template=settings.proxmox_template, bridge=settings.bridge,
     ))

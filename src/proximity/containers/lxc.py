@@ -642,6 +642,9 @@ class LxcBackend:
         self._write_config(vmid, data)
         self._save(vmid, data)
 
+    def can_snapshot(self, vmid: int) -> bool:
+        return True  # a snapshot is a copy of the rootfs directory
+
     def snapshot(self, vmid: int, name: str) -> None:
         """Copy the rootfs and the Proxmox view (net0 included) to ``proximity-snapshots/NAME``."""
         data = self._load(vmid)
