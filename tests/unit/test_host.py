@@ -1,4 +1,5 @@
 import os
+import subprocess
 import stat
 
 import pytest
@@ -39,3 +40,20 @@ def test_container_network_config():
     for bad in ("-nginx", "nginx_01", "x" * 64, ""):
         with pytest.raises(SettingsError, match="RFC 1123"):
             manager.get_container_network_config(bad)
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "interfaces"
+    dead = _dead_pid()
+    stale = tmp_path / f".interfaces.{dead}-{dead}.proximity-tmp"
+    stale.write_text("half")
+    alive = tmp_path / f".interfaces.{os.getpid()}-1.proximity-tmp"  # a live writer's: kept
+    alive.write_text("in progress")
+    Host().write_text(path, "auto lo\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["interfaces", alive.name])
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -21,7 +21,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,7 +176,9 @@ class Host:
             mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
         except FileNotFoundError:
             owner = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        _remove_dead_temp_files(path)
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_native_id()}{TEMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
@@ -288,6 +289,25 @@ class Host:
 
     def pid_cmdline(self, pid: int) -> list[str] | None:
         return pid_cmdline(pid)
+
+
+TEMP_SUFFIX = ".proximity-tmp"
+
+
+def _remove_dead_temp_files(path: Path) -> None:
+    """Temp files of writers that were killed (kill -9 between create and rename) are removed.
+
+    A temp file is named for its target and the writer's pid and thread, so only a dead writer's goes.
+    """
+    prefix = f".{path.name}."
+    with os.scandir(path.parent) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(TEMP_SUFFIX):
+                pid = name[len(prefix):-len(TEMP_SUFFIX)].split("-")[0]
+                if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
 
 def _try_lock(fh) -> bool:

@@ -1,0 +1,80 @@
+"""kill -9 at random points of `up` and `down`, then the same command again: the host ends fully
+converged (after up) or exactly as before (after down), with nothing orphaned."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from proximity import sandbox as sandboxes
+from tests.integration.tools import proximity
+
+
+def own_rules(sb) -> list[str]:
+    saved = sandboxes.ns_run(sb.name, ["iptables-save"]).stdout
+    return [line for line in saved.splitlines() if "proximity:prox-net" in line]
+
+
+def dnsmasqs(sb) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline").read()
+        except OSError:
+            continue
+        if f"--conf-file={sb.dnsmasq_conf}" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def temp_files(sb) -> list[str]:
+    return [str(p) for p in sb.root.rglob("*.proximity-tmp")]
+
+
+def run_killed(sb, verb: str, after: float) -> None:
+    """Start `proximity VERB`, kill -9 it after ``after`` seconds (or let it finish if it is faster)."""
+    proc = subprocess.Popen([sys.executable, "-m", "proximity", verb, "--sandbox", sb.name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and whatever it was running (ifreload, ...)
+        proc.wait()
+
+
+def timed(sb, verb: str) -> float:
+    start = time.monotonic()
+    proximity(verb, "--sandbox", sb.name)
+    return time.monotonic() - start
+
+
+def test_kill_9_at_random_points_of_up_and_down(sandbox):
+    sb = sandbox
+    original = sb.interfaces_file.read_bytes()
+    up_time, down_time = timed(sb, "up"), timed(sb, "down")
+    rng = random.Random(20261201)
+    try:
+        for _ in range(4):
+            run_killed(sb, "up", rng.uniform(0.1, up_time))
+            proximity("up", "--sandbox", sb.name)
+            status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+            assert status["health_status"] == "healthy", status["reasons"]
+            assert sb.interfaces_file.read_text().count("iface prox-net inet static") == 1
+            rules = own_rules(sb)
+            assert len(rules) == len(set(rules)) == 4, rules
+            assert len(dnsmasqs(sb)) == 1
+            assert temp_files(sb) == []
+            assert json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)["actions"] == []
+
+            run_killed(sb, "down", rng.uniform(0.1, down_time))
+            proximity("down", "--sandbox", sb.name)
+            assert sb.interfaces_file.read_bytes() == original
+            assert sandboxes.ns_run(sb.name, ["ip", "link", "show", "prox-net"], check=False).returncode != 0
+            assert own_rules(sb) == [] and dnsmasqs(sb) == [] and temp_files(sb) == []
+    finally:
+        proximity("down", "--purge", "--sandbox", sb.name, check=False)
