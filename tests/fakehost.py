@@ -73,6 +73,9 @@ class FakeHost(Host):
         other.commands = []
         return other
 
+    def sibling(self, netns: str | None) -> FakeHost:
+        return self  # one in-memory world: the probe's namespace is modelled by its links
+
     # -- Host: files, locks, sysctls ------------------------------------------------------------
     def read_text(self, path: Path) -> str | None:
         return self.files.get(str(path))
@@ -141,11 +144,15 @@ class FakeHost(Host):
             return self._ok(argv, json.dumps([{"name": name, "status": "pass"} for name in self.links]))
         if cmd == "dnsmasq":
             return self._ok(argv)
-        if cmd == "ip" and "nomaster" in argv:
+        if cmd == "busybox":  # the probe's DHCP client: a lease while dnsmasq runs on a live bridge
+            bridge = self.links.get(self.bridge)
+            leased = self._dnsmasq_pid() is not None and bridge is not None and bridge.up
+            return self._ok(argv, "udhcpc: lease of 10.10.0.250 obtained\n" if leased else "")
+        if cmd == "ip" and ("nomaster" in argv or argv[1:3] == ["netns", "delete"]):
             return self.run(argv)
         return self._ok(argv)
 
-    def run(self, argv: list[str], timeout: float = 30) -> Result:
+    def run(self, argv: list[str], timeout: float = 30, input: str | None = None) -> Result:
         self._mutate(argv)
         cmd = argv[0].rsplit("/", 1)[-1]
         if cmd == "iptables":
@@ -168,6 +175,14 @@ class FakeHost(Host):
             self._apply_interfaces(argv[1])
         elif cmd == "ip" and argv[1:3] == ["link", "delete"]:
             self._delete_link(argv[3])
+        elif cmd == "ip" and argv[1:3] == ["link", "add"]:  # the probe's veth; its peer is in its namespace
+            self.add_link(argv[3], kind="veth")
+        elif cmd == "ip" and argv[1:3] == ["netns", "delete"]:
+            self.links = {n: l for n, l in self.links.items() if not n.startswith("pxp")}
+        elif cmd == "ip" and argv[1:3] == ["link", "set"] and argv[4] not in self.links:
+            pass  # inside the probe's namespace
+        elif cmd == "ip" and argv[1:3] == ["address", "add"]:
+            pass  # inside the probe's namespace
         elif cmd == "ip" and argv[1:3] == ["link", "set"]:
             link = self.links[argv[4]]
             if "down" in argv:

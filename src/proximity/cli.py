@@ -146,11 +146,11 @@ def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOp
 @friendly
 def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
     """Show whether the managed network is healthy, read from netlink and /proc."""
-    show_status(manager_for(sandbox), as_json)
+    show_status(manager_for(sandbox), as_json, reprobe=True)
 
 
-def show_status(manager: NetworkManager, as_json: bool) -> None:
-    st = manager.status()
+def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False) -> None:
+    st = manager.status(reprobe=reprobe)
     if as_json:
         print_json(st.as_dict())
         return

@@ -74,6 +74,7 @@ class Settings(BaseModel):
     service_name: str = "proximity-dns"
     systemd_dir: Path = Path("/etc/systemd/system")
     proxmox_firewall: Literal["auto", "on", "off"] = "auto"
+    pve_cluster_firewall: Path = Path("/etc/pve/firewall/cluster.fw")  # "auto" reads `enable: 1` here
     ifreload_timeout: float = 60.0
     netns: str | None = None  # set by the sandbox: act inside this network namespace
 
@@ -205,6 +206,16 @@ class Settings(BaseModel):
     @property
     def api_token_file(self) -> Path:
         return self.dnsmasq_conf.parent / "api-token"
+
+    @property
+    def pending_interfaces_file(self) -> Path:
+        """Where Proxmox stages network changes made in its GUI until "Apply Configuration" or a reboot."""
+        return self.interfaces_file.with_name(self.interfaces_file.name + ".new")
+
+    @property
+    def probe_file(self) -> Path:
+        """The last end-to-end probe's result (a throwaway client asking for a lease and a name)."""
+        return self.state_dir / "probe.json"
 
     @property
     def unit_file(self) -> Path:

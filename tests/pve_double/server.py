@@ -470,7 +470,15 @@ class PveDouble:
             ("GET", "/nodes/{node}/lxc/{vmid}/interfaces"): self._interfaces,
             ("GET", "/nodes/{node}/tasks/{upid}/status"): self._task_status,
             ("GET", "/nodes/{node}/tasks/{upid}/log"): self._task_log,
+            ("GET", "/nodes/{node}/firewall/rules"): self._fw_rules,
+            ("POST", "/nodes/{node}/firewall/rules"): self._fw_add,
+            ("DELETE", "/nodes/{node}/firewall/rules/{pos}"): self._fw_delete,
+            ("GET", "/cluster/firewall/options"): lambda p: {"enable": int(self.firewall_enabled), "policy_in": "DROP"},
         }
+        # The node's host firewall (host.fw): its rules, and who compiles them (pve-firewall's part).
+        self.firewall_enabled = False
+        self.host_rules: list[dict[str, Any]] = []
+        self.on_host_rules: Callable[[list[dict[str, Any]]], None] | None = None
         self._create_props = self.schema.properties("POST", "/nodes/{node}/lxc")
         self._option_props = {
             k: v for k, v in self.schema.properties("PUT", "/nodes/{node}/lxc/{vmid}/config").items()
@@ -875,6 +883,39 @@ class PveDouble:
         return fn(*args)
 
     # ----------------------------------------------------------------- handlers
+    # ----------------------------------------------------------------- the host firewall
+    def _fw_digest(self) -> str:
+        return hashlib.sha1(json.dumps(self.host_rules, sort_keys=True).encode()).hexdigest()
+
+    def _fw_rules(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._state:
+            digest = self._fw_digest()
+            return [{**rule, "pos": pos, "digest": digest} for pos, rule in enumerate(self.host_rules)]
+
+    def _fw_changed(self) -> None:
+        if self.on_host_rules is not None:
+            self.on_host_rules([dict(rule) for rule in self.host_rules])
+
+    def _fw_add(self, p: dict[str, Any]) -> None:
+        rule = {k: v for k, v in p.items() if k not in ("node", "pos", "digest")}
+        if "action" not in rule and "macro" not in rule:
+            raise param_error({"action": "property is missing and it is not optional"})
+        with self._state:
+            if p.get("digest") not in (None, self._fw_digest()):
+                raise ApiError(500, "detected modified configuration - file changed by other user? Try again.")
+            self.host_rules.insert(min(int(p.get("pos", len(self.host_rules))), len(self.host_rules)), rule)
+            self._fw_changed()
+
+    def _fw_delete(self, p: dict[str, Any]) -> None:
+        with self._state:
+            if p.get("digest") not in (None, self._fw_digest()):
+                raise ApiError(500, "detected modified configuration - file changed by other user? Try again.")
+            pos = int(p["pos"])
+            if not 0 <= pos < len(self.host_rules):
+                raise ApiError(500, f"no rule at position {pos}")
+            del self.host_rules[pos]
+            self._fw_changed()
+
     def _nextid(self, p: dict[str, Any]) -> str:
         with self._state:
             if p.get("vmid") is not None:

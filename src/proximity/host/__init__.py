@@ -101,6 +101,10 @@ class Host:
     def __init__(self, netns: str | None = None):
         self.netns = netns
 
+    def sibling(self, netns: str | None) -> Host:
+        """The same kind of host for another network namespace (None: the machine's own)."""
+        return Host(netns)
+
     # -- commands ------------------------------------------------------------
     def _wrap(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
@@ -109,9 +113,9 @@ class Host:
         """Run a command that only reads; runs in dry runs too. Never raises on exit status."""
         return self._run_argv(self._wrap(argv), timeout, input)
 
-    def run(self, argv: list[str], timeout: float = 30) -> Result:
+    def run(self, argv: list[str], timeout: float = 30, input: str | None = None) -> Result:
         """Run a command that changes the host; raises CommandError when it fails."""
-        result = self._exec(argv, timeout)
+        result = self._run_argv(self._wrap(argv), timeout, input)
         if not result.ok:
             raise CommandError(result.argv, result.returncode, result.stderr or result.stdout)
         return result
@@ -127,9 +131,6 @@ class Host:
         if not result.ok:
             raise CommandError(argv, result.returncode, result.stderr)
         return json.loads(result.stdout or "[]")
-
-    def _exec(self, argv: list[str], timeout: float) -> Result:
-        return self._run_argv(self._wrap(argv), timeout)
 
     def _run_argv(self, full: list[str], timeout: float, input: str | None = None) -> Result:
         try:
@@ -353,7 +354,7 @@ class DryRunHost(Host):
     _written: dict[str, str | None] = field(default_factory=dict)
     dry_run = True
 
-    def run(self, argv: list[str], timeout: float = 30) -> Result:
+    def run(self, argv: list[str], timeout: float = 30, input: str | None = None) -> Result:
         full = self._wrap(argv)
         self.commands.append(full)
         return Result(full, 0, "", "")

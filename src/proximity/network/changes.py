@@ -8,6 +8,7 @@ changes leaves a host that the next plan simply finishes).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,19 +20,22 @@ from proximity.host import CommandError, Host
 from proximity.network.dnsmasq import DnsService, ServiceError, port_holders
 from proximity.network.render import dnsmasq_binary
 from proximity.network.firewall import Rule, parse_own_rules
+from proximity.network.pvefirewall import PveFirewallApi, PveRule
 from proximity.settings import Settings
 
 IFUPDOWN_RUN_DIR = Path("/run/network")
 IFUPDOWN_LOCKED = 89  # ifupdown2's exit code when another ifreload holds its machine-wide lock
 
 
-@dataclass(frozen=True)
 class Env:
-    """What changes act through."""
+    """What changes act through: the host, the settings, dnsmasq, and (when used) the Proxmox API."""
 
-    host: Host
-    settings: Settings
-    dns: DnsService
+    def __init__(self, host: Host, settings: Settings, dns: DnsService):
+        self.host, self.settings, self.dns = host, settings, dns
+
+    @functools.cached_property
+    def pve(self) -> PveFirewallApi:
+        return PveFirewallApi(self.settings)
 
 
 class Change:
@@ -259,6 +263,37 @@ class SetSysctl(Change):
 
     def undo(self, env: Env) -> None:
         env.host.write_sysctl(self.key, self.before or "0")
+
+
+# -- the Proxmox host firewall -------------------------------------------------------------------
+@dataclass(frozen=True)
+class AddPveRule(Change):
+    rule: PveRule
+
+    def describe(self) -> str:
+        return f"add the Proxmox host firewall rule {self.rule.comment!r}"
+
+    def apply(self, env: Env) -> None:
+        if not env.host.dry_run:
+            env.pve.add(self.rule)
+
+    def undo(self, env: Env) -> None:
+        env.pve.delete(self.rule.comment)
+
+
+@dataclass(frozen=True)
+class DeletePveRule(Change):
+    rule: PveRule  # as it is live, so that the undo can put it back
+
+    def describe(self) -> str:
+        return f"remove the Proxmox host firewall rule {self.rule.comment!r}"
+
+    def apply(self, env: Env) -> None:
+        if not env.host.dry_run:
+            env.pve.delete(self.rule.comment)
+
+    def undo(self, env: Env) -> None:
+        env.pve.add(self.rule)
 
 
 # -- dnsmasq --------------------------------------------------------------------------------------

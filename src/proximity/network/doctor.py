@@ -41,12 +41,24 @@ def run_doctor(manager: NetworkManager, sandbox=None) -> list[Check]:
               f"{st.container_ports} managed container port(s)"
               + (f"; not on {s.bridge}: {', '.join(st.detached_ports)}" if st.detached_ports else ""), up_cmd),
     ]
+    checks.append(_probe_check(manager, st))
     checks.append(_leases_check(manager))
     checks += _port_checks(manager, obs)
     checks += _firewall_policy_checks(manager, st.isolation_configured)
     checks += _interfaces_file_checks(manager)
     checks += _resolv_conf_checks(manager, sandbox)
     return checks
+
+
+def _probe_check(manager: NetworkManager, st) -> Check:
+    """End to end: a throwaway client on the bridge must get a lease and resolve a name."""
+    if not st.bridge_exists:
+        return Check("end-to-end probe", False, f"skipped: {manager.settings.bridge} does not exist", "proximity up")
+    result = manager.run_probe()
+    if result.ok:
+        return Check("end-to-end probe", True, f"a client got {result.lease} and a DNS answer from "
+                                               f"{manager.settings.gateway.ip}")
+    return Check("end-to-end probe", False, result.reason, result.fix)
 
 
 def _leases_check(manager: NetworkManager) -> Check:

@@ -94,6 +94,9 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         problems.append((False, f"dnsmasq does not answer DNS on {s.gateway.ip}:53"))
     if dns is not None and not served:
         problems.append((False, f"dnsmasq does not serve DHCP on {s.bridge} (udp port 67)"))
+    if obs.last_probe is not None and not obs.last_probe.ok:
+        problems.append((False, f"containers cannot get a lease or a name: {obs.last_probe.reason}; fix: "
+                                f"{obs.last_probe.fix} (the end-to-end probe; `proximity doctor` runs it again)"))
     verdict = "healthy"
     if problems:
         verdict = "unhealthy" if any(fatal for fatal, _ in problems) else "degraded"

@@ -13,17 +13,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from proximity.host import Host
 from proximity.network import render
 from proximity.network.dnsmasq import DnsProcess, DnsService, PortHolder, port_holders
 from proximity.network.firewall import Rule, parse_own_rules
 from proximity.network.leases import Lease, parse_leases
+from proximity.network.probe import ProbeResult
+from proximity.network.probe import load as load_probe
 from proximity.network.reservations import Reservation, Reservations
 from proximity.settings import Settings
 
-PVE_CLUSTER_FIREWALL = Path("/etc/pve/firewall/cluster.fw")
 SYSCTLS = ("net.ipv4.ip_forward",)
 # A container's port on a bridge: veth<vmid>i<n> (LXC and Proxmox), tap<vmid>i<n> (a VM), and
 # fwpr<vmid>p<n> when the Proxmox firewall puts the veth on its own fwbr<vmid>i<n> bridge.
@@ -80,9 +81,12 @@ class Observation:
     attachments: tuple[Attachment, ...]
     pve_firewall: bool
     systemd: bool  # dnsmasq runs as a systemd unit (a real host), not as a supervised daemon
+    pve_rules: tuple[Mapping[str, Any], ...] | None = None  # the node's host firewall rules (firewall on)
+    pve_error: str | None = None  # why they could not be read (no token, API unreachable)
     leases: tuple[Lease, ...] = ()  # read with probe=True
     lease_warnings: tuple[str, ...] = ()
     probes: Probes | None = None  # read with probe=True
+    last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -96,7 +100,7 @@ class Observation:
 
 def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
     s = settings
-    return (s.interfaces_file, s.dnsmasq_conf, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
+    return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
             s.leases_file, *render.dns_unit_files(s, systemd))
 
 
@@ -124,12 +128,14 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         if port is not None:
             attachments.append(Attachment(r.vmid, r.hostname, port.name, port.master))
     dns_process = dns.process()
+    pve_on = pve_firewall_on(host, settings)
+    pve_rules, pve_error = _pve_rules(settings) if pve_on else (None, None)
     obs = Observation(
         links=tuple(links), addresses=tuple(addresses), routes=routes, rules=rules,
         sysctls=MappingProxyType({key: host.read_sysctl(key) for key in SYSCTLS}),
         files=MappingProxyType({path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}),
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
-        pve_firewall=pve_firewall_on(host, settings), systemd=host.has_systemd,
+        pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
     )
     if not probe:
         return obs
@@ -141,7 +147,19 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
                                       str(settings.gateway.ip)) is not None)
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
-                          "probes": probes})
+                          "probes": probes, "last_probe": load_probe(host, settings)})
+
+
+def _pve_rules(settings: Settings) -> tuple[tuple[Mapping[str, Any], ...] | None, str | None]:
+    if not (settings.proxmox_token_id and settings.proxmox_token_secret):
+        return None, "no Proxmox API token is set (proxmox_token_id, proxmox_token_secret)"
+    from proximity.errors import ProxmoxError
+    from proximity.network.pvefirewall import PveFirewallApi
+
+    try:
+        return tuple(MappingProxyType(rule) for rule in PveFirewallApi(settings).rules()), None
+    except ProxmoxError as exc:
+        return None, str(exc)
 
 
 def pve_firewall_on(host: Host, settings: Settings) -> bool:
@@ -149,7 +167,5 @@ def pve_firewall_on(host: Host, settings: Settings) -> bool:
     mode = settings.proxmox_firewall
     if mode != "auto":
         return mode == "on"
-    if settings.netns:  # a sandbox has no Proxmox firewall
-        return False
-    text = host.read_text(PVE_CLUSTER_FIREWALL)
+    text = host.read_text(settings.pve_cluster_firewall)
     return any(line.replace(" ", "").lower() == "enable:1" for line in (text or "").splitlines())

@@ -18,8 +18,9 @@ from typing import Literal
 from proximity.network import interfaces, render
 from proximity.network.changes import (
     AddRule, ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, ReloadDns, RemoveFile, RestartDns,
-    SetSysctl, StartDns, StopDns, WriteDnsConfig, WriteFile,
+    SetSysctl, StartDns, StopDns, WriteDnsConfig, WriteFile, AddPveRule, DeletePveRule,
 )
+from proximity.network.pvefirewall import PveRule, from_live, host_rules, is_own, node_name
 from proximity.network.dnsmasq import content_hash
 from proximity.network.firewall import firewall_rules
 from proximity.network.observe import Observation
@@ -64,6 +65,14 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
                                        obs.rules, whole_file=mode == "up"))
         remake_bridge = link is None
 
+    # Pending GUI changes: Proxmox moves interfaces.new over interfaces on "Apply Configuration" or
+    # at the next boot, so the stanza goes there too (it is never applied from there by us).
+    pending = obs.file(s.pending_interfaces_file)
+    if pending is not None:
+        declared = _declared(s, pending, uplink, obs.pve_firewall, [])
+        if declared != pending:
+            changes.append(WriteFile(s.pending_interfaces_file, declared, pending))
+
     # 2. Managed containers' ports on the bridge (a re-created bridge has none; the next round sees it).
     if link is not None and not remake_bridge:
         changes += [AttachPort(a.port, s.bridge, a.vmid, a.hostname) for a in obs.attachments if a.master != s.bridge]
@@ -101,7 +110,26 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
         changes.append(RestartDns(f"{s.bridge} was re-created"))
     elif dns.hosts != content_hash(*hosts.values()):
         changes.append(ReloadDns())
+    # 6. The Proxmox host firewall (on when the datacenter firewall is): DHCP and DNS to the gateway.
+    if obs.pve_firewall:
+        changes += _pve_changes(s, obs, host_rules(s), warnings)
     return Plan(tuple(changes), tuple(warnings))
+
+
+def _pve_changes(settings: Settings, obs: Observation, wanted: list[PveRule], warnings: list[str]) -> list[Change]:
+    if obs.pve_rules is None:
+        node = node_name(settings)
+        if wanted:
+            warnings.append(
+                f"the Proxmox firewall is on, and Proximity cannot change its rules: {obs.pve_error}. Containers get "
+                "no lease or name until DHCP and DNS to the gateway are open. Set the token, or add the rules by "
+                "hand:\n  " + "\n  ".join(rule.pvesh(node) for rule in wanted))
+        return []
+    ours = [live for live in obs.pve_rules if is_own(live, settings)]
+    changes: list[Change] = [DeletePveRule(from_live(live)) for live in ours
+                             if not any(rule.matches(live) for rule in wanted)]
+    changes += [AddPveRule(rule) for rule in wanted if not any(rule.matches(live) for live in ours)]
+    return changes
 
 
 def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan:
@@ -119,6 +147,9 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
     if purge:
         removable += [s.leases_file, s.reservations_db, s.dhcp_hosts_file, s.addn_hosts_file]
     changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
+    pending = obs.file(s.pending_interfaces_file)
+    if pending is not None and interfaces.remove_block(pending) != pending:
+        changes.append(WriteFile(s.pending_interfaces_file, interfaces.remove_block(pending), pending))
     new_text = interfaces.remove_block(text)
     if new_text != text:
         changes.append(ApplyInterfaces(s.interfaces_file, new_text, text, s.bridge, _bridge_state(s, obs),
@@ -126,7 +157,10 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
     if _stanza(s, new_text) is None and obs.link(s.bridge) is not None:
         changes.append(DeleteLink(s.bridge))
     changes += [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules]
-    return Plan(tuple(changes))
+    warnings: list[str] = []
+    if obs.pve_firewall:
+        changes += _pve_changes(s, obs, [], warnings)
+    return Plan(tuple(changes), tuple(warnings))
 
 
 def _bridge_state(settings: Settings, obs: Observation) -> BridgeState:

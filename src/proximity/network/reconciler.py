@@ -8,7 +8,7 @@ restarted. ``heal`` does the same with targeted changes only, for the service.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from proximity.errors import HostError, ProximityError
 from proximity.host import DryRunHost, Host
@@ -19,6 +19,8 @@ from proximity.network.health import NetworkStatus, health
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.observe import Observation, Probes, observe
 from proximity.network.plan import Mode, Plan, plan_down, plan_up
+from proximity.network.probe import ProbeResult, probe
+from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
 from proximity.settings import Settings, SettingsError, is_hostname_label
 
@@ -68,8 +70,20 @@ class NetworkManager:
     def observe(self, probe: bool = False, probes: Probes | None = None, rules=None) -> Observation:
         return observe(self.host, self.settings, self.dns, probe=probe, probes=probes, rules=rules)
 
-    def status(self) -> NetworkStatus:
-        return health(self.settings, self.observe(probe=True))
+    def status(self, reprobe: bool = False) -> NetworkStatus:
+        """The health verdict. With ``reprobe``, a failed end-to-end probe is run again first (it may
+        be fixed by now; the CLI does this, the service probes on its own schedule)."""
+        obs = self.observe(probe=True)
+        if reprobe and obs.last_probe is not None and not obs.last_probe.ok and obs.link(self.settings.bridge):
+            self.run_probe()
+            obs = self.observe(probe=True, probes=obs.probes, rules=obs.rules)
+        return health(self.settings, obs)
+
+    def run_probe(self) -> ProbeResult:
+        """The end-to-end probe (a throwaway client asks for a lease and a name); its result is kept."""
+        result = probe(self.host, self.settings)
+        save_probe(self.host, self.settings, result)
+        return result
 
     def plan(self, mode: Mode = "up") -> Plan:
         return plan_up(self.settings, self.observe(), mode)
@@ -112,7 +126,9 @@ class NetworkManager:
         with self._locked():
             with Reverter() as revert:
                 try:
-                    self._apply(plan_down(self.settings, self.observe(), purge), revert, report)
+                    plan = plan_down(self.settings, self.observe(), purge)
+                    report.warnings += plan.warnings
+                    self._apply(plan, revert, report)
                 except Exception as exc:
                     self._fail("down", exc, revert, report)
                 revert.success()
@@ -143,6 +159,8 @@ class NetworkManager:
                         revert.success()
                     self._fail(mode, exc, revert, report)
                 revert.success()
+        if report.changed and not self.host.dry_run:
+            self._probe_after(report)
         return self._finish(report)
 
     def _apply(self, plan: Plan, revert: Reverter, report: Report) -> None:
@@ -152,9 +170,21 @@ class NetworkManager:
             report.actions.append(change.describe())
 
     def _verify(self) -> None:
-        status = self.status()
+        """What Proximity set up is right (a failed end-to-end probe is not Proximity's to undo)."""
+        status = health(self.settings, replace(self.observe(probe=True), last_probe=None))
         if status.health_status != "healthy":
             raise ConvergeError("verification failed: " + "; ".join(status.reasons))
+
+    def _probe_after(self, report: Report) -> None:
+        """Something outside Proximity (a firewall) may still block containers: say so, undo nothing."""
+        try:
+            result = self.run_probe()
+        except Exception as exc:  # a check, not part of the change: it never undoes anything
+            report.warnings.append(f"the end-to-end probe could not run: {exc}")
+            return
+        if not result.ok:
+            report.warnings.append(f"the network is set up, but containers cannot get a lease or a name: "
+                                   f"{result.reason}. Fix: {result.fix}")
 
     def _locked(self):
         """One converge at a time per host (a dry run takes no lock)."""

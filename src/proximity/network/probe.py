@@ -1,0 +1,121 @@
+"""The end-to-end probe: a throwaway client on the bridge must get a lease and resolve a name.
+
+Only this sees what the host's other layers do to containers (a firewall dropping DHCP or DNS,
+another process on port 67). The client lives in a network namespace of its own, with a fixed MAC
+(so it reuses one lease, released afterwards), and is removed at the end whatever happens. When
+it fails, the packet counters of the host's firewall, read before and after, name the rule that
+dropped it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from proximity.host import Host
+from proximity.network.dnsmasq import port_holders
+from proximity.network.render import stable_mac
+from proximity.settings import Settings
+
+PROBE_HOSTNAME = "proximity-probe"
+LEASE_RE = re.compile(r"lease of (\d+\.\d+\.\d+\.\d+) obtained")
+COUNTED = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*-j (?:DROP|REJECT).*)$")
+POLICY = re.compile(r"^:(\S+) (DROP|REJECT) \[(\d+):\d+\]$")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    time: float
+    lease: str | None  # the address the probe client got
+    resolved: bool  # the gateway answered its DNS query
+    reason: str = ""  # what blocks it, naming the layer
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
+    """Attach a client to the bridge, ask for a lease and a name, and say what blocked it if it failed."""
+    s = settings
+    ns, veth = f"pxprobe-{os.getpid()}", f"pxp{os.getpid()}"
+    root, client = host.sibling(None), host.sibling(ns)
+    before = _drop_counters(host)
+    root.run(["ip", "netns", "add", ns])
+    lease, resolved = None, False
+    try:
+        host.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        host.run(["ip", "link", "set", "dev", veth, "master", s.bridge, "up"])
+        client.run(["ip", "link", "set", "dev", "lo", "up"])
+        client.run(["ip", "link", "set", "dev", "eth0", "address", _mac(s), "up"])
+        tries = max(1, int(timeout // 2))
+        result = client.query(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", str(tries), "-T", "1",
+                               "-A", "1", "-x", f"hostname:{PROBE_HOSTNAME}", "-s", "/bin/true"], timeout=timeout + 5)
+        found = LEASE_RE.search(result.stdout + result.stderr)
+        if found:
+            lease = found.group(1)
+            client.run(["ip", "address", "add", f"{lease}/{s.subnet.prefixlen}", "dev", "eth0"])
+            resolved = client.resolve(f"{s.service_name}-probe.{s.domain}", str(s.gateway.ip),
+                                      timeout=1.0, attempts=2) is not None
+    finally:
+        root.query(["ip", "netns", "delete", ns])  # takes both ends of the veth with it
+        if lease:
+            host.query(["dhcp_release", s.bridge, lease, _mac(s)])
+    if lease and resolved:
+        return ProbeResult(True, time.time(), lease, True)
+    reason, fix = _blocker(host, s, before, "DHCP (udp 67)" if not lease else "DNS (port 53)")
+    return ProbeResult(False, time.time(), lease, resolved, reason, fix)
+
+
+def _mac(settings: Settings) -> str:
+    return stable_mac(f"probe:{settings.bridge}")
+
+
+def _drop_counters(host: Host) -> dict[str, int]:
+    """Packets counted so far by each DROP/REJECT rule and DROP policy of the filter table."""
+    counters = {}
+    for line in host.query(["iptables-save", "-c", "-t", "filter"]).stdout.splitlines():
+        if m := COUNTED.match(line):
+            counters[m.group(2)] = int(m.group(1))
+        elif m := POLICY.match(line):
+            counters[f"policy of {m.group(1)}: {m.group(2)}"] = int(m.group(3))
+    return counters
+
+
+def _blocker(host: Host, s: Settings, before: dict[str, int], what: str) -> tuple[str, str]:
+    """Name the layer that blocked the probe, and the fix."""
+    from proximity.network.dnsmasq import dns_service
+
+    if dns_service(host, s).running_pid() is None:
+        return f"dnsmasq is not running, so nothing answers {what}", "run `proximity up`"
+    grown = [key for key, count in _drop_counters(host).items() if count > before.get(key, 0)]
+    if grown:
+        rule = grown[0]
+        pve = "PVEFW-" in rule
+        fix = ("the Proxmox firewall drops it: set the API token and run `proximity up` (it adds host firewall "
+               "rules for DHCP and DNS, see the README), or add them by hand with the pvesh commands `up` prints"
+               if pve else
+               f"allow DHCP and DNS from the containers: iptables -I INPUT -i {s.bridge} -p udp -m multiport "
+               f"--dports 53,67 -j ACCEPT; iptables -I INPUT -i {s.bridge} -p tcp --dport 53 -j ACCEPT "
+               f"(with ufw: ufw allow in on {s.bridge} to any port 67,53 proto udp)")
+        return f"the host firewall drops {what} from the containers: rule `{rule}`", fix
+    others = [h for h in port_holders(host, s) if h.process != "dnsmasq"]
+    if others:
+        return f"another process holds the port: {others[0]}", "stop it, or make it bind elsewhere"
+    return (f"no answer to {what} from {s.gateway.ip}, and no firewall rule counted a drop",
+            f"see the dnsmasq log and `proximity doctor`")
+
+
+def save(host: Host, settings: Settings, result: ProbeResult) -> None:
+    host.write_text(settings.probe_file, json.dumps(result.as_dict()) + "\n")
+
+
+def load(host: Host, settings: Settings) -> ProbeResult | None:
+    try:
+        return ProbeResult(**json.loads(host.read_text(settings.probe_file) or "null"))
+    except (TypeError, ValueError):
+        return None
