@@ -2,20 +2,28 @@
 
 It asks the network for ``net0`` and a reservation, refuses what cannot work before
 anything is created (bad or duplicate hostname, full pool), and leaves nothing behind
-when a step fails.
+when a step fails. Create and destroy record their intent on the reservation first, so that
+one interrupted by kill -9 is finished or undone by :meth:`ContainerManager.recover`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from proximity.containers.base import BackendError, Container, ContainerBackend, ContainerSpec, Net0
-from proximity.network.reservations import AdmissionError, Reservation, Reservations
+from proximity.containers.recovery import ADOPT, KEEP, LINK, RELEASE, REMOVE, Repair, mac_of, plan_repairs
+from proximity.errors import HostError, NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.manager import NetworkManager
+from proximity.network.reservations import AdmissionError, Intent, Reservation, Reservations
+from proximity.revert import Reverter
 from proximity.settings import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,10 @@ class MigrationError(BackendError):
     """Migration failed; the container was rolled back to its snapshot (or the message says why not)."""
 
 
+class NoSuchContainer(NotFoundError, SettingsError):
+    """No container has that id or hostname."""
+
+
 class ContainerManager:
     def __init__(self, network: NetworkManager, backend: ContainerBackend):
         self.network, self.backend = network, backend
@@ -70,20 +82,24 @@ class ContainerManager:
 
     def create(self, hostname: str, *, memory: int = 256, cores: int = 1, template: str | None = None,
                start: bool = True) -> ContainerInfo:
-        with self.reservations.locked():
-            planned, net0 = self.plan_create(hostname)
-            reservation = self.reservations.reserve(hostname, self.network.leases()[0], planned.mac)
-        try:
+        """Reserve, create, link, start. The reservation carries the intent until the end, so a
+        create killed at any point is finished or undone by the next :meth:`recover`."""
+        self.recover()
+        with _reverting(f"the create of {hostname}") as revert:
+            with self.reservations.locked():
+                planned, net0 = self.plan_create(hostname)
+                reservation = self.reservations.reserve(hostname, self.network.leases()[0], planned.mac,
+                                                        intent=Intent.begin("create", start=start))
+            revert.add(f"release the reservation of {hostname}", lambda: self._forget(hostname, reservation))
             self._wait_resolvable(reservation)
-            spec = ContainerSpec(hostname, net0, memory, cores, template)
-            container = self.backend.create(spec)
+            container = self.backend.create(ContainerSpec(hostname, net0, memory, cores, template))
+            revert.add(f"destroy CT {container.vmid}", lambda: self.backend.destroy(container.vmid))
             with self.reservations.locked():
                 self.reservations.assign(hostname, container.vmid)
             if start:
                 self.backend.start(container.vmid)
-        except BaseException:
-            self._forget(hostname, reservation)
-            raise
+            with self.reservations.locked():
+                self.reservations.set_intent(hostname, None)
         return self.info(container.vmid)
 
     def start(self, ref: str) -> ContainerInfo:
@@ -96,18 +112,38 @@ class ContainerManager:
         self.backend.shutdown(vmid)
         return self.info(vmid)
 
+    def plan_destroy(self, ref: str) -> str:
+        """What ``destroy`` would do; changes nothing."""
+        container, reservation = self._target(ref)
+        release = f"release {reservation.hostname}'s reservation {reservation.ip} and its lease" if reservation else ""
+        if container is None:
+            return f"{release} (no container holds it)"
+        return f"destroy CT {container.vmid} ({container.hostname})" + (f" and {release}" if release else "")
+
     def destroy(self, ref: str) -> None:
-        vmid = self.resolve(ref)
-        container = self.backend.status(vmid)
-        if container.state == "running":
-            self.backend.stop(vmid)
-        self.backend.destroy(vmid)
-        reservation = self.reservations.find(vmid=vmid) or self.reservations.find(hostname=container.hostname)
+        """Destroy the container and release its reservation and lease.
+
+        A reservation whose container is gone already (destroyed outside Proximity) is released.
+        """
+        self.recover()
+        container, reservation = self._target(ref)
+        if container is not None:
+            with _reverting(f"the destroy of CT {container.vmid}") as revert:
+                if reservation is not None:
+                    self._set_intent(reservation.hostname, Intent.begin("destroy"))
+                    revert.add(f"keep the reservation of {reservation.hostname}",
+                               lambda: self._set_intent(reservation.hostname, None))
+                if container.state == "running":
+                    self.backend.stop(container.vmid)
+                    revert.add(f"start CT {container.vmid} again", lambda: self.backend.start(container.vmid))
+                self.backend.destroy(container.vmid)
         if reservation is not None:
             self._forget(reservation.hostname, reservation)
 
     def list(self) -> list[ContainerInfo]:
-        return [self._info(c) for c in self.backend.list()]
+        self.recover()
+        reservations = self.reservations.all()
+        return [self._info(c, reservations) for c in self.backend.list()]
 
     def info(self, vmid: int) -> ContainerInfo:
         return self._info(self.backend.status(vmid))
@@ -118,8 +154,84 @@ class ContainerManager:
             return int(ref)
         matches = [c.vmid for c in self.backend.list() if c.hostname == ref]
         if not matches:
-            raise SettingsError(f"no container with id or hostname {ref!r}: see `proximity ct list`")
+            raise NoSuchContainer(f"no container with id or hostname {ref!r}: see `proximity ct list`")
         return matches[0]
+
+    def _target(self, ref: str) -> tuple[Container | None, Reservation | None]:
+        """The container ``ref`` names and its reservation; or, when the container is gone, its reservation."""
+        try:
+            container = self.backend.status(self.resolve(ref))
+        except (NoSuchContainer, BackendError):
+            numeric = ref.isascii() and ref.isdigit()
+            reservation = self.reservations.find(vmid=int(ref)) if numeric else self.reservations.find(hostname=ref)
+            held = {mac_of(c) for c in self.backend.list()} if reservation else set()
+            if reservation is None or reservation.mac in held:
+                raise
+            return None, reservation
+        return container, self._reservation_of(container, self.reservations.all())
+
+    # -- crash recovery and garbage --------------------------------------------------
+    def recover(self) -> list[str]:
+        """Finish or undo every create and destroy whose process died; return what was done.
+
+        Cheap when nothing was interrupted: one read of the reservations, no call to the
+        backend. Create, destroy and list call it first; so does the CLI before each `ct`
+        command, and the service from its reconcile loop.
+        """
+        if not any(r.intent is not None and not r.intent.alive() for r in self.reservations.all()):
+            return []
+        done = self._repair(interrupted_only=True)
+        for line in done:
+            log.warning("recovered: %s", line)
+        return done
+
+    def plan_repairs(self, interrupted_only: bool = False) -> list[Repair]:
+        """Every orphan and its repair (see proximity.containers.recovery); changes nothing."""
+        strays = self.backend.strays() if hasattr(self.backend, "strays") else []
+        return plan_repairs(self.reservations.all(), self.backend.list(), bridge=self.settings.bridge,
+                            alive=Intent.alive, strays=strays, interrupted_only=interrupted_only)
+
+    def collect_garbage(self) -> list[str]:
+        """Repair every orphan: `proximity gc`. Returns what was done (and what could not be)."""
+        return self._repair(interrupted_only=False)
+
+    def _repair(self, interrupted_only: bool) -> list[str]:
+        done, to_start = [], []
+        with self.reservations.locked():  # planned and applied under the lock: no other create runs meanwhile
+            for repair in self.plan_repairs(interrupted_only):
+                try:
+                    if self._apply(repair):
+                        to_start.append(repair.container)
+                    done.append(repair.describe())
+                except ProximityError as exc:
+                    done.append(f"could not {repair.describe()}: {exc}")
+        for container in to_start:
+            try:
+                self.backend.start(container.vmid)
+            except ProximityError as exc:
+                done.append(f"could not start CT {container.vmid} ({container.hostname}): {exc}")
+        return done
+
+    def _apply(self, repair: Repair) -> bool:
+        """Make one repair, with the reservations' lock held; True if the container is to be started."""
+        r, c = repair.reservation, repair.container
+        if repair.kind == LINK:
+            self.reservations.assign(r.hostname, c.vmid)
+            self.reservations.set_intent(r.hostname, None)
+            return repair.start
+        if repair.kind == RELEASE:
+            self._release(r)
+        elif repair.kind == KEEP:
+            self.reservations.set_intent(r.hostname, None)
+        elif repair.kind == ADOPT:
+            mac = mac_of(c)
+            self.network.get_container_network_config(c.hostname)  # an RFC 1123 name, or refuse
+            leases = [lease for lease in self.network.leases()[0] if lease.mac != mac]  # its own lease is fine
+            self.reservations.reserve(c.hostname, leases, mac)
+            self.reservations.assign(c.hostname, c.vmid)
+        elif repair.kind == REMOVE:
+            self.backend.destroy(int(repair.path.name))
+        return False
 
     # -- migration -----------------------------------------------------------------
     def migrate(self, vmid: int, *, dry_run: bool = False, timeout: float = 60,
@@ -216,13 +328,29 @@ class ContainerManager:
     def _forget(self, hostname: str, reservation: Reservation) -> None:
         """Drop the reservation and the lease, so the name and address are free again."""
         with self.reservations.locked():
-            self.reservations.release(hostname)
+            self._release(reservation)
+
+    def _release(self, reservation: Reservation) -> None:
+        """``_forget`` with the reservations' lock held."""
+        self.reservations.release(reservation.hostname)
         self.network.host.query(["dhcp_release", self.settings.bridge, reservation.ip, reservation.mac])
 
-    def _info(self, container: Container) -> ContainerInfo:
+    def _set_intent(self, hostname: str, intent: Intent | None) -> None:
+        with self.reservations.locked():
+            self.reservations.set_intent(hostname, intent)
+
+    def _reservation_of(self, container: Container, reservations: list[Reservation]) -> Reservation | None:
+        """The reservation a container on the bridge holds: the one with its MAC (or, without one, its id)."""
+        mac = mac_of(container)
+        return next((r for r in reservations if (r.mac == mac if mac else r.vmid == container.vmid)), None)
+
+    def _info(self, container: Container, reservations: list[Reservation] | None = None) -> ContainerInfo:
         net0 = Net0.parse(container.net0) if container.net0 else Net0()
         bridge = net0.get("bridge")
-        reservation = self.reservations.find(vmid=container.vmid) if bridge == self.settings.bridge else None
+        reservation = None
+        if bridge == self.settings.bridge:
+            reservation = self._reservation_of(container, self.reservations.all() if reservations is None
+                                               else reservations)
         mac = (reservation.mac if reservation else net0.get("hwaddr")) or None
         ip = reservation.ip if reservation else _static_ip(net0)
         dns_name = f"{container.hostname}.{self.settings.domain}" if reservation else None
@@ -230,9 +358,24 @@ class ContainerManager:
                              bridge, container.backend)
 
 
+@contextlib.contextmanager
+def _reverting(what: str) -> Iterator[Reverter]:
+    """A Reverter whose undo problems are not lost: they join the error (a HostError then)."""
+    with Reverter() as revert:
+        try:
+            yield revert
+        except Exception as exc:
+            if revert.fail():
+                raise HostError(f"{exc}; undoing {what} also failed: {'; '.join(revert.failures)} "
+                                "(`proximity gc` removes what is left)") from exc
+            raise
+        revert.success()
+
+
 def _static_ip(net0: Net0) -> str | None:
     ip = net0.get("ip")
     return ip.split("/")[0] if ip and ip not in ("dhcp", "manual") else None
 
 
-__all__ = ["AdmissionError", "ContainerInfo", "ContainerManager", "MigrationError", "MigrationReport"]
+__all__ = ["AdmissionError", "ContainerInfo", "ContainerManager", "MigrationError", "MigrationReport",
+           "NoSuchContainer"]
