@@ -84,7 +84,7 @@ class ContainerManager:
                start: bool = True) -> ContainerInfo:
         """Reserve, create, link, start. The reservation carries the intent until the end, so a
         create killed at any point is finished or undone by the next :meth:`recover`."""
-        self.recover()
+        self._recover()
         with _reverting(f"the create of {hostname}") as revert:
             with self.reservations.locked():
                 planned, net0 = self.plan_create(hostname)
@@ -125,7 +125,7 @@ class ContainerManager:
 
         A reservation whose container is gone already (destroyed outside Proximity) is released.
         """
-        self.recover()
+        self._recover()
         container, reservation = self._target(ref)
         if container is not None:
             with _reverting(f"the destroy of CT {container.vmid}") as revert:
@@ -141,7 +141,7 @@ class ContainerManager:
             self._forget(reservation.hostname, reservation)
 
     def list(self) -> list[ContainerInfo]:
-        self.recover()
+        self._recover()
         reservations = self.reservations.all()
         return [self._info(c, reservations) for c in self.backend.list()]
 
@@ -180,10 +180,12 @@ class ContainerManager:
         """
         if not any(r.intent is not None and not r.intent.alive() for r in self.reservations.all()):
             return []
-        done = self._repair(interrupted_only=True)
-        for line in done:
-            log.warning("recovered: %s", line)
-        return done
+        return self._repair(interrupted_only=True)
+
+    def _recover(self) -> None:
+        """``recover`` before an operation, with what it did in the log."""
+        for line in self.recover():
+            log.warning("recovered an interrupted command: %s", line)
 
     def plan_repairs(self, interrupted_only: bool = False) -> list[Repair]:
         """Every orphan and its repair (see proximity.containers.recovery); changes nothing."""
