@@ -267,3 +267,30 @@ def test_kill_9_during_ct_destroy_is_settled(network, lxc):
     assert not ct_dirs(lxc).get(str(info["vmid"]))
     code, checks = doctor(sb)
     assert checks["orphans"]["ok"] and code == 0, checks
+
+
+def test_the_service_lists_orphans_and_recovers_an_interrupted_create(network, lxc):
+    from fastapi.testclient import TestClient
+
+    from proximity.api.app import Context, create_app
+    from proximity.network.reservations import Intent
+    from proximity.owner import start_time
+
+    sb = network
+    crashed = subprocess.Popen(["sleep", "60"])  # the process that "was creating": it dies
+    owner = Owner(crashed.pid, start_time(crashed.pid))
+    crashed.kill()
+    crashed.wait()
+    context = Context(load_settings(**sb.settings_overrides()))
+    with TestClient(create_app(context)) as client:
+        client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
+        db = context.containers.reservations
+        with db.locked():
+            db.reserve("ghost-1", [], intent=Intent("create", owner.pid, owner.start, time.time(), start=True))
+        checks = {c["name"]: c for c in client.get("/api/v1/system/network/doctor").json()["data"]}
+        assert not checks["orphan: ghost-1"]["ok"] and "interrupted create" in checks["orphan: ghost-1"]["detail"]
+        done = context.containers.recover()  # what the service's reconcile loop calls
+        assert len(done) == 1 and done[0].startswith("release the reservation of ghost-1"), done
+        assert context.containers.recover() == [] and "ghost-1" not in reservations(sb)
+        checks = {c["name"]: c for c in client.get("/api/v1/system/network/doctor").json()["data"]}
+        assert checks["orphans"]["ok"], checks
