@@ -370,7 +370,7 @@ def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: 
 @app.command()
 @friendly
 def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
-    """Repair orphans: release reservations no container holds, link or adopt containers, remove half-built ones."""
+    """Repair orphans: free reservations no container holds, link or adopt containers, remove half-built ones."""
     manager = containers_for(sandbox, recover=False)
     actions = [repair.describe() for repair in manager.plan_repairs()] if dry_run else manager.collect_garbage()
     if as_json:

@@ -57,6 +57,8 @@ def test_an_operation_whose_process_runs_is_left_alone():
     running = Reservation("web", MAC, "10.10.0.100", None, intent("create", alive=True))
     assert plan([running]) == []
     assert plan([running], [ct(101, "web")]) == []  # its container is not adopted either
+    unknown = Reservation("web", MAC, "10.10.0.100", 101, intent("migrate", alive=False))
+    assert plan([unknown], []) == []  # an operation recovery does not know is not its to settle
 
 
 def test_interrupted_destroy_keeps_a_container_that_is_still_there_and_releases_one_that_is_gone():

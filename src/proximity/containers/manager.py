@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from proximity.containers.base import BackendError, Container, ContainerBackend, ContainerSpec, Net0
-from proximity.containers.recovery import ADOPT, KEEP, LINK, RELEASE, REMOVE, Repair, mac_of, plan_repairs
+from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEASE, REMOVE, Repair, mac_of,
+                                          plan_repairs)
 from proximity.errors import HostError, NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.manager import NetworkManager
@@ -178,7 +179,7 @@ class ContainerManager:
         backend. Create, destroy and list call it first; so does the CLI before each `ct`
         command, and the service from its reconcile loop.
         """
-        if not any(r.intent is not None and not r.intent.alive() for r in self.reservations.all()):
+        if not any(r.intent and r.intent.op in OPERATIONS and not r.intent.alive() for r in self.reservations.all()):
             return []
         return self._repair(interrupted_only=True)
 

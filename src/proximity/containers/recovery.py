@@ -13,7 +13,7 @@ of half-built containers, :func:`plan_repairs` decides:
   reservation: adopt it (reserve its MAC an address and a name, so it never loses them);
 - a half-built container directory: remove it.
 
-An operation whose process still runs is never touched.
+An operation whose process still runs is never touched, nor one of a kind not listed here.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from proximity.containers.base import Container, Net0
 from proximity.network.reservations import Intent, Reservation
 
 LINK, RELEASE, KEEP, ADOPT, REMOVE = "link", "release", "keep", "adopt", "remove"
+OPERATIONS = ("create", "destroy")  # the operations whose interruption recovery settles
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def mac_of(container: Container) -> str | None:
 
 
 def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Container], *, bridge: str,
-                 alive: Callable[[Intent], bool], strays: Iterable[Path] = (), interrupted_only: bool = False) -> list[Repair]:
+                 alive: Callable[[Intent], bool], strays: Iterable[Path] = (),
+                 interrupted_only: bool = False) -> list[Repair]:
     """The repairs, in the order they should run.
 
     ``alive(intent)`` says whether the process of an intent still runs. With
@@ -96,6 +98,8 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
             continue  # its process is still at work
         if r.intent is None and interrupted_only:
             continue
+        if r.intent is not None and r.intent.op not in OPERATIONS:
+            continue  # an operation this module does not know how to settle
         container = by_mac.get(r.mac)
         if r.intent is not None and r.intent.op == "destroy":
             still_there = container is not None or (r.vmid is not None and r.vmid in by_vmid)
@@ -114,4 +118,4 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
     return repairs
 
 
-__all__ = ["ADOPT", "KEEP", "LINK", "RELEASE", "REMOVE", "Repair", "mac_of", "plan_repairs"]
+__all__ = ["ADOPT", "KEEP", "LINK", "OPERATIONS", "RELEASE", "REMOVE", "Repair", "mac_of", "plan_repairs"]
