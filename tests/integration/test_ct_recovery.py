@@ -132,8 +132,6 @@ MILESTONES = {
     "built": lambda sb, backend, name, before: any(ct_dirs(backend).get(d) for d in set(ct_dirs(backend)) - before),
     "linked": lambda sb, backend, name, before: (reservations(sb).get(name) or {}).get("vmid") is not None,
 }
-# What the next `ct` command makes of it: undone (as before) or finished (converged).
-EXPECTED = {"reserved": "undone", "claimed": "undone", "built": "finished", "linked": "finished"}
 
 
 @pytest.mark.parametrize("milestone", list(MILESTONES))
@@ -151,6 +149,10 @@ def test_kill_9_during_ct_create_is_finished_or_undone(network, lxc, milestone):
     finally:
         create.wait(30)
     assert create.returncode == -signal.SIGKILL, create.communicate()
+    # The next `ct` command must finish the create if the container was made, and undo it if not.
+    # Up to "claimed" the kill may land before or after that point; from "built" on, it is after.
+    made = any(ct_dirs(lxc).get(d) for d in set(ct_dirs(lxc)) - before)
+    assert made or milestone in ("reserved", "claimed")
 
     # The doctor sees what was left (read-only), before anything repairs it.
     code, checks = doctor(sb)
@@ -161,7 +163,7 @@ def test_kill_9_during_ct_create_is_finished_or_undone(network, lxc, milestone):
     # The next `ct` command settles it.
     containers, stderr = listed(sb)
     assert "recovered an interrupted command" in stderr
-    if EXPECTED[milestone] == "undone":
+    if not made:
         assert name not in containers and name not in reservations(sb) and set(ct_dirs(lxc)) == before, stderr
     else:
         assert containers[name]["ip"] == reservations(sb)[name]["ip"] and containers[name]["dns_name"], stderr
@@ -171,7 +173,7 @@ def test_kill_9_during_ct_create_is_finished_or_undone(network, lxc, milestone):
 
     # The same command again, then everything reads converged.
     again = proximity("ct", "create", name, "--sandbox", sb.name, "--json", check=False)
-    if EXPECTED[milestone] == "undone":
+    if not made:
         assert again.returncode == 0, again.stderr
     else:
         assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
@@ -294,3 +296,28 @@ def test_the_service_lists_orphans_and_recovers_an_interrupted_create(network, l
         assert context.containers.recover() == [] and "ghost-1" not in reservations(sb)
         checks = {c["name"]: c for c in client.get("/api/v1/system/network/doctor").json()["data"]}
         assert checks["orphans"]["ok"], checks
+
+
+def test_a_failed_create_undoes_every_step(network, lxc):
+    """A step that fails (here: the start) undoes the earlier ones, newest first: no container, no reservation."""
+    from proximity.containers.base import BackendError
+    from proximity.containers.manager import ContainerManager
+    from proximity.network.manager import NetworkManager
+
+    sb = network
+    manager = ContainerManager(NetworkManager(load_settings(**sb.settings_overrides())), lxc)
+    before = set(ct_dirs(lxc))
+    real_start = lxc.start
+
+    def failing_start(vmid, timeout=30):
+        assert reservations(sb)["doomed-2"]["vmid"] == vmid  # created and linked by now
+        raise BackendError(f"CT {vmid} did not start (test)")
+
+    lxc.start = failing_start
+    try:
+        with pytest.raises(BackendError, match="did not start"):
+            manager.create("doomed-2")
+    finally:
+        lxc.start = real_start
+    assert set(ct_dirs(lxc)) == before and "doomed-2" not in reservations(sb)
+    assert manager.plan_repairs() == []

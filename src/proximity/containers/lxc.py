@@ -48,9 +48,9 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
