@@ -322,8 +322,7 @@ def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
         plan = manager.plan_destroy(ref)
         if not dry_run:
             manager.destroy(ref)
-        out.print(f"Dry run: would {plan}." if dry_run else f"[green]✓[/] {plan[0].upper()}{plan[1:]}: done",
-                  highlight=False)
+        out.print(f"Dry run: would {plan}." if dry_run else f"[green]✓[/] done: {plan}", highlight=False)
         return
     vmid = manager.resolve(ref)
     if dry_run:
