@@ -23,8 +23,9 @@ from proximity.containers.base import ContainerSpec
 from proximity.containers.lxc import CREATING, META, LxcBackend
 from proximity.host import Host, wait_for
 from proximity.network.reservations import Reservations
-from proximity.owner import Owner
+from proximity.owner import Owner, start_time
 from proximity.settings import load_settings
+from tests.integration.test_containers import proxmox  # noqa: F401 (a fixture: the Proxmox API double)
 from tests.integration.tools import PROXIMITY, proximity, resolve
 
 pytestmark = pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed: apt-get install lxc")
@@ -90,6 +91,15 @@ def poll(predicate, timeout: float):
 def leased(sb, mac: str) -> str | None:
     text = sb.leases_file.read_text() if sb.leases_file.exists() else ""
     return next((line.split()[2] for line in text.splitlines() if f" {mac} " in line), None)
+
+
+def dead_owner() -> Owner:
+    """A process that ran and was killed: the owner of an interrupted operation."""
+    crashed = subprocess.Popen(["sleep", "60"])
+    owner = Owner(crashed.pid, start_time(crashed.pid))
+    crashed.kill()
+    crashed.wait()
+    return owner
 
 
 def tree(path) -> dict[str, str]:
@@ -276,13 +286,9 @@ def test_the_service_lists_orphans_and_recovers_an_interrupted_create(network, l
 
     from proximity.api.app import Context, create_app
     from proximity.network.reservations import Intent
-    from proximity.owner import start_time
 
     sb = network
-    crashed = subprocess.Popen(["sleep", "60"])  # the process that "was creating": it dies
-    owner = Owner(crashed.pid, start_time(crashed.pid))
-    crashed.kill()
-    crashed.wait()
+    owner = dead_owner()
     context = Context(load_settings(**sb.settings_overrides()))
     with TestClient(create_app(context)) as client:
         client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
@@ -321,3 +327,29 @@ def test_a_failed_create_undoes_every_step(network, lxc):
         lxc.start = real_start
     assert set(ct_dirs(lxc)) == before and "doomed-2" not in reservations(sb)
     assert manager.plan_repairs() == []
+
+
+def test_recovery_and_gc_with_the_proxmox_backend(network, lxc, proxmox):
+    """Proxmox's view (net0 from the CT's config, its own MAC spelling) settles the same way."""
+    from proximity.network.reservations import Intent
+
+    double, manager = proxmox
+    owner = dead_owner()
+    with manager.reservations.locked():  # a create killed after Proxmox made the container
+        r = manager.reservations.reserve("pve-ghost", manager.network.leases()[0],
+                                         intent=Intent("create", owner.pid, owner.start, time.time(), start=True))
+    net0 = f"{manager.network.get_container_network_config('pve-ghost')},hwaddr={r.mac.upper()}"
+    made = manager.backend.create(ContainerSpec("pve-ghost", net0))
+    listed = {c.hostname: c for c in manager.list()}  # list() recovers first
+    assert (listed["pve-ghost"].vmid, listed["pve-ghost"].ip, listed["pve-ghost"].state) == (made.vmid, r.ip, "running")
+    assert manager.reservations.find(hostname="pve-ghost").intent is None
+    assert manager.plan_repairs() == []
+    # Destroyed in Proxmox's GUI: the reservation is an orphan, and gc releases it.
+    manager.backend.stop(made.vmid)
+    manager.backend.destroy(made.vmid)
+    assert [repair.orphan for repair in manager.plan_repairs()] == [
+        f"a reservation of pve-ghost ({r.ip}, {r.mac}) has no container"]
+    assert manager.collect_garbage() == [
+        f"release the reservation of pve-ghost ({r.ip}, {r.mac}) and its lease: no container holds it"]
+    assert manager.reservations.find(hostname="pve-ghost") is None
+    assert all(req["status"] < 400 for req in double.requests), [req for req in double.requests if req["status"] >= 400]
