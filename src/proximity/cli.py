@@ -396,7 +396,7 @@ def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, a
                         {"dry_run": dry_run, "timeout": timeout})
         print_json(result) if as_json else out.print(f"[green]✓[/] CT {vmid} migrated: {result.get('dns_name')}")
         return
-    manager = containers_for(sandbox)
+    manager = containers_for(sandbox, recover=not dry_run)
     report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
                              progress=(lambda step: None) if as_json else
                              (lambda step: out.print(f"[cyan]would:[/] {step}" if dry_run else f"[green]✓[/] {step}")))
