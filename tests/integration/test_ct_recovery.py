@@ -259,25 +259,31 @@ def test_ct_destroy_releases_a_reservation_whose_container_is_gone(network, lxc)
     assert missing.returncode == 2 and "no container" in missing.stderr
 
 
-def test_kill_9_during_ct_destroy_is_settled(network, lxc):
+@pytest.mark.parametrize("milestone", ["recorded", "stopped"])
+def test_kill_9_during_ct_destroy_is_settled(network, lxc, milestone):
+    """Killed once the destroy is recorded on the reservation, or once it has stopped the container."""
     sb = network
     info = json.loads(proximity("ct", "create", "doomed-1", "--sandbox", sb.name, "--json").stdout)
+    init = lxc.container_pid(info["vmid"])
+    reached = {
+        "recorded": lambda: (reservations(sb).get("doomed-1") or {}).get("intent"),
+        "stopped": lambda: not os.path.exists(f"/proc/{init}"),
+    }[milestone]
     destroy = subprocess.Popen([*PROXIMITY, "ct", "destroy", "doomed-1", "--sandbox", sb.name],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:  # killed once the destroy is recorded on the reservation
-        assert poll(lambda: (reservations(sb).get("doomed-1") or {}).get("intent") or destroy.poll() is not None, 60)
+    try:
+        assert poll(lambda: reached() or destroy.poll() is not None, 60)
         assert destroy.poll() is None, destroy.communicate()
         destroy.send_signal(signal.SIGKILL)
     finally:
         destroy.wait(30)
     containers, stderr = listed(sb)
-    if "doomed-1" in containers:  # killed before the container went: the reservation is kept for it
+    if "doomed-1" in containers:  # killed before the container went: it is kept as it was, running
         assert reservations(sb)["doomed-1"]["intent"] is None and containers["doomed-1"]["ip"] == info["ip"]
+        assert containers["doomed-1"]["state"] == "running", stderr
         proximity("ct", "destroy", "doomed-1", "--sandbox", sb.name)
     assert "doomed-1" not in reservations(sb) and "doomed-1" not in listed(sb)[0]
-    assert all(ct_dirs(lxc).values())
-    proximity("gc", "--sandbox", sb.name)
-    assert not ct_dirs(lxc).get(str(info["vmid"]))
+    assert all(ct_dirs(lxc).values()) and str(info["vmid"]) not in ct_dirs(lxc)
     code, checks = doctor(sb)
     assert checks["orphans"]["ok"] and code == 0, checks
 

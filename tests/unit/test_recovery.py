@@ -63,8 +63,12 @@ def test_an_operation_whose_process_runs_is_left_alone():
 
 def test_interrupted_destroy_keeps_a_container_that_is_still_there_and_releases_one_that_is_gone():
     destroying = Reservation("web", MAC, "10.10.0.100", 101, intent("destroy", alive=False))
-    assert plan([destroying], [ct(101, "web")]) == [(KEEP, "web", None, False)]
+    assert plan([destroying], [ct(101, "web")]) == [(KEEP, "web", 101, False)]
     assert plan([destroying], []) == [(RELEASE, "web", None, False)]
+    # The destroy had stopped a running container: it is started again, as it was.
+    was_running = Reservation("web", MAC, "10.10.0.100", 101, intent("destroy", alive=False, start=True))
+    assert plan([was_running], [ct(101, "web")]) == [(KEEP, "web", 101, True)]
+    assert plan([was_running], [ct(101, "web", state="running")]) == [(KEEP, "web", 101, False)]
 
 
 def test_recovery_leaves_orphans_that_no_command_interrupted_to_gc():

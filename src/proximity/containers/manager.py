@@ -131,7 +131,8 @@ class ContainerManager:
         if container is not None:
             with _reverting(f"the destroy of CT {container.vmid}") as revert:
                 if reservation is not None:
-                    self._set_intent(reservation.hostname, Intent.begin("destroy"))
+                    self._set_intent(reservation.hostname,
+                                     Intent.begin("destroy", start=container.state == "running"))
                     revert.add(f"keep the reservation of {reservation.hostname}",
                                lambda: self._set_intent(reservation.hostname, None))
                 if container.state == "running":
@@ -222,10 +223,11 @@ class ContainerManager:
             self.reservations.assign(r.hostname, c.vmid)
             self.reservations.set_intent(r.hostname, None)
             return repair.start
+        if repair.kind == KEEP:
+            self.reservations.set_intent(r.hostname, None)
+            return repair.start
         if repair.kind == RELEASE:
             self._release(r)
-        elif repair.kind == KEEP:
-            self.reservations.set_intent(r.hostname, None)
         elif repair.kind == ADOPT:
             mac = mac_of(c)
             self.network.get_container_network_config(c.hostname)  # an RFC 1123 name, or refuse

@@ -6,7 +6,8 @@ of half-built containers, :func:`plan_repairs` decides:
 
 - an interrupted create whose container exists: link it (and start it if the create would have);
 - an interrupted create whose container does not exist: release the reservation and its lease;
-- an interrupted destroy whose container still exists: keep the reservation (destroy again to finish);
+- an interrupted destroy whose container still exists: keep the reservation, and start the container
+  again if the destroy had stopped it (destroy again to finish);
 - an interrupted destroy whose container is gone: release the reservation;
 - (garbage collection) a reservation that no container holds: release it; a container that
   holds a reservation but is not linked to it: link it; a container on the bridge with no
@@ -33,9 +34,9 @@ OPERATIONS = ("create", "destroy")  # the operations whose interruption recovery
 class Repair:
     kind: str  # one of LINK, RELEASE, KEEP, ADOPT, REMOVE
     reservation: Reservation | None = None  # LINK, RELEASE, KEEP
-    container: Container | None = None  # LINK, ADOPT
+    container: Container | None = None  # LINK, KEEP, ADOPT
     path: Path | None = None  # REMOVE
-    start: bool = False  # LINK: start the container (an interrupted create asked for it)
+    start: bool = False  # LINK, KEEP: start the container (the create asked for it; the destroy stopped it)
 
     @property
     def subject(self) -> str:
@@ -56,7 +57,7 @@ class Repair:
         if self.kind == RELEASE:
             return f"{why} of {r.hostname} ({r.ip}, {r.mac}) has no container"
         if self.kind == KEEP:
-            return f"{why} of {r.hostname}: CT {r.vmid} still exists"
+            return f"{why} of {r.hostname}: CT {c.vmid} still exists"
         return f"{why} of {r.hostname} ({r.ip}, {r.mac}) is not linked to CT {c.vmid}, which holds its MAC"
 
     def describe(self) -> str:
@@ -67,8 +68,8 @@ class Repair:
                           + (" and start it" if self.start else ""),
             RELEASE: lambda: f"release the reservation of {r.hostname} ({r.ip}, {r.mac}) and its lease: "
                              "no container holds it",
-            KEEP: lambda: f"keep the reservation of {r.hostname}: the interrupted destroy left CT {r.vmid} "
-                          f"in place (destroy it again to finish)",
+            KEEP: lambda: f"keep the reservation of {r.hostname}: the interrupted destroy left CT {c.vmid} "
+                          "in place" + (", so start it again" if self.start else "") + " (destroy it again to finish)",
             ADOPT: lambda: f"reserve an address and the name {c.hostname} for CT {c.vmid}, on the bridge "
                            f"with MAC {mac_of(c)} and no reservation",
             REMOVE: lambda: f"remove the half-built container directory {self.path}",
@@ -102,12 +103,13 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
             continue  # an operation this module does not know how to settle
         container = by_mac.get(r.mac)
         if r.intent is not None and r.intent.op == "destroy":
-            still_there = container is not None or (r.vmid is not None and r.vmid in by_vmid)
-            repairs.append(Repair(KEEP if still_there else RELEASE, r))
-        elif container is None:
+            container = container or by_vmid.get(r.vmid)
+        start = r.intent is not None and r.intent.start and container is not None and container.state != "running"
+        if container is None:
             repairs.append(Repair(RELEASE, r))
+        elif r.intent is not None and r.intent.op == "destroy":
+            repairs.append(Repair(KEEP, r, container, start=start))
         elif r.intent is not None or r.vmid != container.vmid:
-            start = r.intent is not None and r.intent.start and container.state != "running"
             repairs.append(Repair(LINK, r, container, start=start))
     if not interrupted_only:
         reserved = {r.mac for r in reservations}

@@ -42,7 +42,7 @@ class Intent:
     pid: int  # the process doing it, with its start time (see proximity.owner)
     pid_start: int
     since: float  # time.time() when it began
-    start: bool = False  # create: start the container once it is made
+    start: bool = False  # create: start the container once made; destroy: it was running
 
     @classmethod
     def begin(cls, op: str, *, start: bool = False) -> Intent:
