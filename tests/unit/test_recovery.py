@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from proximity.containers.base import Container
 from proximity.containers.recovery import ADOPT, KEEP, LINK, RELEASE, REMOVE, plan_repairs
@@ -115,3 +117,69 @@ def test_an_intent_survives_the_database_and_blocks_admission_with_a_clear_messa
     reservations.set_intent("web", None)
     assert reservations.find(hostname="web") == Reservation("web", reservations.find(hostname="web").mac,
                                                             "10.10.0.100", 101, None)
+
+
+# -- properties: over any mix of reservations, containers and strays --------------------------------
+
+INTENTS = st.sampled_from([None, ("create", False, False), ("create", False, True), ("create", True, False),
+                           ("destroy", False, False), ("destroy", False, True), ("destroy", True, False)])
+
+
+@st.composite
+def hosts(draw):
+    """Reservations r0.. (each maybe with an intent and maybe with its container), strangers, strays."""
+    reservations, containers = [], []
+    for i in range(draw(st.integers(0, 6))):
+        mac = f"02:00:00:00:01:{i:02x}"
+        kind = draw(INTENTS)
+        made = draw(st.booleans())
+        vmid = 100 + i
+        linked = made and draw(st.booleans())
+        it = Intent(kind[0], 1 if kind[1] else 0, 0, 0.0, kind[2]) if kind else None
+        reservations.append(Reservation(f"r{i}", mac, f"10.10.0.{100 + i}", vmid if linked else None, it))
+        if made:
+            containers.append(ct(vmid, f"r{i}", mac=mac, state=draw(st.sampled_from(["running", "stopped"]))))
+    for j in range(draw(st.integers(0, 3))):
+        bridge = draw(st.sampled_from([BRIDGE, "vmbr0"]))
+        mac = draw(st.sampled_from([f"02:00:00:00:02:{j:02x}", None]))
+        containers.append(ct(200 + j, f"s{j}", mac=mac, bridge=bridge))
+    strays = [Path(f"/x/lxc/{300 + k}") for k in range(draw(st.integers(0, 2)))]
+    return reservations, containers, strays
+
+
+def apply_model(reservations, containers, strays, repairs):
+    """What ContainerManager._apply does, on plain data."""
+    by_host = {r.hostname: r for r in reservations}
+    running = {c.vmid: c.state for c in containers}
+    for repair in repairs:
+        r, c = repair.reservation, repair.container
+        if repair.kind in (LINK, KEEP):
+            by_host[r.hostname] = replace(r, vmid=c.vmid, intent=None)
+        elif repair.kind == RELEASE:
+            del by_host[r.hostname]
+        elif repair.kind == ADOPT:
+            by_host[c.hostname] = Reservation(c.hostname, c.net0.split("hwaddr=")[1].lower(), "10.10.0.250", c.vmid)
+        elif repair.kind == REMOVE:
+            strays = [s for s in strays if s != repair.path]
+        if repair.start:
+            running[c.vmid] = "running"
+    containers = [replace(c, state=running[c.vmid]) for c in containers]
+    return list(by_host.values()), containers, strays
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(hosts())
+def test_gc_converges_in_one_pass_and_never_touches_a_live_operation_or_a_container(host):
+    reservations, containers, strays = host
+    alive = lambda i: i.pid == 1  # noqa: E731
+    repairs = plan_repairs(reservations, containers, bridge=BRIDGE, alive=alive, strays=strays)
+    assert not [r for r in repairs if r.reservation and r.reservation.intent and alive(r.reservation.intent)]
+    after = apply_model(reservations, containers, strays, repairs)
+    assert [c.vmid for c in after[1]] == [c.vmid for c in containers]  # no container is ever destroyed
+    assert plan_repairs(*after[:2], bridge=BRIDGE, alive=alive, strays=after[2]) == []
+    # Crash recovery alone settles every interrupted operation and leaves the other orphans to gc.
+    recovered = apply_model(reservations, containers, strays, plan_repairs(
+        reservations, containers, bridge=BRIDGE, alive=alive, strays=strays, interrupted_only=True))
+    assert not [r for r in recovered[0] if r.intent and not alive(r.intent)]
+    assert [(r.hostname, r.vmid) for r in recovered[0] if not r.intent and r in reservations] == [
+        (r.hostname, r.vmid) for r in reservations if not r.intent]

@@ -224,6 +224,7 @@ class ContainerManager:
             self.reservations.set_intent(r.hostname, None)
             return repair.start
         if repair.kind == KEEP:
+            self.reservations.assign(r.hostname, c.vmid)
             self.reservations.set_intent(r.hostname, None)
             return repair.start
         if repair.kind == RELEASE:

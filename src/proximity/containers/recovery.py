@@ -92,7 +92,6 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
     """
     reservations, containers = list(reservations), list(containers)
     by_mac = {mac: c for c in containers if (mac := mac_of(c))}
-    by_vmid = {c.vmid: c for c in containers}
     repairs = []
     for r in reservations:
         if r.intent is not None and alive(r.intent):
@@ -102,8 +101,6 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
         if r.intent is not None and r.intent.op not in OPERATIONS:
             continue  # an operation this module does not know how to settle
         container = by_mac.get(r.mac)
-        if r.intent is not None and r.intent.op == "destroy":
-            container = container or by_vmid.get(r.vmid)
         start = r.intent is not None and r.intent.start and container is not None and container.state != "running"
         if container is None:
             repairs.append(Repair(RELEASE, r))
