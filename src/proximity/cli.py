@@ -18,7 +18,6 @@ from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError
 from proximity.errors import ProximityError, exit_code
 from proximity.host import CommandError
-from proximity.network.doctor import run_doctor
 from proximity.network.reconciler import NetworkManager, Report
 from proximity.settings import Settings, SettingsError, load_settings
 
@@ -197,7 +196,9 @@ def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 @friendly
 def doctor(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
-    """Run every troubleshooting check; each failure comes with the exact fix."""
+    """Run every troubleshooting check, orphans included; each failure comes with the exact fix."""
+    from proximity.doctor import run_doctor
+
     checks = run_doctor(manager_for(sandbox), sandboxes.load(sandbox) if sandbox else None)
     if as_json:
         print_json([check.__dict__ for check in checks])
@@ -248,12 +249,17 @@ def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.A
     raise typer.Exit(result.returncode)
 
 
-def containers_for(sandbox: str | None, **overrides: Any) -> ContainerManager:
+def containers_for(sandbox: str | None, recover: bool = True, **overrides: Any) -> ContainerManager:
+    """The container manager; with ``recover``, first finish or undo what an interrupted command left."""
     from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
     from proximity.containers.manager import ContainerManager
 
     network = manager_for(sandbox, **overrides)
-    return ContainerManager(network, backend_for(network.settings))
+    manager = ContainerManager(network, backend_for(network.settings))
+    if recover:
+        for line in manager.recover():
+            err.print(f"[yellow]recovered an interrupted command:[/] {line}", highlight=False)
+    return manager
 
 
 def show_containers(found: list[ContainerInfo], as_json: bool) -> None:
@@ -287,7 +293,7 @@ def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = Fa
         else:
             out.print(f"[green]✓[/] CT {result['vmid']} {hostname}: {result['ip']} ({result['dns_name']})")
         return
-    manager = containers_for(sandbox)
+    manager = containers_for(sandbox, recover=not dry_run)
     if dry_run:
         reservation, net0 = manager.plan_create(hostname)
         plan = {"hostname": hostname, "ip": reservation.ip, "mac": reservation.mac, "net0": net0,
@@ -313,14 +319,16 @@ def ct_list(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
-    manager = containers_for(sandbox)
+    manager = containers_for(sandbox, recover=not dry_run)
+    if verb == "destroy":
+        plan = manager.plan_destroy(ref)
+        if not dry_run:
+            manager.destroy(ref)
+        out.print(f"Dry run: would {plan}." if dry_run else f"[green]✓[/] done: {plan}", highlight=False)
+        return
     vmid = manager.resolve(ref)
     if dry_run:
         out.print(f"Dry run: would {verb} CT {vmid} ({manager.info(vmid).hostname}).")
-        return
-    if verb == "destroy":
-        manager.destroy(str(vmid))
-        out.print(f"[green]✓[/] CT {vmid} destroyed; its reservation and lease are released")
         return
     info = getattr(manager, verb)(str(vmid))
     out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}" + (f" ({info.note})" if info.note else ""))
@@ -362,6 +370,25 @@ def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: 
 
 @app.command()
 @friendly
+def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Repair orphans: free reservations no container holds, link or adopt containers, remove half-built ones."""
+    manager = containers_for(sandbox, recover=False)
+    actions = [repair.describe() for repair in manager.plan_repairs()] if dry_run else manager.collect_garbage()
+    if as_json:
+        print_json({"dry_run": dry_run, "actions": actions})
+        return
+    for action in actions:
+        out.print(f"[cyan]would:[/] {action}" if dry_run else f"[green]✓[/] {action}", highlight=False)
+    if not actions:
+        out.print("Nothing to do: no orphans.")
+    elif dry_run:
+        out.print("Dry run: nothing was changed.")
+    if not dry_run and any(action.startswith("could not ") for action in actions):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
             api: ApiOpt = None, token: TokenOpt = None) -> None:
@@ -371,7 +398,7 @@ def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, a
                         {"dry_run": dry_run, "timeout": timeout})
         print_json(result) if as_json else out.print(f"[green]✓[/] CT {vmid} migrated: {result.get('dns_name')}")
         return
-    manager = containers_for(sandbox)
+    manager = containers_for(sandbox, recover=not dry_run)
     report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
                              progress=(lambda step: None) if as_json else
                              (lambda step: out.print(f"[cyan]would:[/] {step}" if dry_run else f"[green]✓[/] {step}")))

@@ -27,7 +27,7 @@ from proximity.api.jobs import Job, JobRunner
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.network.reservations import AdmissionError
-from proximity.network.doctor import run_doctor
+from proximity.doctor import run_doctor
 from proximity.network.health import NetworkStatus
 from proximity.network.reconciler import NetworkManager
 from proximity.settings import Settings, SettingsError
@@ -244,7 +244,8 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
 
     @app.get("/api/v1/system/network/doctor", tags=["network"], dependencies=auth)
     def network_doctor() -> dict[str, Any]:
-        return {"data": [check.__dict__ for check in run_doctor(context.network)]}
+        checks = run_doctor(context.network, containers=lambda: context.containers)
+        return {"data": [check.__dict__ for check in checks]}
 
     @app.post("/api/v1/system/network/initialize", tags=["network"], dependencies=auth, status_code=202,
               responses=DRY_RUN)

@@ -22,6 +22,10 @@ Files of container VMID, under ``lxcpath/VMID/``:
 ``rootfs/``              the directory rootfs
 ``lxc.log``              lxc-start's log (warnings and errors)
 ``proximity-snapshots/NAME/``  a snapshot: a copy of rootfs/ and proximity.json
+``.proximity-creating``  while ``create`` builds it: the pid and start time of the process doing so
+
+A directory without ``proximity.json`` is a container being built, or one whose build or
+destroy was interrupted: :meth:`LxcBackend.strays` tells these apart by the marker's process.
 
 Containers run as root (privileged). On a real Proxmox host, unprivileged containers are
 Proxmox's business (the proxmox backend asks for ``unprivileged=1``); this backend is for the
@@ -31,6 +35,8 @@ sandbox and development. AppArmor is set to ``unconfined`` (this backend generat
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -42,12 +48,14 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, wait_for
+from proximity.owner import Owner
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ META = "proximity.json"
 ROOTFS = "rootfs"
 START_LOG = "lxc.log"
 SNAPSHOTS = "proximity-snapshots"
+CREATING = ".proximity-creating"
 NET_ENV = "etc/proximity/net0.env"
 INIT_LOG = "var/log/ct-init.log"
 PATH_IN_CT = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -505,19 +514,22 @@ class LxcBackend:
             raise BackendError(f"cannot create {self.lxcpath}: {exc}") from None
 
         vmid = spec.vmid
-        for _attempt in range(100):
-            candidate = vmid if vmid is not None else self.next_id()
-            try:
-                self._dir(candidate).mkdir()  # atomic claim of the id
-                vmid = candidate
-                break
-            except FileExistsError:
-                if vmid is not None:
-                    raise BackendError(f"CT {vmid} already exists in {self.lxcpath}; pick another vmid "
-                                       "or destroy it first") from None
-        else:
-            raise BackendError(f"could not find a free vmid in {self.lxcpath}")
-        assert vmid is not None
+        with self._claim_lock():  # the id and its owner marker appear together (see strays)
+            for _attempt in range(100):
+                candidate = vmid if vmid is not None else self.next_id()
+                try:
+                    self._dir(candidate).mkdir()  # atomic claim of the id
+                    vmid = candidate
+                    break
+                except FileExistsError:
+                    if vmid is not None:
+                        raise BackendError(f"CT {vmid} already exists in {self.lxcpath}; pick another vmid "
+                                           "or destroy it first") from None
+            else:
+                raise BackendError(f"could not find a free vmid in {self.lxcpath}")
+            assert vmid is not None
+            me = Owner.me()
+            _write_atomic(self._dir(vmid) / CREATING, json.dumps({"pid": me.pid, "start": me.start}) + "\n")
 
         data = {
             "vmid": vmid, "hostname": spec.hostname, "net0": str(net), "memory": spec.memory,
@@ -529,6 +541,7 @@ class LxcBackend:
             self._write_net_env(vmid, net)
             self._write_config(vmid, data)
             self._save(vmid, data)  # last: a container without it is half-made and not listed
+            (self._dir(vmid) / CREATING).unlink()
         except BaseException as exc:
             shutil.rmtree(self._dir(vmid), ignore_errors=True)
             if isinstance(exc, BackendError):
@@ -612,6 +625,36 @@ class LxcBackend:
 
     def status(self, vmid: int) -> Container:
         return self._container(vmid, self._load(vmid))
+
+    def strays(self) -> builtins.list[Path]:
+        """Directories of containers whose build or destroy was interrupted (no process is on them).
+
+        Each can go with ``destroy(int(path.name))``. Reads only: safe in a dry run.
+        """
+        if not self.lxcpath.is_dir():
+            return []
+        found = []
+        with self._claim_lock():
+            for path in sorted(self.lxcpath.iterdir()):
+                if not (path.name.isdigit() and path.is_dir()) or (path / META).exists():
+                    continue
+                try:
+                    owner = Owner(**json.loads((path / CREATING).read_text()))
+                except (OSError, ValueError, TypeError):
+                    owner = None  # no marker: a destroy was interrupted (or the marker is damaged)
+                if owner is None or not owner.alive():
+                    found.append(path)
+        return found
+
+    @contextlib.contextmanager
+    def _claim_lock(self) -> Iterator[None]:
+        """Held while a new id is claimed and while strays are looked for (a lock on lxcpath itself)."""
+        fd = os.open(self.lxcpath, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def list(self) -> list[Container]:
         result = []

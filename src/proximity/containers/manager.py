@@ -2,13 +2,16 @@
 
 It asks the network for ``net0`` and a reservation, refuses what cannot work before
 anything is created (bad or duplicate hostname, full pool), and leaves nothing behind
-when a step fails.
+when a step fails. Create and destroy record their intent on the reservation first, so that
+one interrupted by kill -9 is finished or undone by :meth:`ContainerManager.recover`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 from proximity.containers.base import (
@@ -21,11 +24,16 @@ from proximity.containers.base import (
     StillRunning,
     dns_label,
 )
-from proximity.network.reservations import AdmissionError, Reservation, Reservations
+from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEASE, REMOVE, Repair, mac_of,
+                                          plan_repairs)
+from proximity.errors import HostError, NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.reconciler import NetworkManager
+from proximity.network.reservations import AdmissionError, Intent, Reservation, Reservations
 from proximity.revert import Reverter
 from proximity.settings import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class MigrationError(BackendError):
     """Migration failed; the container was rolled back to its snapshot (or the message says why not)."""
 
 
+class NoSuchContainer(NotFoundError, SettingsError):
+    """No container has that id or hostname."""
+
+
 class ContainerManager:
     def __init__(self, network: NetworkManager, backend: ContainerBackend):
         self.network, self.backend = network, backend
@@ -82,45 +94,45 @@ class ContainerManager:
 
     def create(self, hostname: str, *, memory: int = 256, cores: int = 1, template: str | None = None,
                start: bool = True) -> ContainerInfo:
-        with self.reservations.locked():
-            planned, net0 = self.plan_create(hostname)
-            reservation = self.reservations.reserve(hostname, self.network.leases()[0], planned.mac)
-        try:
+        """Reserve, create, link, start. The reservation carries the intent until the end, so a
+        create killed at any point is finished or undone by the next :meth:`recover`."""
+        self._recover()
+        with _reverting(f"the create of {hostname}") as revert:
+            with self.reservations.locked():
+                planned, net0 = self.plan_create(hostname)
+                reservation = self.reservations.reserve(hostname, self.network.leases()[0], planned.mac,
+                                                        intent=Intent.begin("create", start=start))
+            made: list[int] = []  # the container, while it exists: its reservation must then stay
+            revert.add(f"release the reservation of {hostname}", lambda: made or self._forget(hostname, reservation))
             self._wait_resolvable(reservation)
-            spec = ContainerSpec(hostname, net0, memory, cores, template)
-            container = self.backend.create(spec)
+            try:
+                container = self.backend.create(ContainerSpec(hostname, net0, memory, cores, template))
+            except StillRunning as exc:  # the create goes on in Proxmox: keep its name and address for it
+                revert.success()
+                raise BackendError(f"{exc}. The reservation of {hostname} ({reservation.ip}) is kept for it: once "
+                                   f"the task has ended, `proximity ct destroy {hostname}` if it is not wanted") from exc
+            made.append(container.vmid)
+            revert.add(f"destroy CT {container.vmid}", lambda: self._destroy_made(container.vmid, made))
             with self.reservations.locked():
                 self.reservations.assign(hostname, container.vmid)
-        except StillRunning as exc:  # the create goes on in Proxmox: keep its name and address for it
-            raise BackendError(f"{exc}. The reservation of {hostname} ({reservation.ip}) is kept for it: once "
-                               f"the task has ended, `proximity ct destroy {hostname}` if it is not wanted") from exc
-        except BaseException:
-            self._forget(hostname, reservation)
-            raise
-        if start:
-            try:
-                self.backend.start(container.vmid)
-            except Exception as exc:
-                raise self._failed_start(container.vmid, hostname, reservation, exc) from exc
+            if start:
+                try:
+                    self.backend.start(container.vmid)
+                except StillRunning as exc:  # destroying now would race the start task
+                    revert.success()
+                    raise BackendError(f"CT {container.vmid} ({hostname}) was created and is kept with its "
+                                       f"reservation ({reservation.ip}); its start: {exc}") from exc
+            with self.reservations.locked():
+                self.reservations.set_intent(hostname, None)
         return self.info(container.vmid)
 
-    def _failed_start(self, vmid: int, hostname: str, reservation: Reservation, exc: Exception) -> BackendError:
-        """After a failed start the container is destroyed (and its reservation released), or kept with its
-        reservation: never left on the bridge with a MAC nobody reserved."""
-        kept = (f"CT {vmid} is kept with its reservation ({reservation.ip}, {reservation.mac}): fix the cause and "
-                f"`proximity ct start {hostname}`, or `proximity ct destroy {hostname}`")
-        if isinstance(exc, StillRunning):  # destroying now would race the start task
-            return BackendError(f"CT {vmid} ({hostname}) was created; {kept}. Its start: {exc}")
-        try:
-            if self.backend.status(vmid).state == "running":
-                self.backend.stop(vmid)
-            self.backend.destroy(vmid)
-        except Exception as cleanup:
-            return BackendError(f"CT {vmid} ({hostname}) was created but did not start, and could not be destroyed "
-                                f"({str(cleanup).splitlines()[0]}); {kept}. Why it did not start: {exc}")
-        self._forget(hostname, reservation)
-        return BackendError(f"CT {vmid} ({hostname}) was created but did not start; it was destroyed and its "
-                            f"reservation released. Why it did not start: {exc}")
+    def _destroy_made(self, vmid: int, made: list[int]) -> None:
+        """Undo a create: a container that did not start is destroyed; if that fails it is kept, and its
+        reservation with it (never a container on the bridge with a MAC nobody reserved)."""
+        if self.backend.status(vmid).state == "running":
+            self.backend.stop(vmid)
+        self.backend.destroy(vmid)
+        made.clear()
 
     def start(self, ref: str) -> ContainerInfo:
         vmid = self.resolve(ref)
@@ -146,18 +158,39 @@ class ContainerManager:
         self.backend.stop(vmid)
         return f"did not shut down within {timeout:.0f} s ({reason}): stopped by force"
 
+    def plan_destroy(self, ref: str) -> str:
+        """What ``destroy`` would do; changes nothing."""
+        container, reservation = self._target(ref)
+        release = f"release {reservation.hostname}'s reservation {reservation.ip} and its lease" if reservation else ""
+        if container is None:
+            return f"{release} (no container holds it)"
+        return f"destroy CT {container.vmid} ({container.hostname})" + (f" and {release}" if release else "")
+
     def destroy(self, ref: str) -> None:
-        vmid = self.resolve(ref)
-        container = self.backend.status(vmid)
-        if container.state == "running":
-            self.backend.stop(vmid)
-        self.backend.destroy(vmid)
-        reservation = self.reservations.find(vmid=vmid) or self.reservations.find(hostname=container.hostname)
+        """Destroy the container and release its reservation and lease.
+
+        A reservation whose container is gone already (destroyed outside Proximity) is released.
+        """
+        self._recover()
+        container, reservation = self._target(ref)
+        if container is not None:
+            with _reverting(f"the destroy of CT {container.vmid}") as revert:
+                if reservation is not None:
+                    self._set_intent(reservation.hostname,
+                                     Intent.begin("destroy", start=container.state == "running"))
+                    revert.add(f"keep the reservation of {reservation.hostname}",
+                               lambda: self._set_intent(reservation.hostname, None))
+                if container.state == "running":
+                    self.backend.stop(container.vmid)
+                    revert.add(f"start CT {container.vmid} again", lambda: self.backend.start(container.vmid))
+                self.backend.destroy(container.vmid)
         if reservation is not None:
             self._forget(reservation.hostname, reservation)
 
     def list(self) -> list[ContainerInfo]:
-        return [self._info(c) for c in self.backend.list()]
+        self._recover()
+        reservations = self.reservations.all()
+        return [self._info(c, reservations) for c in self.backend.list()]
 
     def info(self, vmid: int) -> ContainerInfo:
         return self._info(self.backend.status(vmid))
@@ -168,8 +201,88 @@ class ContainerManager:
             return int(ref)
         matches = [c.vmid for c in self.backend.list() if c.hostname == ref]
         if not matches:
-            raise SettingsError(f"no container with id or hostname {ref!r}: see `proximity ct list`")
+            raise NoSuchContainer(f"no container with id or hostname {ref!r}: see `proximity ct list`")
         return matches[0]
+
+    def _target(self, ref: str) -> tuple[Container | None, Reservation | None]:
+        """The container ``ref`` names and its reservation; or, when the container is gone, its reservation."""
+        try:
+            container = self.backend.status(self.resolve(ref))
+        except (NoSuchContainer, BackendError):
+            numeric = ref.isascii() and ref.isdigit()
+            reservation = self.reservations.find(vmid=int(ref)) if numeric else self.reservations.find(hostname=ref)
+            held = {mac_of(c) for c in self.backend.list()} if reservation else set()
+            if reservation is None or reservation.mac in held:
+                raise
+            return None, reservation
+        return container, self._reservation_of(container, self.reservations.all())
+
+    # -- crash recovery and garbage --------------------------------------------------
+    def recover(self) -> list[str]:
+        """Finish or undo every create and destroy whose process died; return what was done.
+
+        Cheap when nothing was interrupted: one read of the reservations, no call to the
+        backend. Create, destroy and list call it first; so does the CLI before each `ct`
+        command, and the service from its reconcile loop.
+        """
+        if not any(r.intent and r.intent.op in OPERATIONS and not r.intent.alive() for r in self.reservations.all()):
+            return []
+        return self._repair(interrupted_only=True)
+
+    def _recover(self) -> None:
+        """``recover`` before an operation, with what it did in the log."""
+        for line in self.recover():
+            log.warning("recovered an interrupted command: %s", line)
+
+    def plan_repairs(self, interrupted_only: bool = False) -> list[Repair]:
+        """Every orphan and its repair (see proximity.containers.recovery); changes nothing."""
+        strays = self.backend.strays() if hasattr(self.backend, "strays") else []
+        return plan_repairs(self.reservations.all(), self.backend.list(), bridge=self.settings.bridge,
+                            alive=Intent.alive, strays=strays, interrupted_only=interrupted_only)
+
+    def collect_garbage(self) -> list[str]:
+        """Repair every orphan: `proximity gc`. Returns what was done (and what could not be)."""
+        return self._repair(interrupted_only=False)
+
+    def _repair(self, interrupted_only: bool) -> list[str]:
+        done, to_start = [], []
+        with self.reservations.locked():  # planned and applied under the lock: no other create runs meanwhile
+            for repair in self.plan_repairs(interrupted_only):
+                try:
+                    if self._apply(repair):
+                        to_start.append(repair.container)
+                    done.append(repair.describe())
+                except ProximityError as exc:
+                    done.append(f"could not {repair.describe()}: {exc}")
+        for container in to_start:
+            try:
+                self.backend.start(container.vmid)
+            except ProximityError as exc:
+                done.append(f"could not start CT {container.vmid} ({container.hostname}): {exc}")
+        return done
+
+    def _apply(self, repair: Repair) -> bool:
+        """Make one repair, with the reservations' lock held; True if the container is to be started."""
+        r, c = repair.reservation, repair.container
+        if repair.kind == LINK:
+            self.reservations.assign(r.hostname, c.vmid)
+            self.reservations.set_intent(r.hostname, None)
+            return repair.start
+        if repair.kind == KEEP:
+            self.reservations.assign(r.hostname, c.vmid)
+            self.reservations.set_intent(r.hostname, None)
+            return repair.start
+        if repair.kind == RELEASE:
+            self._release(r)
+        elif repair.kind == ADOPT:
+            mac = mac_of(c)
+            self.network.get_container_network_config(c.hostname)  # an RFC 1123 name, or refuse
+            leases = [lease for lease in self.network.leases()[0] if lease.mac != mac]  # its own lease is fine
+            self.reservations.reserve(c.hostname, leases, mac)
+            self.reservations.assign(c.hostname, c.vmid)
+        elif repair.kind == REMOVE:
+            self.backend.destroy(int(repair.path.name))
+        return False
 
     # -- migration -----------------------------------------------------------------
     def migrate(self, vmid: int, *, dry_run: bool = False, timeout: float = 60,
@@ -304,16 +417,31 @@ class ContainerManager:
     def _forget(self, hostname: str, reservation: Reservation) -> None:
         """Drop the reservation and the lease, so the name and address are free again."""
         with self.reservations.locked():
-            self.reservations.release(hostname)
+            self._release(reservation)
+
+    def _release(self, reservation: Reservation) -> None:
+        """``_forget`` with the reservations' lock held."""
+        self.reservations.release(reservation.hostname)
         self.network.host.query(["dhcp_release", self.settings.bridge, reservation.ip, reservation.mac])
 
-    def _info(self, container: Container) -> ContainerInfo:
+    def _set_intent(self, hostname: str, intent: Intent | None) -> None:
+        with self.reservations.locked():
+            self.reservations.set_intent(hostname, intent)
+
+    def _reservation_of(self, container: Container, reservations: list[Reservation]) -> Reservation | None:
+        """The reservation a container on the bridge holds: the one with its MAC (or, without one, its id)."""
+        mac = mac_of(container)
+        return next((r for r in reservations if (r.mac == mac if mac else r.vmid == container.vmid)), None)
+
+    def _info(self, container: Container, reservations: list[Reservation] | None = None) -> ContainerInfo:
         net0 = Net0.parse(container.net0) if container.net0 else Net0()
         bridge = net0.get("bridge")
+        reservation = None
         # no net0 (Proxmox's one-call listing does not carry it): a reservation says the CT is on the bridge
-        on_bridge = bridge == self.settings.bridge or (not container.net0 and bridge is None)
-        reservation = self.reservations.find(vmid=container.vmid) if on_bridge else None
-        bridge = self.settings.bridge if reservation else bridge
+        if bridge == self.settings.bridge or (not container.net0 and bridge is None):
+            reservation = self._reservation_of(container, self.reservations.all() if reservations is None
+                                               else reservations)
+            bridge = self.settings.bridge if reservation else bridge
         mac = (reservation.mac if reservation else net0.get("hwaddr")) or None
         ip = reservation.ip if reservation else _static_ip(net0)
         dns_name = f"{reservation.hostname}.{self.settings.domain}" if reservation else None
@@ -321,9 +449,24 @@ class ContainerManager:
                              bridge, container.backend)
 
 
+@contextlib.contextmanager
+def _reverting(what: str) -> Iterator[Reverter]:
+    """A Reverter whose undo problems are not lost: they join the error (a HostError then)."""
+    with Reverter() as revert:
+        try:
+            yield revert
+        except Exception as exc:
+            if revert.fail():
+                raise HostError(f"{exc}; undoing {what} also failed: {'; '.join(revert.failures)} "
+                                "(`proximity gc` removes what is left)") from exc
+            raise
+        revert.success()
+
+
 def _static_ip(net0: Net0) -> str | None:
     ip = net0.get("ip")
     return ip.split("/")[0] if ip and ip not in ("dhcp", "manual") else None
 
 
-__all__ = ["AdmissionError", "ContainerInfo", "ContainerManager", "MigrationError", "MigrationReport"]
+__all__ = ["AdmissionError", "ContainerInfo", "ContainerManager", "MigrationError", "MigrationReport",
+           "NoSuchContainer"]

@@ -1,21 +1,22 @@
-"""`proximity doctor`: the seed's troubleshooting section as checks, each with its fix."""
+"""The network's troubleshooting checks (the seed's troubleshooting section), each with its fix.
+
+`proximity doctor` (proximity.doctor) runs these with the checks that need the containers too.
+"""
 
 from __future__ import annotations
 
-import glob
 import re
-from pathlib import Path
 
 from proximity.network import interfaces
 from proximity.network.health import health
 from proximity.network.reconciler import Check, NetworkManager
 
 
-def run_doctor(manager: NetworkManager, sandbox=None) -> list[Check]:
+def network_checks(manager: NetworkManager, sandbox_name: str | None = None) -> list[Check]:
     s, host = manager.settings, manager.host
     obs = manager.observe(probe=True)
     st = health(s, obs)
-    up_cmd = "proximity up" + (f" --sandbox {sandbox.name}" if sandbox else "")
+    up_cmd = "proximity up" + (f" --sandbox {sandbox_name}" if sandbox_name else "")
     logs = f"tail {s.dns_log_file}" if not host.has_systemd else f"journalctl -u {s.service_name} -n 50"
     checks = [
         Check("bridge", st.bridge_exists and st.bridge_up and st.gateway_assigned,
@@ -46,7 +47,6 @@ def run_doctor(manager: NetworkManager, sandbox=None) -> list[Check]:
     checks += _port_checks(manager, obs)
     checks += _firewall_policy_checks(manager, st.isolation_configured)
     checks += _interfaces_file_checks(manager)
-    checks += _resolv_conf_checks(manager, sandbox)
     return checks
 
 
@@ -130,44 +130,3 @@ def _interfaces_file_checks(manager: NetworkManager) -> list[Check]:
     except interfaces.InterfacesFileError as exc:
         checks.append(Check("managed block", False, str(exc), "fix the marker lines by hand"))
     return checks
-
-
-def _resolv_conf_checks(manager: NetworkManager, sandbox) -> list[Check]:
-    """Containers we can see should use the gateway as their DNS server."""
-    want = f"nameserver {manager.settings.gateway.ip}"
-    files: list[tuple[str, Path]] = []
-    if sandbox is not None:
-        files = [(Path(p).parent.name.removeprefix(f"{sandbox.name}-"), Path(p))
-                 for p in sorted(glob.glob(f"/etc/netns/{sandbox.name}-*/resolv.conf"))
-                 if not p.startswith(f"/etc/netns/{sandbox.lan_ns}/")]
-        lxcpath = sandbox.state_dir / "lxc"
-        if lxcpath.is_dir():
-            from proximity.containers.lxc import LxcBackend
-
-            backend = LxcBackend(sandbox.name, lxcpath)
-            for container in backend.list():
-                pid = backend.container_pid(container.vmid) if container.state == "running" else None
-                if pid and f"bridge={manager.settings.bridge}" in container.net0:
-                    files.append((container.hostname, Path(f"/proc/{pid}/root/etc/resolv.conf")))
-    else:
-        for config in sorted(glob.glob("/var/lib/lxc/*/config")):
-            if f"link = {manager.settings.bridge}" not in Path(config).read_text(errors="replace"):
-                continue
-            name = Path(config).parent.name
-            result = manager.host.query(["lxc-info", "-n", name, "-p", "-H"])
-            if result.ok and result.stdout.strip().isdigit():
-                files.append((name, Path(f"/proc/{result.stdout.strip()}/root/etc/resolv.conf")))
-    checks = []
-    for name, path in files:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        ok = any(line.split() == want.split() for line in text.splitlines())
-        checks.append(Check(f"resolv.conf of {name}", ok,
-                            f"{path} " + ("uses" if ok else "does not use") + f" {manager.settings.gateway.ip}",
-                            "renew the container's DHCP lease (or restart it)"))
-    return checks
-
-
-

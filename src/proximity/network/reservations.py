@@ -4,6 +4,10 @@ The reservations live in ``reservations.json`` under the state directory. From i
 two files that dnsmasq reads: a ``dhcp-hostsfile`` (``MAC,IP,hostname``) so the container
 always gets the same address, and an ``addn-hosts`` file so its name resolves before it
 has ever booted. Both are re-read by dnsmasq on SIGHUP, so no restart is needed.
+
+A reservation can carry an :class:`Intent`: the record of a create or destroy that has begun
+and not ended, with the process doing it. If that process dies (kill -9, a power cut), the
+intent stays behind, and the container layer's recovery finishes or undoes the operation.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from proximity.errors import ConflictError
 from proximity.host import Host
 from proximity.network.leases import Lease
 from proximity.network.render import stable_mac
 from proximity.network.dnsmasq import dns_service
+from proximity.owner import Owner
 from proximity.settings import Settings, SettingsError
 
 
@@ -27,11 +33,40 @@ class AdmissionError(ConflictError, SettingsError):
 
 
 @dataclass(frozen=True)
+class Intent:
+    """A create or destroy of the reservation's container that has begun and not ended."""
+
+    op: str  # "create" or "destroy"
+    pid: int  # the process doing it, with its start time (see proximity.owner)
+    pid_start: int
+    since: float  # time.time() when it began
+    start: bool = False  # create: start the container once made; destroy: it was running
+
+    @classmethod
+    def begin(cls, op: str, *, start: bool = False) -> Intent:
+        me = Owner.me()
+        return cls(op, me.pid, me.start, time.time(), start)
+
+    def alive(self) -> bool:
+        """Whether the process doing it still runs (else it was interrupted)."""
+        return Owner(self.pid, self.pid_start).alive()
+
+    def describe(self) -> str:
+        return f"{self.op} by pid {self.pid} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}"
+
+
+@dataclass(frozen=True)
 class Reservation:
     hostname: str
     mac: str
     ip: str
     vmid: int | None = None
+    intent: Intent | None = None
+
+    @classmethod
+    def from_dict(cls, item: dict) -> Reservation:
+        intent = item.get("intent")
+        return cls(**{**item, "intent": Intent(**intent) if intent else None})
 
 
 def render_dhcp_hosts(reservations: list[Reservation]) -> str:
@@ -54,7 +89,7 @@ class Reservations:
         if not text:
             return []
         try:
-            return [Reservation(**item) for item in json.loads(text)]
+            return [Reservation.from_dict(item) for item in json.loads(text)]
         except (ValueError, TypeError) as exc:
             raise SettingsError(
                 f"{self.settings.reservations_db} is damaged ({exc}); restore it from "
@@ -71,13 +106,20 @@ class Reservations:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return self.host.lock(self.settings.state_dir / "reservations.lock", what="another change of the reservations")
 
-    def reserve(self, hostname: str, leases: list[Lease], mac: str | None = None, *, save: bool = True) -> Reservation:
+    def reserve(self, hostname: str, leases: list[Lease], mac: str | None = None, *, save: bool = True,
+                intent: Intent | None = None) -> Reservation:
         """Admit ``hostname``: refuse a name in use or a full pool; call with the lock held.
 
         With ``save=False`` only say what would be reserved (for --dry-run).
         """
         current = self.all()
-        if any(r.hostname == hostname for r in current) or any(l.hostname == hostname for l in leases):
+        mine = next((r for r in current if r.hostname == hostname), None)
+        if mine is not None and mine.intent is not None and not mine.intent.alive():
+            raise AdmissionError(
+                f"hostname {hostname!r} is held by an interrupted {mine.intent.describe()}: the next "
+                f"`proximity ct` command or `proximity gc` finishes or undoes it"
+            )
+        if mine is not None or any(l.hostname == hostname for l in leases):
             raise AdmissionError(
                 f"hostname {hostname!r} is already in use on {self.settings.bridge}: pick another name "
                 f"(see `proximity ct list` and `proximity leases`)"
@@ -96,13 +138,21 @@ class Reservations:
                 f"no free address left in {self.settings.dhcp_start}-{self.settings.dhcp_end} "
                 f"({self.settings.pool_size} addresses): destroy unused containers or widen the DHCP range"
             )
-        reservation = Reservation(hostname, mac, ip)
+        reservation = Reservation(hostname, mac, ip, intent=intent)
         if save:
             self._save([*current, reservation])
         return reservation
 
     def assign(self, hostname: str, vmid: int) -> None:
-        self._save([Reservation(r.hostname, r.mac, r.ip, vmid) if r.hostname == hostname else r for r in self.all()])
+        """Link the reservation to its container; call with the lock held."""
+        self._change(hostname, vmid=vmid)
+
+    def set_intent(self, hostname: str, intent: Intent | None) -> None:
+        """Record an operation that begins (or, with None, that ended); call with the lock held."""
+        self._change(hostname, intent=intent)
+
+    def _change(self, hostname: str, **changes: object) -> None:
+        self._save([replace(r, **changes) if r.hostname == hostname else r for r in self.all()])
 
     def release(self, hostname: str) -> Reservation | None:
         current = self.all()
@@ -131,11 +181,16 @@ class Reservations:
         }
 
     def _save(self, reservations: list[Reservation]) -> None:
+        """Write the database, then dnsmasq's files, reloading dnsmasq only when those changed."""
         s = self.settings
         self.host.write_text(s.reservations_db, json.dumps([asdict(r) for r in reservations]) + "\n")
+        changed = False
         for path, text in self._rendered(reservations).items():
-            self.host.write_text(path, text)
-        self._reload_dnsmasq()
+            if self.host.read_text(path) != text:
+                self.host.write_text(path, text)
+                changed = True
+        if changed:
+            self._reload_dnsmasq()
 
     def _reload_dnsmasq(self) -> None:
         dns_service(self.host, self.settings).reload()  # re-reads dhcp-hostsfile and addn-hosts
