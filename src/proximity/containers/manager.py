@@ -122,9 +122,27 @@ class ContainerManager:
                     revert.success()
                     raise BackendError(f"CT {container.vmid} ({hostname}) was created and is kept with its "
                                        f"reservation ({reservation.ip}); its start: {exc}") from exc
+                except Exception as exc:
+                    raise self._start_failed(container.vmid, reservation, revert, made, exc) from exc
             with self.reservations.locked():
                 self.reservations.set_intent(hostname, None)
         return self.info(container.vmid)
+
+    @staticmethod
+    def _start_failed(vmid: int, reservation: Reservation, revert: Reverter, made: list[int],
+                      exc: Exception) -> BackendError:
+        """Undo the create now, and say which way it ended: destroyed, or kept with its reservation."""
+        failures = revert.fail()
+        hostname = reservation.hostname
+        if not made:
+            return BackendError(f"CT {vmid} ({hostname}) was created but did not start; it was destroyed and its "
+                                f"reservation released. Why it did not start: {exc}")
+        detail = failures[0].splitlines()[0] if failures else "unknown"
+        revert.failures.clear()  # said here, in full
+        return BackendError(
+            f"CT {vmid} ({hostname}) was created but did not start, and could not be destroyed ({detail}); CT {vmid} "
+            f"is kept with its reservation ({reservation.ip}, {reservation.mac}): fix the cause and `proximity ct "
+            f"start {hostname}`, or `proximity ct destroy {hostname}`. Why it did not start: {exc}")
 
     def _destroy_made(self, vmid: int, made: list[int]) -> None:
         """Undo a create: a container that did not start is destroyed; if that fails it is kept, and its
@@ -211,7 +229,7 @@ class ContainerManager:
         except (NoSuchContainer, BackendError):
             numeric = ref.isascii() and ref.isdigit()
             reservation = self.reservations.find(vmid=int(ref)) if numeric else self.reservations.find(hostname=ref)
-            held = {mac_of(c) for c in self.backend.list()} if reservation else set()
+            held = {mac_of(c) for c in self._with_net0(self.backend.list())} if reservation else set()
             if reservation is None or reservation.mac in held:
                 raise
             return None, reservation
@@ -237,8 +255,21 @@ class ContainerManager:
     def plan_repairs(self, interrupted_only: bool = False) -> list[Repair]:
         """Every orphan and its repair (see proximity.containers.recovery); changes nothing."""
         strays = self.backend.strays() if hasattr(self.backend, "strays") else []
-        return plan_repairs(self.reservations.all(), self.backend.list(), bridge=self.settings.bridge,
+        return plan_repairs(self.reservations.all(), self._with_net0(self.backend.list()), bridge=self.settings.bridge,
                             alive=Intent.alive, strays=strays, interrupted_only=interrupted_only)
+
+    def _with_net0(self, containers: list[Container]) -> list[Container]:
+        """Containers as recovery needs them, with net0 (and so the MAC): a listing without it (Proxmox's
+        one-call listing) is completed from each config; a container deleted meanwhile is left out."""
+        complete = []
+        for container in containers:
+            if not container.net0:
+                try:
+                    container = self.backend.status(container.vmid)
+                except BackendError:
+                    continue
+            complete.append(container)
+        return complete
 
     def collect_garbage(self) -> list[str]:
         """Repair every orphan: `proximity gc`. Returns what was done (and what could not be)."""
