@@ -24,7 +24,7 @@ from proximity.settings import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from proximity.containers.manager import ContainerInfo, ContainerManager
 
-app = typer.Typer(help="Proximity: a managed, isolated network (prox-net) for the containers of a Proxmox host.",
+app = typer.Typer(help="Proximity: a managed, isolated network for the containers of a Proxmox host.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 sandbox_app = typer.Typer(help="The sandbox host: a Proxmox-like host made of network namespaces.",
                           no_args_is_help=True)
@@ -73,8 +73,7 @@ def settings_for(sandbox: str | None, **overrides: Any) -> Settings:
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if not sandbox:
         return load_settings(**overrides)
-    sb = sandboxes.load(sandbox)
-    return load_settings(sb.default_settings(), **{**sb.host_settings(), **overrides})
+    return sandboxes.load(sandbox).settings(**overrides)
 
 
 def manager_for(sandbox: str | None, dry_run: bool = False, **overrides: Any) -> NetworkManager:
@@ -154,7 +153,7 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False) -
         print_json(st.as_dict())
         return
     colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[st.health_status]
-    table = Table(title=f"prox-net status: [{colour}]{st.health_status}[/]", show_header=False)
+    table = Table(title=f"{st.bridge_name} status: [{colour}]{st.health_status}[/]", show_header=False)
     yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
     for key, value in [
         ("bridge", f"{st.bridge_name} ({st.bridge_ip}, subnet {st.subnet})"),
@@ -230,6 +229,14 @@ def sandbox_destroy(name: str) -> None:
     out.print(f"[green]✓[/] sandbox {name} destroyed")
 
 
+@sandbox_app.command("apply")
+@friendly
+def sandbox_apply(name: str) -> None:
+    """Do what Proxmox's "Apply Configuration" does: move interfaces.new over interfaces, then `ifreload -a`."""
+    sandboxes.apply_pending(sandboxes.load(name))
+    out.print(f"[green]✓[/] applied the pending network changes of sandbox {name}")
+
+
 @sandbox_app.command("attach")
 @friendly
 def sandbox_attach(name: str, hostname: str) -> None:
@@ -243,7 +250,7 @@ def sandbox_attach(name: str, hostname: str) -> None:
 def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.Argument()]) -> None:
     """Run a command inside the client namespace of HOSTNAME."""
     sb = sandboxes.load(name)
-    result = sandboxes.ns_run(f"{sb.name}-{hostname}", command, check=False)
+    result = sandboxes.ns_run(sb.client_ns(hostname), command, check=False)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     raise typer.Exit(result.returncode)
@@ -284,7 +291,7 @@ def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = Fa
               cores: Annotated[int, typer.Option(min=1, max=8192, help="CPU cores.")] = 1,
               start: Annotated[bool, typer.Option("--start/--no-start", help="Start it once created.")] = True,
               api: ApiOpt = None, token: TokenOpt = None) -> None:
-    """Create a container on prox-net with a fixed MAC, a reserved address and a DNS name."""
+    """Create a container on the managed bridge with a fixed MAC, a reserved address and a DNS name."""
     if api and not dry_run:
         body = {"hostname": hostname, "memory": memory, "cores": cores, "template": template, "start": start}
         result = remote(api, token, sandbox, "POST", "/api/v1/containers", body)
@@ -392,7 +399,7 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
 def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
             api: ApiOpt = None, token: TokenOpt = None) -> None:
-    """Move a container from vmbr0 to prox-net: snapshot, shut down, switch net0, start, verify; roll back on failure."""
+    """Move a container from vmbr0 to the managed bridge: snapshot, shut down, switch net0, start, verify; roll back on failure."""
     if api:
         result = remote(api, token, sandbox, "POST", f"/api/v1/containers/{vmid}/migrate",
                         {"dry_run": dry_run, "timeout": timeout})

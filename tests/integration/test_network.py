@@ -13,7 +13,7 @@ import dns.exception
 import pytest
 
 from proximity import sandbox as sandboxes
-from proximity.host import Host, wait_for
+from proximity.host import ETC_NETNS, Host, wait_for
 from proximity.network import render
 from proximity.network.reconciler import ConvergeError, NetworkManager
 from proximity.settings import load_settings
@@ -77,7 +77,7 @@ def test_up_builds_the_seed_network_and_down_restores_the_file(host):
     leases = json.loads(proximity("leases", "--sandbox", sb.name, "--json").stdout)
     assert {(lease["hostname"], lease["ip"]) for lease in leases} == {("nginx-01", nginx.ip), ("wordpress-02", wordpress.ip)}
     assert all(lease["mac"].count(":") == 5 for lease in leases)
-    resolv = (sandboxes.Path("/etc/netns") / wordpress.ns / "resolv.conf").read_text()
+    resolv = (ETC_NETNS / wordpress.ns / "resolv.conf").read_text()
     assert f"nameserver {GATEWAY}" in resolv
 
     # The gateway keeps its own MAC when ports come and go (a Linux bridge otherwise takes its

@@ -19,6 +19,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from proximity import sandbox
+from proximity.sandbox import lan
+from proximity.sandbox.commands import ip
 
 pytestmark = [
     pytest.mark.root,
@@ -73,9 +75,9 @@ def root_addrs() -> str:
 
 def start_standin_dhcp(sb: sandbox.Sandbox) -> int:
     """Stand-in for what Proximity sets up: bridge prox-net 10.10.0.1/24 and a DHCP server."""
-    sandbox._ip(sb.name, "link", "add", STANDIN_BRIDGE, "type", "bridge")
-    sandbox._ip(sb.name, "addr", "add", "10.10.0.1/24", "dev", STANDIN_BRIDGE)
-    sandbox._ip(sb.name, "link", "set", STANDIN_BRIDGE, "up")
+    ip(sb.name, "link", "add", STANDIN_BRIDGE, "type", "bridge")
+    ip(sb.name, "addr", "add", "10.10.0.1/24", "dev", STANDIN_BRIDGE)
+    ip(sb.name, "link", "set", STANDIN_BRIDGE, "up")
     pidfile = sb.run_dir / "standin-dhcp.pid"
     sandbox.ns_run(
         sb.name,
@@ -260,13 +262,13 @@ def test_failed_create_is_cleaned_up(
     name = make_name("b")
     links_before = root_links()
     started: list[int] = []
-    real_start = sandbox._start_upstream_dns
+    real_start = lan.start_upstream_dns
 
     def start_then_fail(sb: sandbox.Sandbox, timeout: float = 10) -> int:
         started.append(real_start(sb, timeout))
         raise sandbox.SandboxError("injected failure")
 
-    monkeypatch.setattr(sandbox, "_start_upstream_dns", start_then_fail)
+    monkeypatch.setattr(lan, "start_upstream_dns", start_then_fail)
     with pytest.raises(sandbox.SandboxError, match="injected failure"):
         sandbox.create(name)
 

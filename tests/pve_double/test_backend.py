@@ -54,7 +54,7 @@ def double(realizer: MemoryRealizer, schema: Schema) -> Iterator[PveDouble]:
 
 def backend_for(double: PveDouble, **overrides) -> ProxmoxBackend:
     config = {"host": "127.0.0.1", "port": double.port, "node": "pve", "token_id": TOKEN[0],
-              "token_secret": TOKEN[1], "ca_file": double.ca_file, "template": TEMPLATE,
+              "token_secret": TOKEN[1], "bridge": "prox-net", "ca_file": double.ca_file, "template": TEMPLATE,
               "task_timeout": 10.0, **overrides}
     return ProxmoxBackend(ProxmoxConfig(**config))
 

@@ -212,7 +212,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         context.stop()
 
     app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan, responses=ERRORS,
-                  description="Managed, isolated networking (prox-net) for the containers of a Proxmox host.")
+                  description="Managed, isolated networking for the containers of a Proxmox host.")
     app.state.context = context
     app.add_middleware(StatusFastLane, context=context)
     auth = [Depends(require_token)]

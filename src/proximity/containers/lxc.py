@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
-from proximity.host import ETC_NETNS, NETNS_RUN_DIR, wait_for
+from proximity.errors import HostError
+from proximity.host import ETC_NETNS, NETNS_RUN_DIR, CommandError, Host, Result, wait_for
 from proximity.owner import Owner
 
 log = logging.getLogger(__name__)
@@ -149,13 +150,6 @@ def _data_file(name: str) -> bytes:
     return resources.files("proximity").joinpath("data", name).read_bytes()
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
-
-
 def _start_errors(logfile: Path, offset: int) -> str:
     """The ERROR lines lxc-start logged from ``offset`` on, without its generic advice."""
     try:
@@ -180,7 +174,7 @@ def parse_net0(value: str) -> Net0:
         raise BackendError(f"net0 {value!r}: unknown option(s) {', '.join(unknown)}; "
                            f"known are {', '.join(sorted(_NET0_KEYS))}")
     if not opts.get("bridge"):
-        raise BackendError(f"net0 {value!r} names no bridge: add bridge=prox-net (or vmbr0)")
+        raise BackendError(f"net0 {value!r} names no bridge: add bridge=NAME (Proximity's bridge, or vmbr0)")
     for key in ("bridge", "name"):
         if key in opts and not _IFNAME_RE.fullmatch(opts[key]):
             raise BackendError(f"net0 {key}={opts[key]!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
@@ -262,29 +256,29 @@ class LxcBackend:
                 "unshare", "--mount", "--propagation", "slave", "sh", "-c", _NETNS_EXEC_SH, "ct-netns-exec", *argv]
 
     def _run(self, argv: list[str], *, timeout: float | None = None, check: bool = True,
-             in_ns: bool = True, fix: str = "") -> subprocess.CompletedProcess[str]:
+             in_ns: bool = True, fix: str = "") -> Result:
         """Run ``argv`` (inside ``netns`` when ``in_ns``) with a timeout; BackendError with argv and stderr."""
         cmd = self._in_ns(argv) if in_ns else argv
         timeout = self.command_timeout if timeout is None else timeout
         try:
-            proc = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"'{shlex.join(argv)}' in {self._where} timed out after {timeout:g} s"
-                               + (f"; {fix}" if fix else "")) from None
-        except FileNotFoundError:
+            proc = Host().run(cmd, timeout=timeout, check=False)
+        except CommandError as exc:
+            if exc.timed_out:
+                raise BackendError(f"'{shlex.join(argv)}' in {self._where} timed out after {timeout:g} s"
+                                   + (f"; {fix}" if fix else "")) from None
+            if exc.returncode != 127:
+                raise BackendError(f"cannot run '{shlex.join(argv)}': {exc.stderr}") from None
             tool = cmd[0]
             hint = "install the Debian package lxc ('apt-get install lxc')" if tool.startswith("lxc-") else \
                 f"install {tool}"
             raise BackendError(f"cannot run '{shlex.join(argv)}': {tool} is not installed; {hint}") from None
-        except OSError as exc:
-            raise BackendError(f"cannot run '{shlex.join(argv)}': {exc}") from None
         if check and proc.returncode != 0:
             detail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:]) or "no output"
             raise BackendError(f"'{shlex.join(argv)}' failed in {self._where} (exit {proc.returncode}): {detail}"
                                + (f"; {fix}" if fix else ""))
         return proc
 
-    def _lxc(self, tool: str, vmid: int, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def _lxc(self, tool: str, vmid: int, *args: str, **kwargs: Any) -> Result:
         return self._run([tool, "-P", str(self.lxcpath), "-n", str(vmid), *args], **kwargs)
 
     # -- files ---------------------------------------------------------------------
@@ -304,7 +298,7 @@ class LxcBackend:
         return data
 
     def _save(self, vmid: int, data: dict[str, Any]) -> None:
-        _write_atomic(self._dir(vmid) / META, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        Host().write_text(self._dir(vmid) / META, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def _ids(self) -> list[int]:
         if not self.lxcpath.is_dir():
@@ -400,10 +394,10 @@ class LxcBackend:
                "NET0_GW": net.get("gw") or ""}
         path = rootfs / NET_ENV
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, "# written by proximity from net0; read by /sbin/init\n"
+        Host().write_text(path, "# written by proximity from net0; read by /sbin/init\n"
                       + "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
         if env["NET0_IP"] not in ("dhcp", "manual"):
-            _write_atomic(rootfs / "etc/resolv.conf", self._host_resolv_conf())
+            Host().write_text(rootfs / "etc/resolv.conf", self._host_resolv_conf())
 
     # -- the LXC config ------------------------------------------------------------
     def _render_config(self, vmid: int, data: dict[str, Any]) -> str:
@@ -468,7 +462,7 @@ class LxcBackend:
             return set()
 
     def _write_config(self, vmid: int, data: dict[str, Any]) -> None:
-        _write_atomic(self._dir(vmid) / CONFIG, self._render_config(vmid, data))
+        Host().write_text(self._dir(vmid) / CONFIG, self._render_config(vmid, data))
 
     # -- state ---------------------------------------------------------------------
     def _state(self, vmid: int) -> str:
@@ -529,7 +523,7 @@ class LxcBackend:
                 raise BackendError(f"could not find a free vmid in {self.lxcpath}")
             assert vmid is not None
             me = Owner.me()
-            _write_atomic(self._dir(vmid) / CREATING, json.dumps({"pid": me.pid, "start": me.start}) + "\n")
+            Host().write_text(self._dir(vmid) / CREATING, json.dumps({"pid": me.pid, "start": me.start}) + "\n")
 
         data = {
             "vmid": vmid, "hostname": spec.hostname, "net0": str(net), "memory": spec.memory,
@@ -563,8 +557,9 @@ class LxcBackend:
         if self._run([*probe, "-o", "link", "show", "dev", bridge], check=False, in_ns=False).returncode != 0:
             raise BackendError(
                 f"cannot start CT {vmid} ({data['hostname']}): bridge {bridge} does not exist in {self._where}; "
-                + ("set up the network first ('proximity up" + (f" --sandbox {self.netns}" if self.netns else "")
-                   + "')" if bridge == "prox-net" else f"create {bridge} or set another bridge in net0")
+                f"if it is Proximity's bridge, set up the network first ('proximity up"
+                + (f" --sandbox {self.netns}" if self.netns else "") + f"'), else create {bridge} or set another "
+                "bridge in net0"
             )
         veth = f"veth{vmid}i0"
         if self._run([*probe, "-o", "link", "show", "dev", veth], check=False, in_ns=False).returncode == 0:
@@ -703,9 +698,9 @@ class LxcBackend:
             tmp.mkdir(parents=True)
             shutil.copytree(self._dir(vmid) / ROOTFS, tmp / ROOTFS, symlinks=True)
             snap = {**data, "snapshot": name, "snapshot_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _write_atomic(tmp / META, json.dumps(snap, indent=2, sort_keys=True) + "\n")
+            Host().write_text(tmp / META, json.dumps(snap, indent=2, sort_keys=True) + "\n")
             os.rename(tmp, target)
-        except OSError as exc:
+        except (OSError, HostError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BackendError(f"cannot snapshot CT {vmid} as {name!r}: {exc}") from None
 

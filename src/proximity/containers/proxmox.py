@@ -79,12 +79,12 @@ class ProxmoxConfig:
     node: str
     token_id: str  # "user@realm!tokenname"
     token_secret: str
+    bridge: str  # the managed bridge: settings.bridge
     port: int = 8006
     verify_tls: bool = True
     ca_file: str | None = None  # a CA bundle to trust instead of the system's (self-signed PVE certs)
     storage: str = "local-lvm"
     template: str | None = None  # e.g. "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
-    bridge: str = "prox-net"
     task_timeout: float = 300.0
     create_timeout: float = 3600.0  # a create is followed to its end: undoing it earlier would race it
     id_attempts: int = 5  # creates that lost their id to another creator, then give up

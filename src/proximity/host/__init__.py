@@ -18,12 +18,13 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,24 +114,31 @@ class Host:
         """Run a command that only reads; runs in dry runs too. Never raises on exit status."""
         return self._run_argv(self._wrap(argv), timeout, input)
 
-    def run(self, argv: list[str], timeout: float = 30, input: str | None = None) -> Result:
-        """Run a command that changes the host; raises CommandError when it fails."""
-        result = self._run_argv(self._wrap(argv), timeout, input)
-        if not result.ok:
-            raise CommandError(result.argv, result.returncode, result.stderr or result.stdout)
-        return result
+    def run(self, argv: list[str], timeout: float = 30, check: bool = True, input: str | None = None) -> Result:
+        """Run a command that changes the host; raises CommandError when it fails (unless not ``check``).
 
-    def ip_json(self, *args: str) -> list[dict]:
-        """``ip -json ARGS`` in this host's namespace, parsed.
+        A timeout or a missing program raises CommandError in any case.
+        """
+        return _checked(self._run_argv(self._wrap(argv), timeout, input), check)
+
+    def ip(self, *args: str, timeout: float = 15, check: bool = True) -> Result:
+        """``ip ARGS`` changing this host's namespace; CommandError when it fails (unless not ``check``).
 
         ``ip -n`` joins the namespace itself: one exec and no mount namespace, where
-        ``ip netns exec`` costs two. Far cheaper than importing pyroute2 for one dump.
+        ``ip netns exec`` costs two.
         """
-        argv = ["ip", *(["-n", self.netns] if self.netns else []), "-json", *args]
-        result = self._run_argv(argv, timeout=15)
-        if not result.ok:
-            raise CommandError(argv, result.returncode, result.stderr)
+        return _checked(self._run_argv(self._ip_argv(args), timeout), check)
+
+    def ip_json(self, *args: str) -> list[dict]:
+        """``ip -json ARGS`` in this host's namespace, parsed (``ip -n``, as :meth:`ip`).
+
+        Far cheaper than importing pyroute2 for one dump.
+        """
+        result = _checked(self._run_argv(self._ip_argv(("-json", *args)), timeout=15), True)
         return json.loads(result.stdout or "[]")
+
+    def _ip_argv(self, args: tuple[str, ...]) -> list[str]:
+        return ["ip", *(["-n", self.netns] if self.netns else []), *args]
 
     def _run_argv(self, full: list[str], timeout: float, input: str | None = None) -> Result:
         try:
@@ -142,6 +150,8 @@ class Host:
             raise CommandError(full, None, _text(exc.stderr), timed_out=True) from None
         except FileNotFoundError:
             raise CommandError(full, 127, f"{full[0]}: command not found") from None
+        except OSError as exc:  # not executable, too many processes, ...
+            raise CommandError(full, 126, f"cannot run {full[0]}: {exc.strerror or exc}") from None
         return Result(full, proc.returncode, proc.stdout, proc.stderr)
 
     def describe(self, argv: list[str]) -> list[str]:
@@ -203,11 +213,46 @@ class Host:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    def mkdir(self, path: Path) -> None:
+    def mkdir(self, path: Path, mode: int | None = None, exist_ok: bool = True) -> None:
+        """Create ``path`` and its parents; ``mode`` is set exactly (no umask).
+
+        With ``exist_ok=False`` an existing ``path`` raises FileExistsError: an atomic claim of a name.
+        """
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir(exist_ok=exist_ok)
+            if mode is not None:
+                path.chmod(mode)
+        except FileExistsError:
+            if not exist_ok:
+                raise
+            raise HostError(f"cannot create the directory {path}: a file of that name exists") from None
         except OSError as exc:
             raise HostError(f"cannot create the directory {path}: {exc.strerror or exc}") from None
+
+    def symlink(self, path: Path, target: Path) -> None:
+        """``path`` -> ``target`` (a new link; an existing ``path`` is an error)."""
+        try:
+            path.symlink_to(target, target_is_directory=target.is_dir())
+        except OSError as exc:
+            raise HostError(f"cannot create the symlink {path} -> {target}: {exc.strerror or exc}") from None
+
+    def copy_tree(self, source: Path, target: Path) -> None:
+        """Copy directory ``source`` to the new ``target``, symlinks as symlinks."""
+        try:
+            shutil.copytree(source, target, symlinks=True)
+        except (OSError, shutil.Error) as exc:
+            raise HostError(f"cannot copy {source} to {target}: {exc}") from None
+
+    def remove_tree(self, path: Path) -> None:
+        """Remove a file, a symlink (not what it points to) or a directory tree; nothing if missing.
+
+        Symlinks inside the tree are removed, never followed.
+        """
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        elif path.is_dir():
+            shutil.rmtree(path)
 
     @contextlib.contextmanager
     def lock(self, path: Path, timeout: float = 60, what: str = "another Proximity run") -> Iterator[None]:
@@ -288,6 +333,29 @@ class Host:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
+    def terminate(self, pids: Iterable[int], grace: float = 3.0) -> list[int]:
+        """SIGTERM, wait up to ``grace`` seconds, SIGKILL the rest; return the pids still alive then.
+
+        Never signals pid 1 or this process.
+        """
+        pids = sorted(p for p in set(pids) if p > 1 and p != os.getpid())
+        for pid in pids:
+            self.kill(pid, signal.SIGTERM)
+
+        def all_gone() -> bool:
+            return not any(self.alive(p) for p in pids)
+
+        if wait_for(all_gone, grace):
+            return []
+        for pid in pids:
+            if self.alive(pid):
+                self.kill(pid, signal.SIGKILL)
+        wait_for(all_gone, 2.0)
+        return [p for p in pids if self.alive(p)]
+
+    def alive(self, pid: int) -> bool:
+        return pid_alive(pid)
+
     def pid_cmdline(self, pid: int) -> list[str] | None:
         return pid_cmdline(pid)
 
@@ -317,6 +385,23 @@ def _try_lock(fh) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def _checked(result: Result, check: bool) -> Result:
+    if check and not result.ok:
+        raise CommandError(result.argv, result.returncode, result.stderr or result.stdout)
+    return result
+
+
+def pid_alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
 
 
 def pid_cmdline(pid: int) -> list[str] | None:
@@ -354,8 +439,13 @@ class DryRunHost(Host):
     _written: dict[str, str | None] = field(default_factory=dict)
     dry_run = True
 
-    def run(self, argv: list[str], timeout: float = 30, input: str | None = None) -> Result:
-        full = self._wrap(argv)
+    def run(self, argv: list[str], timeout: float = 30, check: bool = True, input: str | None = None) -> Result:
+        return self._record(self._wrap(argv))
+
+    def ip(self, *args: str, timeout: float = 15, check: bool = True) -> Result:
+        return self._record(self._ip_argv(args))
+
+    def _record(self, full: list[str]) -> Result:
         self.commands.append(full)
         return Result(full, 0, "", "")
 
@@ -378,8 +468,23 @@ class DryRunHost(Host):
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self.commands.append(["kill", f"-{signal.Signals(sig).name.removeprefix('SIG')}", str(pid)])
 
-    def mkdir(self, path: Path) -> None:
+    def terminate(self, pids: Iterable[int], grace: float = 3.0) -> list[int]:
+        for pid in sorted(set(pids)):
+            self.kill(pid, signal.SIGTERM)
+        return []
+
+    def mkdir(self, path: Path, mode: int | None = None, exist_ok: bool = True) -> None:
         """Nothing: a dry run creates no directory."""
+
+    def symlink(self, path: Path, target: Path) -> None:
+        self.commands.append(["ln", "-s", str(target), str(path)])
+
+    def copy_tree(self, source: Path, target: Path) -> None:
+        self.commands.append(["cp", "-a", str(source), str(target)])
+
+    def remove_tree(self, path: Path) -> None:
+        if path.exists() or path.is_symlink():
+            self.commands.append(["rm", "-r", str(path)])
 
     @contextlib.contextmanager
     def lock(self, path: Path, timeout: float = 60, what: str = "") -> Iterator[None]:
