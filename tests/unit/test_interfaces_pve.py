@@ -143,6 +143,8 @@ def test_earlier_block_after_a_proxmox_rewrite_is_taken_over(
     # What broke earlier versions: BEGIN dropped, END kept as a comment of prox-net.
     assert LEGACY_BEGIN_MARKER not in damaged
     assert damaged.count(LEGACY_END_MARKER) == 1
+    # up recognises the stanza as its own (not as a hand-written prox-net).
+    assert [(s.name, s.managed) for s in parse_stanzas(damaged) if s.name == "prox-net"] == [("prox-net", True)]
     taken = merge_block(damaged, BODY)
     assert LEGACY_END_MARKER not in taken
     assert proximity_stanzas(taken) == ["prox-net"]
@@ -155,3 +157,19 @@ def test_earlier_block_after_a_proxmox_rewrite_is_taken_over(
             assert sorted(filter(None, removed.splitlines())) == sorted(filter(None, rewrite(original).splitlines()))
         else:
             assert removed == rewrite(original)
+
+
+def test_split_earlier_markers_after_a_proxmox_rewrite_are_taken_over(rewrite: PveRewrite) -> None:
+    original = FILES["debian_tabs_underscore"]  # ends with a stanza's last option
+    # The admin had deleted the blank line above the old block: Proxmox then keeps BEGIN as a
+    # comment of the stanza above (br0), and END as one of prox-net.
+    legacy = legacy_merge(original, BODY).replace(original + "\n", original, 1)
+    split = rewrite(legacy)
+    begin, end = split.index(LEGACY_BEGIN_MARKER), split.index(LEGACY_END_MARKER)
+    assert split.index("bridge_maxwait") < begin < split.index("iface prox-net") < end
+    taken = merge_block(split, BODY)
+    assert LEGACY_BEGIN_MARKER not in taken and LEGACY_END_MARKER not in taken
+    assert proximity_stanzas(taken) == ["prox-net"]
+    assert rewrite(taken) == taken
+    assert remove_block(taken) == rewrite(original)
+    assert rewrite(remove_block(split)) == rewrite(original)

@@ -192,8 +192,8 @@ def _runs(lines: list[_Line]) -> list[_Run]:
 # --------------------------------------------------------------------------- block
 
 
-def _check_body(body_lines: list[str]) -> str:
-    """The stanza's name; ValueError unless the lines form one stanza Proxmox keeps whole.
+def _check_body(body_lines: list[str]) -> None:
+    """ValueError unless the lines form one stanza that Proxmox's reader keeps whole.
 
     That is: ``auto``/``allow-*`` lines naming the stanza, one ``iface`` line,
     then ``key value`` option lines and comments (no blank line, keyword or
@@ -214,7 +214,6 @@ def _check_body(body_lines: list[str]) -> str:
             raise ValueError(f"only 'auto {name}' may come before the iface line: {line!r}")
         if i > head and (not _in_stanza(line) or line.rstrip().endswith("\\")):
             raise ValueError(f"not an option line of the stanza: {line!r}")
-    return name
 
 
 def render_block(
