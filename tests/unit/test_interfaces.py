@@ -474,11 +474,11 @@ def _ambiguous() -> list[tuple[str, str, int, str]]:
     )
     end = line_of(legacy, LEGACY_END_MARKER)
     return [
-        ("marker_in_two_stanzas", two_stanzas, marker + 1, f"already marks iface vmbr0 (line {line_of(merged, 'iface vmbr0')})"),
+        ("marker_in_two_stanzas", two_stanzas, marker + 1, f"and so does line {line_of(merged, '        bridge-fd 0') + 1} for iface vmbr0 (line {line_of(merged, 'iface vmbr0')})"),
         ("marker_outside_any_stanza", orphan, marker + 1, "not part of any iface stanza"),
         ("begin_without_end", no_end, begin, f"has no '{LEGACY_END_MARKER}'"),
         ("two_begins", two_begins, begin, f"has no '{LEGACY_END_MARKER}'"),
-        ("two_blocks", two_blocks, end + len(BODY) + 3, f"already marks iface prox-net (line {begin + 2})"),
+        ("two_blocks", two_blocks, end + len(BODY) + 3, f"and so does line {end} for iface prox-net (line {begin + 2})"),
     ]
 
 

@@ -279,9 +279,9 @@ def _locate(text: str) -> _Block | None:
     if len(owners) > 1:
         (run1, line1), (run2, line2) = sorted(owners.values(), key=lambda o: o[1])[:2]
         raise InterfacesFileError(
-            f"line {line2 + 1}: a Proximity marker in iface {run2.name} (line {run2.head + 1}), "
-            f"but line {line1 + 1} already marks iface {run1.name} (line {run1.head + 1}) as "
-            f"Proximity's, and Proximity owns one stanza. Fix it by hand: delete the marker "
+            f"line {line2 + 1}: this marker makes iface {run2.name} (line {run2.head + 1}) "
+            f"Proximity's, and so does line {line1 + 1} for iface {run1.name} (line "
+            f"{run1.head + 1}), but Proximity owns one stanza. Fix it by hand: delete the marker "
             f"line from the stanza that is not Proximity's (or delete that stanza); {_FIX}.",
             line2 + 1,
         )
