@@ -374,8 +374,10 @@ def _insertion_point(lines: list[_Line]) -> int | None:
 
     Proxmox's writer keeps top-level lines in place relative to the stanzas
     around them; a stanza appended after the trailing ``source`` lines would
-    pull them up among the stanzas the next time Proxmox writes the file.
-    ``None``: append at the end of the file.
+    pull them up among the stanzas the next time Proxmox writes the file. (A
+    ``source`` line between stanzas, above VLAN stanzas, can still move that way;
+    ifupdown reads the same configuration either way.) ``None``: append at the
+    end of the file.
     """
     in_stanza = {i for run in _runs(lines) for i in range(run.head, run.last + 1)}
     idx, sources = len(lines), False
