@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils iptables busybox python3 python3-venv)
-# The test suite's browser (Playwright drives Debian's Chromium; no browser download) and its font.
-[ "${1:-}" = "--test" ] && packages+=(chromium fonts-dejavu-core)
+# The test suite's browser (Playwright drives Debian's Chromium; no browser download) and its font,
+# and what Proxmox's own interfaces writer needs (../shared/pve/pve-rewrite, a test oracle).
+[ "${1:-}" = "--test" ] && packages+=(chromium fonts-dejavu-core perl libstring-shellquote-perl libjson-perl
+    libnet-ip-perl libdevel-cycle-perl libfilesys-df-perl libhttp-message-perl liburi-perl libtimedate-perl
+    libencode-locale-perl)
 # Local LXC containers (the sandbox's backend). A Proxmox host has its own (lxc-pve): leave it alone.
 command -v pveversion >/dev/null 2>&1 || packages+=(lxc)
 missing=()

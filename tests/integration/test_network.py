@@ -14,7 +14,7 @@ import pytest
 
 from proximity import sandbox as sandboxes
 from proximity.host import ETC_NETNS, Host, wait_for
-from proximity.network import render
+from proximity.network import interfaces, render
 from proximity.network.reconciler import ConvergeError, NetworkManager
 from proximity.settings import load_settings
 
@@ -62,7 +62,7 @@ def test_up_builds_the_seed_network_and_down_restores_the_file(host):
 
     # Declared in the interfaces file, applied and checked by ifupdown2 itself.
     text = sb.interfaces_file.read_text()
-    assert text.startswith(original.decode()) and "iface prox-net inet static" in text
+    assert interfaces.remove_block(text) == original.decode() and "iface prox-net inet static" in text
     assert sandboxes.ns_run(sb.name, ["ifquery", "-a", "--check"]).returncode == 0
     status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
     assert status["health_status"] == "healthy", status["reasons"]
@@ -213,7 +213,7 @@ def test_killed_mid_up_then_up_again_converges(host):
     proximity("up", "--sandbox", sb.name)
     status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
     assert status["health_status"] == "healthy", status["reasons"]
-    assert sb.interfaces_file.read_text().count("# BEGIN proximity managed block") == 1
+    assert sb.interfaces_file.read_text().count(interfaces.MARKER) == 1
 
 
 def test_two_ups_at_once_do_not_corrupt_anything(host):
@@ -225,7 +225,7 @@ def test_two_ups_at_once_do_not_corrupt_anything(host):
         run.stdout.close()
         run.stderr.close()
     assert [code for code, _ in results] == [0, 0], results
-    assert sb.interfaces_file.read_text().count("# BEGIN proximity managed block") == 1
+    assert sb.interfaces_file.read_text().count(interfaces.MARKER) == 1
     assert len([r for r in own_rules(sb) if "MASQUERADE" in r]) == 1
     pids = [p for p in os.listdir("/proc") if p.isdigit()]
     dnsmasqs = [p for p in pids if str(sb.dnsmasq_conf) in open(f"/proc/{p}/cmdline").read().replace("\0", " ")]

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proximity.network.interfaces import (
-    BEGIN_MARKER,
-    END_MARKER,
+    LEGACY_BEGIN_MARKER,
+    LEGACY_END_MARKER,
+    MARKER,
     InterfacesFileError,
     Stanza,
     compare_bridge,
@@ -23,11 +24,16 @@ from proximity.network.interfaces import (
     render_block,
 )
 
-BEGIN_LINE = (
-    f"{BEGIN_MARKER} (managed by Proximity: edit its settings and run "
-    "'proximity up'; 'proximity down' removes it)"
+MARKER_LINE = (
+    f"{MARKER} - Proximity owns this stanza ('proximity up' rewrites it, "
+    "'proximity down' removes it)"
 )
 FLAG = " [file had no final newline]"
+# The block earlier versions wrote (they are taken over): see legacy_merge.
+LEGACY_BEGIN_LINE = (
+    f"{LEGACY_BEGIN_MARKER} (managed by Proximity: edit its settings and run "
+    "'proximity up'; 'proximity down' removes it)"
+)
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -58,6 +64,7 @@ iface vmbr0 inet static
 
 source /etc/network/interfaces.d/*
 """
+SOURCE_LINE = "source /etc/network/interfaces.d/*"
 
 TABS = (
     "auto lo\n"
@@ -80,6 +87,8 @@ TABS = (
 
 CRLF = PROXMOX.replace("\n", "\r\n")
 NO_FINAL_NEWLINE = PROXMOX.rstrip("\n")
+WITHOUT_SOURCE = PROXMOX.replace(f"\n{SOURCE_LINE}\n", "")
+WITHOUT_SOURCE_NO_FINAL_NEWLINE = WITHOUT_SOURCE.rstrip("\n")
 EMPTY = ""
 
 COMMENTED_UNICODE = """\
@@ -137,6 +146,8 @@ ALL_FILES = {
     "tabs": TABS,
     "crlf": CRLF,
     "no_final_newline": NO_FINAL_NEWLINE,
+    "without_source": WITHOUT_SOURCE,
+    "without_source_no_final_newline": WITHOUT_SOURCE_NO_FINAL_NEWLINE,
     "empty": EMPTY,
     "commented_unicode": COMMENTED_UNICODE,
     "handwritten_match": HANDWRITTEN_MATCH,
@@ -186,21 +197,67 @@ def line_of(text: str, needle: str) -> int:
     return hit
 
 
+def legacy_merge(text: str, body: list[str]) -> str:
+    """What earlier versions' merge wrote: the stanza between a BEGIN and an END line."""
+    eol = detect_eol(text)
+
+    def block(flag: bool) -> str:
+        begin = LEGACY_BEGIN_LINE + (FLAG if flag else "")
+        return "".join(line + eol for line in [begin, *body, LEGACY_END_MARKER])
+
+    if text == "":
+        return block(False)
+    if text.endswith("\n"):
+        return text + eol + block(False)
+    return text + eol + eol + block(True)
+
+
+def inserted(text: str, merged: str) -> str:
+    """What was inserted, asserting ``merged`` is ``text`` plus one contiguous insertion."""
+    common = 0
+    while common < min(len(text), len(merged)) and text[common] == merged[common]:
+        common += 1
+    assert len(merged) >= len(text) and merged.endswith(text[common:])
+    return merged[common : len(merged) - len(text) + common]
+
+
 # --------------------------------------------------------------------------- render / eol
 
 
 def test_render_block_exact_text() -> None:
-    assert render_block(["a", "\tb"]) == f"{BEGIN_LINE}\na\n\tb\n{END_MARKER}\n"
-    assert render_block([], "\r\n") == f"{BEGIN_LINE}\r\n{END_MARKER}\r\n"
-    assert render_block(["x"], no_final_newline=True).startswith(BEGIN_LINE + FLAG + "\n")
+    assert render_block(["iface a inet manual", "\tb c"]) == (
+        f"iface a inet manual\n\tb c\n{MARKER_LINE}\n"
+    )
+    assert render_block(["auto a", "iface a"], "\r\n") == f"auto a\r\niface a\r\n{MARKER_LINE}\r\n"
+    assert render_block(BODY, no_final_newline=True).endswith(MARKER_LINE + FLAG + "\n")
 
 
 @pytest.mark.parametrize(
-    "bad", ["a\nb", "a\r", f"  {BEGIN_MARKER}", END_MARKER + " extra"]
+    "bad",
+    [
+        [],
+        ["auto prox-net"],
+        ["iface a inet manual", "iface b inet manual"],
+        ["iface a inet manual", "  address 10.0.0.1\nb"],
+        ["iface a inet manual", "  mtu 1500\r"],
+        ["auto b", "iface a inet manual"],
+        ["# comment", "iface a inet manual"],
+        ["iface a inet manual", ""],
+        ["iface a inet manual", "   "],
+        ["iface a inet manual", "  auto b"],
+        ["iface a inet manual", "  source /etc/x"],
+        ["iface a inet manual", "  bridge-vlan-aware"],
+        ["iface a inet manual", "  bridge-ports eno1 \\"],
+        ["iface a inet manual", f"  {MARKER}"],
+        ["iface a inet manual", LEGACY_BEGIN_LINE],
+        ["iface a inet manual", LEGACY_END_MARKER + " extra"],
+    ],
 )
-def test_render_block_rejects_lines_that_would_break_the_block(bad: str) -> None:
+def test_render_block_rejects_lines_that_would_not_stay_one_stanza(bad: list[str]) -> None:
     with pytest.raises(ValueError):
-        render_block(["ok", bad])
+        render_block(bad)
+    with pytest.raises(ValueError):
+        merge_block(PROXMOX, bad)
 
 
 @pytest.mark.parametrize(
@@ -220,55 +277,68 @@ def test_detect_eol_uses_first_line_ending(text: str, eol: str) -> None:
 # --------------------------------------------------------------------------- merge
 
 
-def test_merge_appends_and_keeps_every_original_byte(original: str) -> None:
+def test_merge_inserts_one_stanza_and_keeps_every_original_byte(original: str) -> None:
     merged = merge_block(original, BODY)
-    assert merged.startswith(original)
     eol = detect_eol(original)
-    added = merged[len(original) :]
+    region = render_block(BODY, eol)
     if original == "":
-        assert added == render_block(BODY, eol)
+        assert merged == region
+    elif original.rstrip().splitlines()[-1].startswith("source"):
+        # Before the trailing source line, where Proxmox's writer keeps it.
+        source = original.rindex("source")
+        assert merged == original[:source] + region + eol + original[source:]
     elif original.endswith("\n"):
-        assert added == eol + render_block(BODY, eol)
+        assert merged == original + eol + region
     else:
-        assert added == eol + eol + render_block(BODY, eol, no_final_newline=True)
+        assert merged == original + eol + eol + render_block(BODY, eol, no_final_newline=True)
 
 
 def test_merge_into_crlf_file_uses_only_crlf() -> None:
     merged = merge_block(CRLF, BODY)
     assert merged.count("\n") == merged.count("\r\n")
-    assert f"\r\n\r\n{BEGIN_LINE}\r\n" in merged
+    assert f"\r\n\r\nauto prox-net\r\n" in merged
+    assert f"{MARKER_LINE}\r\n\r\n{SOURCE_LINE}\r\n" in merged
 
 
-def test_merge_without_final_newline_flags_begin_line() -> None:
-    merged = merge_block(NO_FINAL_NEWLINE, BODY)
-    assert merged == NO_FINAL_NEWLINE + "\n\n" + render_block(BODY, "\n", True)
+def test_merge_without_final_newline_flags_marker_line() -> None:
+    text = WITHOUT_SOURCE_NO_FINAL_NEWLINE
+    merged = merge_block(text, BODY)
+    assert merged == text + "\n\n" + render_block(BODY, "\n", True)
     assert FLAG in merged
-    assert FLAG not in merge_block(PROXMOX, BODY)
+    assert FLAG not in merge_block(WITHOUT_SOURCE, BODY)
+    # Inserted before a trailing source line, the file's end does not change: no flag.
+    assert merge_block(NO_FINAL_NEWLINE, BODY).endswith("\n\n" + SOURCE_LINE)
+    assert FLAG not in merge_block(NO_FINAL_NEWLINE, BODY)
 
 
-def test_merge_updates_block_in_place_and_nothing_else() -> None:
-    tail = "\n# added by the admin after the block\nauto eno2\niface eno2 inet manual\n"
+def test_merge_updates_stanza_in_place_and_nothing_else() -> None:
+    tail = "\n# added by the admin after the stanza\nauto eno2\niface eno2 inet manual\n"
     text = merge_block(PROXMOX, BODY) + tail
     updated = merge_block(text, BODY2)
-    begin = text.index(BEGIN_MARKER)
-    end = text.index(END_MARKER) + len(END_MARKER) + 1
-    assert updated == text[:begin] + render_block(BODY2) + text[end:]
-    assert updated.endswith(tail)
+    assert updated == text.replace(render_block(BODY), render_block(BODY2))
+    assert updated.endswith(SOURCE_LINE + "\n" + tail)
 
 
-def test_update_keeps_eol_style_and_flag_of_the_block() -> None:
-    crlf_no_nl = CRLF.rstrip("\r\n")
+def test_update_keeps_eol_style_and_flag_of_the_stanza() -> None:
+    crlf_no_nl = WITHOUT_SOURCE.replace("\n", "\r\n").rstrip("\r\n")
     first = merge_block(crlf_no_nl, BODY)
     updated = merge_block(first, BODY2)
     assert updated == crlf_no_nl + "\r\n\r\n" + render_block(BODY2, "\r\n", True)
 
 
-def test_update_keeps_block_eol_even_if_file_style_differs() -> None:
-    # Block written with LF, file starts with a CRLF line added later by hand.
+def test_update_keeps_stanza_eol_even_if_file_style_differs() -> None:
+    # Stanza written with LF, file starts with a CRLF line added later by hand.
     text = "auto lo\r\n" + merge_block("iface lo inet loopback\n", BODY)
     updated = merge_block(text, BODY2)
     assert render_block(BODY2, "\n") in updated
     assert updated.startswith("auto lo\r\niface lo inet loopback\n\n")
+
+
+def test_update_drops_the_flag_once_the_stanza_is_no_longer_last() -> None:
+    merged = merge_block(WITHOUT_SOURCE_NO_FINAL_NEWLINE, BODY) + "auto eno2\niface eno2 inet manual\n"
+    updated = merge_block(merged, BODY)
+    assert updated == merged.replace(FLAG, "")
+    assert merge_block(updated, BODY) == updated
 
 
 def test_merge_is_idempotent(original: str) -> None:
@@ -277,16 +347,34 @@ def test_merge_is_idempotent(original: str) -> None:
     assert merge_block(merge_block(once, BODY2), BODY) == once
 
 
+def test_merge_appends_when_the_line_above_the_source_lines_could_join_the_stanza() -> None:
+    # An auto line right above the source line would join our stanza (after a rename).
+    text = "auto lo\niface lo inet loopback\nauto vmbr7\nsource /etc/x\n"
+    merged = merge_block(text, BODY)
+    assert merged == text + "\n" + render_block(BODY)
+    assert remove_block(merged) == text
+
+
+def test_merge_inserts_before_comments_that_lead_the_source_lines() -> None:
+    text = WITHOUT_SOURCE + "\n# extra files\n\nsource-directory /etc/x\n# end\n"
+    merged = merge_block(text, BODY)
+    head = WITHOUT_SOURCE + "\n"
+    assert merged == head + render_block(BODY) + "\n" + text[len(head) :]
+    assert remove_block(merged) == text
+
+
 # --------------------------------------------------------------------------- find / remove
 
 
-def test_find_block_none_without_block(original: str) -> None:
+def test_find_block_none_without_stanza(original: str) -> None:
     assert find_block(original) is None
 
 
 def test_find_block_span_includes_added_separator(original: str) -> None:
     merged = merge_block(original, BODY)
-    assert find_block(merged) == (len(original), len(merged))
+    start, end = find_block(merged)
+    assert merged[:start] + merged[end:] == original
+    assert merged[start:end].strip("\r\n") == render_block(BODY, detect_eol(original), FLAG in merged).strip("\r\n")
 
 
 def test_remove_round_trips_fixture_files(original: str) -> None:
@@ -294,58 +382,115 @@ def test_remove_round_trips_fixture_files(original: str) -> None:
     assert remove_block(merge_block(merge_block(original, BODY), BODY2)) == original
 
 
-def test_remove_without_block_returns_text_unchanged(original: str) -> None:
+def test_remove_without_stanza_returns_text_unchanged(original: str) -> None:
     assert remove_block(original) == original
 
 
-def test_remove_with_content_after_block() -> None:
+def test_remove_with_content_after_stanza() -> None:
     tail = "auto eno2\niface eno2 inet manual\n"
     assert remove_block(merge_block(PROXMOX, BODY) + tail) == PROXMOX + tail
-    # Flagged block no longer at the end: keep the newline that ends the last line.
-    flagged = merge_block(NO_FINAL_NEWLINE, BODY) + tail
-    assert remove_block(flagged) == NO_FINAL_NEWLINE + "\n" + tail
+    # Flagged stanza no longer at the end: keep the newline that ends the last line.
+    flagged = merge_block(WITHOUT_SOURCE_NO_FINAL_NEWLINE, BODY) + tail
+    assert remove_block(flagged) == WITHOUT_SOURCE_NO_FINAL_NEWLINE + "\n" + tail
 
 
 def test_remove_does_not_eat_user_line_when_separator_was_deleted() -> None:
-    # Admin removed the blank line before the block: only the block goes.
+    # Admin removed the blank line before the stanza: only the stanza goes.
     text = PROXMOX + render_block(BODY)
     assert remove_block(text) == PROXMOX
 
 
 def test_indented_marker_is_still_recognised() -> None:
-    text = merge_block(PROXMOX, BODY).replace(BEGIN_MARKER, "  " + BEGIN_MARKER)
+    text = merge_block(PROXMOX, BODY).replace(MARKER, "  " + MARKER.replace("# ", "#"))
     assert remove_block(text) == PROXMOX
 
 
-# --------------------------------------------------------------------------- damaged markers
+def test_marker_identifies_the_stanza_whatever_its_name_or_position() -> None:
+    # The bridge was renamed in the settings: the marked stanza is replaced, not duplicated.
+    renamed = [line.replace("prox-net", "lab-net") for line in BODY]
+    merged = merge_block(merge_block(PROXMOX, BODY), renamed)
+    assert [s.name for s in parse_stanzas(merged) if s.managed] == ["lab-net"]
+    assert "prox-net" not in merged
+    assert remove_block(merged) == PROXMOX
+    # Moved to the top by hand, marker comments in the middle of the stanza.
+    moved = render_block(BODY).replace("    bridge-stp", f"  {MARKER} note\n    bridge-stp") + "\n" + WITHOUT_SOURCE
+    assert remove_block(moved) == WITHOUT_SOURCE
 
 
-def _damaged() -> list[tuple[str, str, int, str]]:
+def test_admin_lines_added_to_the_stanza_belong_to_it() -> None:
+    # As Proxmox reads it: up to the first blank line or keyword.
+    merged = merge_block(WITHOUT_SOURCE, BODY).replace(
+        "\n    bridge-fd 0\n", "\n    bridge-fd 0\n    mtu 1400\n# admin note\n"
+    )
+    assert merged.count("admin note") == 1
+    assert merge_block(merged, BODY) == merge_block(WITHOUT_SOURCE, BODY)
+    assert remove_block(merged) == WITHOUT_SOURCE
+
+
+# --------------------------------------------------------------------------- earlier versions
+
+
+def test_intact_legacy_block_is_taken_over(original: str) -> None:
+    legacy = legacy_merge(original, BODY)
+    assert remove_block(legacy) == original
+    assert merge_block(legacy, BODY) == merge_block(original, BODY)
+    assert [s.managed for s in parse_stanzas(legacy) if s.name == "prox-net"][-1]
+    assert find_block(legacy) == (len(original), len(legacy))
+
+
+def test_legacy_block_with_moved_begin_line_is_taken_over() -> None:
+    # What Proxmox's writer makes of it: BEGIN dropped or moved into the stanza above,
+    # END kept as a comment at the end of prox-net's stanza.
+    legacy = legacy_merge(WITHOUT_SOURCE, BODY)
+    dropped = legacy.replace(LEGACY_BEGIN_LINE + "\n", "")
+    moved = dropped.replace("bridge-fd 0\n\n", f"bridge-fd 0\n{LEGACY_BEGIN_LINE}\n\n", 1)
+    assert moved.count("bridge-fd 0\n" + LEGACY_BEGIN_LINE) == 1
+    for damaged in (dropped, moved):
+        assert remove_block(damaged) == WITHOUT_SOURCE
+        assert merge_block(damaged, BODY) == merge_block(WITHOUT_SOURCE, BODY)
+
+
+def test_legacy_end_line_inside_a_new_stanza_is_part_of_it() -> None:
+    merged = merge_block(PROXMOX, BODY).replace(MARKER_LINE, f"{MARKER_LINE}\n{LEGACY_END_MARKER}")
+    assert merge_block(merged, BODY) == merge_block(PROXMOX, BODY)
+    assert remove_block(merged) == PROXMOX
+
+
+# --------------------------------------------------------------------------- ambiguous markers
+
+
+def _ambiguous() -> list[tuple[str, str, int, str]]:
     """(id, text, line the error must name, extra text the message must contain)."""
-    merged = merge_block(PROXMOX, BODY)
-    begin = line_of(merged, BEGIN_MARKER)
-    end = line_of(merged, END_MARKER)
-    no_end = merged.replace(END_MARKER + "\n", "")
-    no_begin = "\n".join(ln for ln in merged.split("\n") if BEGIN_MARKER not in ln)
-    two_begins = merged.replace(END_MARKER, BEGIN_MARKER + " again")
-    two_blocks = merged + "\n" + render_block(BODY)
+    merged = merge_block(WITHOUT_SOURCE, BODY)
+    marker = line_of(merged, MARKER)
+    two_stanzas = merged.replace("bridge-fd 0\n\nauto prox-net", f"bridge-fd 0\n{MARKER}\n\nauto prox-net")
+    orphan = merged.replace(MARKER_LINE, "\n" + MARKER_LINE)
+    legacy = legacy_merge(WITHOUT_SOURCE, BODY)
+    begin = line_of(legacy, LEGACY_BEGIN_MARKER)
+    no_end = legacy.replace(LEGACY_END_MARKER + "\n", "")
+    two_begins = legacy.replace(LEGACY_END_MARKER, LEGACY_BEGIN_MARKER + " again")
+    two_blocks = legacy + "\n" + "".join(
+        line + "\n" for line in [LEGACY_BEGIN_LINE, *BODY, LEGACY_END_MARKER]
+    )
+    end = line_of(legacy, LEGACY_END_MARKER)
     return [
-        ("begin_without_end", no_end, begin, "without a matching"),
-        ("end_without_begin", no_begin, end - 1, "without a matching"),
-        ("two_begins", two_begins, end, f"the one at line {begin} has no"),
-        ("two_blocks", two_blocks, end + 2, f"lines {begin}-{end}"),
+        ("marker_in_two_stanzas", two_stanzas, marker + 1, f"and so does line {line_of(merged, '        bridge-fd 0') + 1} for iface vmbr0 (line {line_of(merged, 'iface vmbr0')})"),
+        ("marker_outside_any_stanza", orphan, marker + 1, "not part of any iface stanza"),
+        ("begin_without_end", no_end, begin, f"has no '{LEGACY_END_MARKER}'"),
+        ("two_begins", two_begins, begin, f"has no '{LEGACY_END_MARKER}'"),
+        ("two_blocks", two_blocks, end + len(BODY) + 3, f"and so does line {end} for iface prox-net (line {begin + 2})"),
     ]
 
 
 @pytest.mark.parametrize(
-    ("text", "line", "detail"), [d[1:] for d in _damaged()], ids=[d[0] for d in _damaged()]
+    ("text", "line", "detail"), [d[1:] for d in _ambiguous()], ids=[d[0] for d in _ambiguous()]
 )
 @pytest.mark.parametrize(
     "func",
     [find_block, remove_block, parse_stanzas, lambda t: merge_block(t, BODY)],
     ids=["find", "remove", "parse", "merge"],
 )
-def test_damaged_markers_raise_with_line_number(
+def test_ambiguous_markers_raise_with_line_number(
     text: str, line: int, detail: str, func: Callable[[str], object]
 ) -> None:
     with pytest.raises(InterfacesFileError) as info:
@@ -354,7 +499,7 @@ def test_damaged_markers_raise_with_line_number(
     assert info.value.line == line
     assert message.startswith(f"line {line}: ")
     assert detail in message
-    assert "by hand" in message
+    assert "by hand" in message and "proximity up" in message
     assert isinstance(info.value, ValueError)
 
 
@@ -376,19 +521,27 @@ _REALISTIC = [
     "    bridge-ports eno1 \\",
     "source /etc/network/interfaces.d/*",
     "source-directory /etc/network/interfaces.d",
+    "auto prox-net",
+    "allow-hotplug prox-net",
+    "iface prox-net inet static",
     "# comment",
     "",
     "   ",
     "\t",
 ]
+
+
+def _not_marker(line: str) -> bool:
+    lowered = line.lower()
+    return "proximity managed block" not in lowered and "proximity:managed" not in lowered
+
+
 _free_line = st.text(
     alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
     max_size=30,
 )
 _comment = st.builds(lambda s: "# " + s, _free_line)
-_line = st.one_of(st.sampled_from(_REALISTIC), _comment, _free_line).filter(
-    lambda s: "proximity managed block" not in s
-)
+_line = st.one_of(st.sampled_from(_REALISTIC), _comment, _free_line).filter(_not_marker)
 
 
 @st.composite
@@ -401,9 +554,28 @@ def interfaces_files(draw: st.DrawFn) -> str:
     return text + eol if final_newline and (lines or blank_tail) else text
 
 
-_body = st.lists(_line, max_size=8)
+_indent = st.sampled_from(["", " ", "\t", "    "])
+_value = _free_line.filter(lambda v: bool(v.split()) and not v.rstrip().endswith("\\"))
+_option = st.builds(
+    lambda indent, key, value: f"{indent}{key} {value}",
+    _indent,
+    st.sampled_from(["address", "bridge-ports", "bridge_stp", "post-up", "hwaddress", "x-custom"]),
+    _value,
+)
+
+
+@st.composite
+def stanza_bodies(draw: st.DrawFn) -> list[str]:
+    name = draw(st.sampled_from(["prox-net", "br-lab", "vmbr9"]))
+    autos = draw(st.lists(st.sampled_from([f"auto {name}", f"allow-hotplug {name}"]), max_size=2))
+    head = draw(st.sampled_from([f"iface {name} inet static", f"iface {name}"]))
+    comment = _comment.filter(lambda c: _not_marker(c) and not c.rstrip().endswith("\\"))
+    rest = draw(st.lists(st.one_of(_option, comment), max_size=8))
+    return [*autos, head, *rest]
+
+
 _weird = st.text(alphabet="\r\n \t#ab\u2028\x0c", max_size=40)
-_anything = st.text(max_size=200).filter(lambda s: "proximity managed block" not in s)
+_anything = st.text(max_size=200).filter(_not_marker)
 _FAST = settings(
     max_examples=150,
     deadline=None,
@@ -413,24 +585,34 @@ _FAST = settings(
 
 
 @_FAST
-@given(text=st.one_of(interfaces_files(), _weird, _anything), body=_body)
+@given(text=st.one_of(interfaces_files(), _weird, _anything), body=stanza_bodies())
 def test_property_remove_inverts_merge(text: str, body: list[str]) -> None:
     merged = merge_block(text, body)
-    assert merged.startswith(text)
+    assert render_block(body, detect_eol(text)).rstrip("\r\n") in inserted(text, merged)
     assert remove_block(merged) == text
 
 
 @_FAST
-@given(text=st.one_of(interfaces_files(), _weird), body=_body, body2=_body)
-def test_property_idempotent_and_update_only_touches_block(
+@given(text=st.one_of(interfaces_files(), _weird), body=stanza_bodies(), body2=stanza_bodies())
+def test_property_idempotent_and_update_only_touches_stanza(
     text: str, body: list[str], body2: list[str]
 ) -> None:
     merged = merge_block(text, body)
     assert merge_block(merged, body) == merged
     updated = merge_block(merged, body2)
-    start, _ = find_block(merged)
-    assert updated[:start] == merged[:start] == text
+    start, end = find_block(merged)
+    assert merged[:start] + merged[end:] == text
+    assert updated[:start] == merged[:start]
+    assert updated.endswith(merged[end:])
     assert remove_block(updated) == text
+
+
+@_FAST
+@given(text=st.one_of(interfaces_files(), _weird), body=stanza_bodies())
+def test_property_legacy_block_is_taken_over(text: str, body: list[str]) -> None:
+    legacy = legacy_merge(text, body)
+    assert remove_block(legacy) == text
+    assert merge_block(legacy, body) == merge_block(text, body)
 
 
 # --------------------------------------------------------------------------- parse_stanzas

@@ -1,21 +1,34 @@
 """Read and surgically edit a Debian/Proxmox ``/etc/network/interfaces`` file.
 
-Proximity owns exactly one marked block in that file (the ``prox-net`` bridge
-stanza). Everything here works on the file *text* so the caller decides about
-I/O, and every edit keeps all bytes outside the block untouched: admins hand-tune
-this file, and Proxmox rewrites it too, so we must never reformat it.
+Proximity owns exactly one ``iface`` stanza in that file (the ``prox-net``
+bridge). It marks the stanza with a comment line inside it, :data:`MARKER`,
+because that is the one marking Proxmox's own writer keeps: when an admin
+changes the network in the Proxmox GUI, Proxmox parses the file and writes all
+of it back, keeping a comment only as part of the stanza whose lines it follows
+(at that stanza's end) and every unknown option (``post-up``, ``hwaddress``)
+verbatim. A comment that stands alone, like the ``# BEGIN``/``# END`` pair
+older versions wrapped the stanza in, is dropped or moved to another stanza.
+
+Proximity's stanza is therefore "the stanza that carries the marker", read the
+way Proxmox reads a stanza: the ``iface`` line, the ``auto``/``allow-*`` lines
+right above it that name only it, and the lines below it up to the first blank
+line or keyword. Everything here works on the file *text*, so the caller
+decides about I/O, and every edit keeps all bytes outside that stanza
+untouched: admins hand-tune this file and we must never reformat it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from proximity.errors import InputError
 
 __all__ = [
-    "BEGIN_MARKER",
-    "END_MARKER",
+    "LEGACY_BEGIN_MARKER",
+    "LEGACY_END_MARKER",
+    "MARKER",
     "InterfacesFileError",
     "Stanza",
     "compare_bridge",
@@ -28,27 +41,32 @@ __all__ = [
     "render_block",
 ]
 
-BEGIN_MARKER = "# BEGIN proximity managed block"
-END_MARKER = "# END proximity managed block"
+# The comment that makes a stanza Proximity's. It is written unindented, after
+# the stanza's options, exactly where Proxmox's writer puts a stanza's comments,
+# so a Proxmox rewrite leaves Proximity's stanza byte for byte as it was. The
+# Proxmox GUI shows it as the bridge's comment.
+MARKER = "# proximity:managed"
+_MARKER_LINE = (
+    f"{MARKER} - Proximity owns this stanza ('proximity up' rewrites it, "
+    "'proximity down' removes it)"
+)
+_MARKER_RE = re.compile(r"\s*#\s*proximity:managed\b", re.IGNORECASE)
+# The marker pair of earlier versions; files that carry it are taken over.
+LEGACY_BEGIN_MARKER = "# BEGIN proximity managed block"
+LEGACY_END_MARKER = "# END proximity managed block"
 
-# Appended to the BEGIN line when the original file lacked a final newline, so
-# that removing the block can give the file back byte for byte.
+# Appended to the marker line when the original file lacked a final newline, so
+# that removing the stanza can give the file back byte for byte.
 _NO_FINAL_NEWLINE_FLAG = "[file had no final newline]"
-_BEGIN_LINE = (
-    f"{BEGIN_MARKER} (managed by Proximity: edit its settings and run "
-    "'proximity up'; 'proximity down' removes it)"
-)
-_MARKER_FIX = (
-    "Fix or delete the Proximity marker lines by hand (keep one BEGIN/END pair "
-    "around the block, or remove the whole block), then run 'proximity up' again."
-)
 _DEFAULT_PATH = "/etc/network/interfaces"
 
-# Top-level keywords that end an iface stanza (ifupdown and ifupdown2).
-# Blank lines and comments do not end a stanza.
+# Top-level keywords that end an iface stanza (ifupdown, ifupdown2 and Proxmox).
+# For ifupdown, blank lines and comments do not end a stanza; for Proxmox's
+# reader a blank line does (see _stanza_end).
 _KEYWORDS = frozenset(
     {"iface", "auto", "mapping", "source", "source-directory", "rename", "vlan"}
 )
+_SOURCE_KEYWORDS = frozenset({"source", "source-directory"})
 _TRUE = frozenset({"on", "yes", "1", "true"})
 _FALSE = frozenset({"off", "no", "0", "false"})
 _BOOL_KEYS = frozenset(
@@ -57,7 +75,7 @@ _BOOL_KEYS = frozenset(
 
 
 class InterfacesFileError(InputError):
-    """The file's Proximity markers are damaged; a human has to decide what to keep."""
+    """The file's Proximity markers are ambiguous; a human has to decide what to keep."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(message)
@@ -101,117 +119,305 @@ def detect_eol(text: str) -> str:
     return "\r\n" if nl > 0 and text[nl - 1] == "\r" else "\n"
 
 
+def _is_keyword(word: str) -> bool:
+    return word in _KEYWORDS or word.split("-")[0] == "allow"
+
+
+def _is_comment(body: str) -> bool:
+    return body.lstrip().startswith("#")
+
+
+def _is_marker(body: str) -> bool:
+    return _MARKER_RE.match(body) is not None
+
+
+def _is_legacy(body: str, marker: str) -> bool:
+    # Tolerate indentation so an indented marker is not silently missed.
+    return body.lstrip(" \t").startswith(marker)
+
+
+def _iface_name(body: str) -> str | None:
+    words = body.split()
+    return words[1] if len(words) > 1 and words[0] == "iface" else None
+
+
+def _names_only(body: str, name: str) -> bool:
+    """An ``auto``/``allow-*`` line that names only ``name``."""
+    words = body.split()
+    return len(words) == 2 and (words[0] == "auto" or words[0].startswith("allow-")) and words[1] == name
+
+
+def _in_stanza(body: str) -> bool:
+    """Whether Proxmox's reader keeps this line in the stanza above it.
+
+    It stops at a blank line, a keyword and a line that is not ``key value``.
+    """
+    if _is_comment(body):
+        return True
+    words = body.split()
+    return len(words) >= 2 and not _is_keyword(words[0])
+
+
+def _stanza_end(lines: list[_Line], iface_idx: int) -> int:
+    """Index of the last line of the stanza that starts at ``iface_idx``, as Proxmox reads it."""
+    idx = iface_idx
+    while idx + 1 < len(lines) and _in_stanza(lines[idx + 1].body):
+        idx += 1
+    return idx
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One stanza as Proxmox reads it: lines ``first..last`` (indexes), ``iface`` at ``head``."""
+
+    first: int
+    head: int
+    last: int
+    name: str
+
+
+def _runs(lines: list[_Line]) -> list[_Run]:
+    runs = []
+    for idx, line in enumerate(lines):
+        name = _iface_name(line.body)
+        if name is None:
+            continue
+        first = idx
+        while first > 0 and _names_only(lines[first - 1].body, name):
+            first -= 1
+        runs.append(_Run(first, idx, _stanza_end(lines, idx), name))
+    return runs
+
+
 # --------------------------------------------------------------------------- block
+
+
+def _check_body(body_lines: list[str]) -> None:
+    """ValueError unless the lines form one stanza that Proxmox's reader keeps whole.
+
+    That is: ``auto``/``allow-*`` lines naming the stanza, one ``iface`` line,
+    then ``key value`` option lines and comments (no blank line, keyword or
+    continuation, which would end or split the stanza in Proxmox's reader).
+    """
+    heads = [i for i, line in enumerate(body_lines) if _iface_name(line) is not None]
+    if len(heads) != 1:
+        raise ValueError(f"stanza lines need exactly one 'iface' line: {body_lines!r}")
+    head = heads[0]
+    name = _iface_name(body_lines[head])
+    assert name is not None
+    for i, line in enumerate(body_lines):
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"stanza line contains a line break: {line!r}")
+        if _is_marker(line) or _is_legacy(line, LEGACY_BEGIN_MARKER) or _is_legacy(line, LEGACY_END_MARKER):
+            raise ValueError(f"stanza line looks like a Proximity marker: {line!r}")
+        if i < head and not _names_only(line, name):
+            raise ValueError(f"only 'auto {name}' may come before the iface line: {line!r}")
+        if i > head and (not _in_stanza(line) or line.rstrip().endswith("\\")):
+            raise ValueError(f"not an option line of the stanza: {line!r}")
 
 
 def render_block(
     body_lines: list[str], eol: str = "\n", no_final_newline: bool = False
 ) -> str:
-    """Wrap ``body_lines`` in marker lines; the BEGIN line tells humans who owns it."""
-    for line in body_lines:
-        if "\n" in line or "\r" in line:
-            raise ValueError(f"block line contains a line break: {line!r}")
-        if _is_marker(line, BEGIN_MARKER) or _is_marker(line, END_MARKER):
-            raise ValueError(f"block line looks like a Proximity marker: {line!r}")
-    begin = _BEGIN_LINE + (f" {_NO_FINAL_NEWLINE_FLAG}" if no_final_newline else "")
-    return "".join(line + eol for line in [begin, *body_lines, END_MARKER])
-
-
-def _is_marker(body: str, marker: str) -> bool:
-    # Tolerate indentation so an indented marker is not silently missed.
-    return body.lstrip(" \t").startswith(marker)
+    """The stanza followed by its marker line, which tells humans (and the Proxmox GUI) who owns it."""
+    _check_body(body_lines)
+    marker = _MARKER_LINE + (f" {_NO_FINAL_NEWLINE_FLAG}" if no_final_newline else "")
+    return "".join(line + eol for line in [*body_lines, marker])
 
 
 @dataclass(frozen=True)
 class _Block:
-    start: int  # start of the separator Proximity added (== begin if none)
-    begin: int  # start of the BEGIN line
-    end: int  # end of the END line, including its line ending
-    first_line: int  # 1-based line number of BEGIN
-    last_line: int  # 1-based line number of END
+    start: int  # start of what remove deletes (with the separator merge added)
+    end: int  # end of what remove deletes
+    begin: int  # start of the stanza's first line (what merge replaces)
+    stop: int  # end of the stanza's last line, including its line ending
+    first_line: int  # 1-based line number of the first line
+    last_line: int  # 1-based line number of the last line
     eol: str
-    no_final_newline: bool
+    no_final_newline: bool  # flagged and still at the end of the file
+    stale: tuple[tuple[int, int], ...] = ()  # spans of leftover marker lines elsewhere
+    legacy: bool = False  # an intact BEGIN/END block of an earlier version
+
+
+_FIX = "then run 'proximity up' again"
 
 
 def _locate(text: str) -> _Block | None:
-    """Find the single managed block, or explain precisely why the markers are broken."""
+    """Find Proximity's stanza, or explain precisely why the markers are ambiguous."""
     lines = _split_lines(text)
-    begin_idx: int | None = None
-    found: tuple[int, int] | None = None
-    for idx, line in enumerate(lines):
-        lineno = idx + 1
-        if _is_marker(line.body, BEGIN_MARKER):
-            if begin_idx is not None:
-                raise InterfacesFileError(
-                    f"line {lineno}: a second '{BEGIN_MARKER}' line, but the one at "
-                    f"line {begin_idx + 1} has no '{END_MARKER}' line yet. {_MARKER_FIX}",
-                    lineno,
-                )
-            if found is not None:
-                raise InterfacesFileError(
-                    f"line {lineno}: a second Proximity managed block starts here "
-                    f"(the first one is at lines {found[0] + 1}-{found[1] + 1}). "
-                    f"{_MARKER_FIX}",
-                    lineno,
-                )
-            begin_idx = idx
-        elif _is_marker(line.body, END_MARKER):
-            if begin_idx is None:
-                raise InterfacesFileError(
-                    f"line {lineno}: '{END_MARKER}' without a matching "
-                    f"'{BEGIN_MARKER}' line above it. {_MARKER_FIX}",
-                    lineno,
-                )
-            found = (begin_idx, idx)
-            begin_idx = None
-    if begin_idx is not None:
-        raise InterfacesFileError(
-            f"line {begin_idx + 1}: '{BEGIN_MARKER}' without a matching "
-            f"'{END_MARKER}' line after it. {_MARKER_FIX}",
-            begin_idx + 1,
-        )
-    if found is None:
+    markers = [i for i, line in enumerate(lines) if _is_marker(line.body)]
+    begins = [i for i, line in enumerate(lines) if _is_legacy(line.body, LEGACY_BEGIN_MARKER)]
+    ends = [i for i, line in enumerate(lines) if _is_legacy(line.body, LEGACY_END_MARKER)]
+    if not (markers or begins or ends):
         return None
+    runs = _runs(lines)
+    run_of = {i: run for run in runs for i in range(run.head, run.last + 1)}
 
-    first, last = lines[found[0]], lines[found[1]]
-    eol = first.eol or "\n"
-    flagged = first.body.rstrip().endswith(_NO_FINAL_NEWLINE_FLAG)
-    prefix = text[: first.offset]
-    at_eof = last.end == len(text)
-    sep = 0
+    legacy = _legacy_block(text, lines, markers, begins, ends, run_of)
+    if legacy is not None:
+        return legacy
+
+    owners: dict[int, tuple[_Run, int]] = {}  # run.head -> (run, first marker line in it)
+    for idx in sorted(markers + ends):
+        run = run_of.get(idx)
+        if run is not None:
+            owners.setdefault(run.head, (run, idx))
+    if not owners:
+        idx = min(markers + begins + ends)
+        what = (
+            f"'{LEGACY_BEGIN_MARKER}' has no '{LEGACY_END_MARKER}' line after it"
+            if idx in begins
+            else "Proximity's marker comment is not part of any iface stanza (a blank line or a "
+            "keyword line separates it from the stanza above)"
+        )
+        raise InterfacesFileError(
+            f"line {idx + 1}: {what}, so Proximity cannot tell which stanza is its own. Fix it by "
+            f"hand: delete line {idx + 1}; to keep the stanza it was meant for, put '{MARKER}' on "
+            f"the line right after that stanza's last option instead; {_FIX}.",
+            idx + 1,
+        )
+    if len(owners) > 1:
+        (run1, line1), (run2, line2) = sorted(owners.values(), key=lambda o: o[1])[:2]
+        raise InterfacesFileError(
+            f"line {line2 + 1}: this marker makes iface {run2.name} (line {run2.head + 1}) "
+            f"Proximity's, and so does line {line1 + 1} for iface {run1.name} (line "
+            f"{run1.head + 1}), but Proximity owns one stanza. Fix it by hand: delete the marker "
+            f"line from the stanza that is not Proximity's (or delete that stanza); {_FIX}.",
+            line2 + 1,
+        )
+    ((run, _),) = owners.values()
+    inside = range(run.first, run.last + 1)
+    stale = tuple(
+        (lines[i].offset, lines[i].end) for i in sorted(markers + begins + ends) if i not in inside
+    )
+    flagged = any(lines[i].body.rstrip().endswith(_NO_FINAL_NEWLINE_FLAG) for i in markers if i in inside)
+    return _with_separator(text, lines, run.first, run.last, flagged, stale)
+
+
+def _legacy_block(
+    text: str, lines: list[_Line], markers: list[int], begins: list[int], ends: list[int], run_of: dict[int, _Run]
+) -> _Block | None:
+    """The intact ``# BEGIN``/``# END`` block of earlier versions, as they wrote it, if that is what this is.
+
+    Intact means: one pair, in order, the BEGIN line standing alone (Proxmox's
+    writer never leaves it so: it drops it or moves it into another stanza), at
+    most one stanza between, and no new marker anywhere.
+    """
+    if markers or len(begins) != 1 or len(ends) != 1:
+        return None
+    begin, end = begins[0], ends[0]
+    heads = [i for i in range(begin, end) if _iface_name(lines[i].body) is not None]
+    if begin > end or begin in run_of or len(heads) > 1:
+        return None
+    flagged = lines[begin].body.rstrip().endswith(_NO_FINAL_NEWLINE_FLAG)
+    return _with_separator(text, lines, begin, end, flagged, (), legacy=True)
+
+
+def _with_separator(
+    text: str, lines: list[_Line], first: int, last: int, flagged: bool,
+    stale: tuple[tuple[int, int], ...], legacy: bool = False,
+) -> _Block:
+    """The stanza's span plus the blank line :func:`merge_block` added next to it (if still blank).
+
+    Merge adds a blank line before a stanza it appends at the end of the file
+    (two newlines, and the flag, if the file lacked a final newline), and one
+    after a stanza it inserts before trailing ``source`` lines. Proxmox's
+    writer puts a blank line after every stanza.
+    """
+    head, tail = lines[first], lines[last]
+    eol = head.eol or detect_eol(text)
+    prefix = text[: head.offset]
+    at_eof = tail.end == len(text)
+    start, end = head.offset, tail.end
     if flagged and at_eof:
-        # merge added eol+eol after a file without final newline.
         if prefix.endswith(eol + eol):
-            sep = 2 * len(eol)
+            start -= 2 * len(eol)
         elif prefix.endswith(eol):
-            sep = len(eol)
+            start -= len(eol)
+    elif not legacy and not at_eof and lines[last + 1].body == "":
+        end = lines[last + 1].end
     elif prefix.endswith(eol) and prefix[: -len(eol)].endswith("\n"):
-        # merge added one blank line; only take it if it really is blank.
-        sep = len(eol)
+        start -= len(eol)  # only take the line before if it really is blank
     return _Block(
-        start=first.offset - sep,
-        begin=first.offset,
-        end=last.end,
-        first_line=found[0] + 1,
-        last_line=found[1] + 1,
+        start=start,
+        end=end,
+        begin=head.offset,
+        stop=tail.end,
+        first_line=first + 1,
+        last_line=last + 1,
         eol=eol,
-        no_final_newline=flagged,
+        no_final_newline=flagged and at_eof,
+        stale=stale,
+        legacy=legacy,
     )
 
 
+def _edit(text: str, edits: list[tuple[int, int, str]]) -> str:
+    out, pos = [], 0
+    for start, end, new in sorted(edits):
+        out += [text[pos:start], new]
+        pos = end
+    return "".join(out) + text[pos:]
+
+
 def find_block(text: str) -> tuple[int, int] | None:
-    """Span ``[start, end)`` of the block plus the separator merge added before it."""
+    """Span ``[start, end)`` of Proximity's stanza plus the separator merge added next to it.
+
+    Leftover marker lines elsewhere (of a damaged earlier block) are not in it.
+    """
     block = _locate(text)
     return None if block is None else (block.start, block.end)
 
 
+def _insertion_point(lines: list[_Line]) -> int | None:
+    """Where a new stanza goes when the file ends with ``source`` lines: before them.
+
+    Proxmox's writer keeps top-level lines in place relative to the stanzas
+    around them; a stanza appended after the trailing ``source`` lines would
+    pull them up among the stanzas the next time Proxmox writes the file. (A
+    ``source`` line between stanzas, above VLAN stanzas, can still move that way;
+    ifupdown reads the same configuration either way.) ``None``: append at the
+    end of the file.
+    """
+    in_stanza = {i for run in _runs(lines) for i in range(run.head, run.last + 1)}
+    idx, sources = len(lines), False
+    while idx > 0 and idx - 1 not in in_stanza:
+        words = lines[idx - 1].body.split()
+        if words and not _is_comment(lines[idx - 1].body) and words[0] not in _SOURCE_KEYWORDS:
+            break
+        sources = sources or (bool(words) and words[0] in _SOURCE_KEYWORDS)
+        idx -= 1
+    if not sources:
+        return None
+    while not lines[idx].body.strip():
+        idx += 1
+    if idx > 0:
+        above = lines[idx - 1].body
+        words = above.split()
+        if (words and (words[0] == "auto" or words[0].startswith("allow-"))) or above.rstrip().endswith("\\"):
+            return None  # the line above would (or, after a rename, could) join our stanza
+    return lines[idx].offset
+
+
 def merge_block(text: str, body_lines: list[str]) -> str:
-    """Insert or refresh the block, leaving every byte outside it untouched."""
+    """Insert or refresh Proximity's stanza, leaving every byte outside it untouched.
+
+    ``body_lines`` are the stanza's lines (``auto``, ``iface``, options); the
+    marker line is added here. A block or stanza found through the markers of an
+    earlier version is taken over: replaced, and leftover marker lines deleted.
+    """
+    _check_body(body_lines)
     block = _locate(text)
+    if block is not None and block.legacy:
+        # Nothing has moved it yet: take it over by writing the stanza as if for the first time.
+        return merge_block(remove_block(text), body_lines)
     if block is not None:
         fresh = render_block(body_lines, block.eol, block.no_final_newline)
-        return text[: block.begin] + fresh + text[block.end :]
+        return _edit(text, [(block.begin, block.stop, fresh), *((s, e, "") for s, e in block.stale)])
     eol = detect_eol(text)
+    where = _insertion_point(_split_lines(text))
+    if where is not None:
+        return text[:where] + render_block(body_lines, eol) + eol + text[where:]
     if text == "":
         return render_block(body_lines, eol)
     if text.endswith("\n"):
@@ -221,11 +427,11 @@ def merge_block(text: str, body_lines: list[str]) -> str:
 
 
 def remove_block(text: str) -> str:
-    """Exact inverse of :func:`merge_block`; unchanged text if there is no block."""
+    """Exact inverse of :func:`merge_block`; unchanged text if there is no stanza of Proximity's."""
     block = _locate(text)
     if block is None:
         return text
-    return text[: block.start] + text[block.end :]
+    return _edit(text, [(block.start, block.end, ""), *((s, e, "") for s, e in block.stale)])
 
 
 # --------------------------------------------------------------------------- stanzas
@@ -261,10 +467,6 @@ class Stanza:
 
 def _norm_key(key: str) -> str:
     return key.replace("_", "-").lower()
-
-
-def _is_keyword(word: str) -> bool:
-    return word in _KEYWORDS or word.split("-")[0] == "allow"
 
 
 def _logical_lines(text: str) -> list[tuple[int, int, str]]:
