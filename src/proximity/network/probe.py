@@ -45,6 +45,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     ns, veth = f"pxprobe-{os.getpid()}", f"pxp{os.getpid()}"
     root, client = host.sibling(None), host.sibling(ns)
     before = _drop_counters(host)
+    _remove_stale_probes(root)
     root.run(["ip", "netns", "add", ns])
     lease, resolved = None, False
     try:
@@ -69,6 +70,15 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
         return ProbeResult(True, time.time(), lease, True)
     reason, fix = _blocker(host, s, before, "DHCP (udp 67)" if not lease else "DNS (port 53)")
     return ProbeResult(False, time.time(), lease, resolved, reason, fix)
+
+
+def _remove_stale_probes(root: Host) -> None:
+    """A probe killed midway (kill -9) leaves its namespace: the next one removes it."""
+    for line in root.query(["ip", "netns", "list"]).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        pid = name.removeprefix("pxprobe-")
+        if name.startswith("pxprobe-") and pid.isdigit() and not root.alive(int(pid)):
+            root.query(["ip", "netns", "delete", name])
 
 
 def _mac(settings: Settings) -> str:
