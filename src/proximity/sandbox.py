@@ -50,6 +50,7 @@ from typing import Any
 
 from proximity.errors import HostError
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, Host, wait_for
+from proximity.settings import is_hostname_label
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,6 @@ source /etc/network/interfaces.d/*
 """
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,9}")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IFF_UP = 0x1
 
 
@@ -173,7 +173,7 @@ def validate_name(name: str) -> None:
 
 
 def _validate_hostname(hostname: str) -> None:
-    if not isinstance(hostname, str) or not _HOSTNAME_RE.fullmatch(hostname):
+    if not is_hostname_label(hostname):
         raise SandboxError(
             f"invalid client hostname {hostname!r}: the hostname must be an RFC 1123 label "
             "(1-63 characters of letters, digits and '-', not starting or ending with '-'); "

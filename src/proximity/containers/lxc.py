@@ -48,6 +48,7 @@ from typing import Any
 
 from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, wait_for
+from proximity.settings import is_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,6 @@ fi
 exec "$@"
 """
 
-_HOSTNAME_RE = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 _SNAPSHOT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{1,39}")  # Proxmox: 2-40 chars
@@ -486,7 +483,7 @@ class LxcBackend:
         return vmid
 
     def create(self, spec: ContainerSpec) -> Container:
-        if not isinstance(spec.hostname, str) or not _HOSTNAME_RE.fullmatch(spec.hostname):
+        if not is_dns_name(spec.hostname):  # as Proxmox: FQDNs too (Proximity's own are checked before)
             raise BackendError(f"hostname {spec.hostname!r} is not a valid DNS name (RFC 1123: letters, digits "
                                "and '-', labels of at most 63 characters); pick a name like 'nginx-01'")
         if spec.memory < 16:

@@ -25,7 +25,7 @@ from proximity.network import interfaces, render
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.service import ServiceError, dns_service, dnsmasq_binary, port_holders
 from proximity.network.validate import HostNetwork, check_subnet_free, read_host_network, resolve_uplink
-from proximity.settings import Settings, SettingsError, is_hostname_label
+from proximity.settings import Settings, SettingsError, check_hostname
 
 PVE_CLUSTER_FIREWALL = Path("/etc/pve/firewall/cluster.fw")
 
@@ -119,11 +119,7 @@ class NetworkManager:
     # -- public API -----------------------------------------------------------------
     def get_container_network_config(self, hostname: str) -> str:
         """``net0`` for a container on the managed bridge (the container backends use this)."""
-        if not is_hostname_label(hostname):
-            raise SettingsError(
-                f"hostname {hostname!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and "
-                "hyphens, not starting or ending with a hyphen (for example 'nginx-01')"
-            )
+        check_hostname(hostname)
         return render.container_net0(self.settings)
 
     def initialize(self) -> Report:

@@ -87,7 +87,8 @@ class Reservations:
         With ``save=False`` only say what would be reserved (for --dry-run).
         """
         current = self.all()
-        if any(r.hostname == hostname for r in current) or any(l.hostname == hostname for l in leases):
+        name = hostname.lower()  # DNS is case-insensitive: WEB-01 is web-01
+        if any(r.hostname.lower() == name for r in current) or any((l.hostname or "").lower() == name for l in leases):
             raise AdmissionError(
                 f"hostname {hostname!r} is already in use on {self.settings.bridge}: pick another name "
                 f"(see `proximity ct list` and `proximity leases`)"
