@@ -137,6 +137,10 @@ class Settings(BaseModel):
     proxmox_ca_file: Path | None = None
     proxmox_storage: str = "local-lvm"
     proxmox_template: str | None = None
+    # The API's TLS certificate and key on a non-loopback address (default: self-signed, made
+    # on first start next to the token).
+    api_cert_file: Path | None = None
+    api_key_file: Path | None = None
 
     @field_validator("bridge")
     @classmethod
@@ -302,6 +306,14 @@ class Settings(BaseModel):
     @property
     def api_token_file(self) -> Path:
         return self.dnsmasq_conf.parent / "api-token"
+
+    @property
+    def api_tls_cert(self) -> Path:
+        return self.api_cert_file or self.dnsmasq_conf.parent / "api-cert.pem"
+
+    @property
+    def api_tls_key(self) -> Path:
+        return self.api_key_file or self.dnsmasq_conf.parent / "api-key.pem"
 
     @property
     def unit_file(self) -> Path:

@@ -65,7 +65,7 @@ def test_status_has_the_seed_shape_and_needs_a_token(api):
 
 def test_status_fast_lane_answers_exactly_what_the_route_does(api):
     client, context = api
-    fast = client.get("/api/v1/system/network/status")  # answered by StatusFastLane
+    fast = client.get("/api/v1/system/network/status")  # answered by the Door's fast lane
     routed = client.get("/api/v1/system/network/status?via=fastapi")  # a query string: FastAPI's route
     assert fast.status_code == routed.status_code == 200
     assert fast.content == routed.content == context.status_json()
