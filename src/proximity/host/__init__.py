@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import shlex
@@ -154,8 +155,17 @@ class Host:
     def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:
         """Atomic write: temp file in the same directory, fsync, rename.
 
-        An existing file keeps its mode and owner.
+        An existing file keeps its mode and owner. On any failure (a full disk, a read-only
+        file system) the old file is intact and a HostError names the path.
         """
+        try:
+            self._write_atomic(path, text, mode)
+        except OSError as exc:
+            hint = {errno.ENOSPC: "free some space on that file system", errno.EROFS: "the file system is read-only",
+                    errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, "check the path and its permissions")
+            raise HostError(f"cannot write {path}: {exc.strerror or exc}; {hint}. The old file is unchanged.") from None
+
+    def _write_atomic(self, path: Path, text: str, mode: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             st = path.stat()
