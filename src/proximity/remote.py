@@ -64,6 +64,8 @@ def run_job(api: str, token: str, method: str, path: str, body: dict[str, Any], 
             final = client.get(f"/api/v1/jobs/{job['id']}")
             _raise_for(final)
             final = final.json()["data"]
+        except ProximityError:
+            raise
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise HostError(
