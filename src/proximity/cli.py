@@ -16,7 +16,7 @@ from rich.table import Table
 
 from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError
-from proximity.errors import ProximityError, exit_code
+from proximity.errors import NotFoundError, ProximityError, exit_code
 from proximity.host import CommandError
 from proximity.network.doctor import run_doctor
 from proximity.network.manager import ConvergeError, NetworkManager, Report
@@ -246,7 +246,11 @@ def sandbox_attach(name: str, hostname: str) -> None:
 def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.Argument()]) -> None:
     """Run a command inside the client namespace of HOSTNAME."""
     sb = sandboxes.load(name)
-    result = sandboxes.ns_run(f"{sb.name}-{hostname}", command, check=False)
+    client = next((c for c in sandboxes.clients(sb) if c.hostname == hostname), None)
+    if client is None:
+        raise NotFoundError(f"sandbox {sb.name} has no client {hostname!r}: attach it first with "
+                            f"`proximity sandbox attach {sb.name} {hostname}`")
+    result = sandboxes.ns_run(client.ns, command, check=False)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     raise typer.Exit(result.returncode)
