@@ -1,6 +1,7 @@
-"""A full state disk: a clear error, exit 1, and every file intact.
+"""Bad input refused at the door, on a sandbox host whose network is up: a clear message,
+exit 2, and nothing changed. And a full state disk: a clear error, exit 1, every file intact.
 
-The state directory of a sandbox host (whose network is up) is covered, in a private mount
+For the full disk, the state directory of a sandbox host (whose network is up) is covered, in a private mount
 namespace of the command alone (``unshare -m``), by a small tmpfs holding a copy of it, filled
 up to the last block. Nothing is mounted where anything else can see it, and the mount goes
 away with the command.
@@ -47,6 +48,49 @@ def network(sandbox):
     proximity("up", "--sandbox", sandbox.name)
     yield sandbox
     proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
+
+
+def snapshot(sandbox) -> dict:
+    """What a refused command must leave as it was: Proximity's files, dnsmasq, the containers."""
+    files = [sandbox.interfaces_file, sandbox.dnsmasq_conf, *sorted(p for p in sandbox.state_dir.rglob("*")
+                                                                     if p.is_file() and p.suffix != ".log")]
+    return {
+        "files": {str(p): p.read_bytes() for p in files if p.exists()},
+        "dnsmasq": (sandbox.run_dir / "proximity-dns.pid").read_text(),
+        "containers": proximity("ct", "list", "--json", "--sandbox", sandbox.name).stdout,
+    }
+
+
+@pytest.mark.parametrize(("variable", "value", "reason"), [
+    ("PROXIMITY_LEASE_TIME", "12h\n", "not a lease time"),
+    ("PROXIMITY_LEASE_TIME", "99999999999999999w", "longer than a year"),
+    ("PROXIMITY_LEASE_TIME", "INFINITE", "'infinite' (spelled so)"),
+    ("PROXIMITY_DOMAIN", "test", "single label"),
+    ("PROXIMITY_DOMAIN", "localhost", "RFC 6761"),
+    ("PROXIMITY_BRIDGE", "prox-net\n", "interface name"),
+])
+def test_bad_settings_change_nothing(network, variable, value, reason):
+    sandbox = network
+    before = snapshot(sandbox)
+    for command in (["up"], ["up", "--dry-run"], ["down"], ["ct", "create", "web-01"]):
+        result = proximity(*command, "--sandbox", sandbox.name, check=False, env={variable: value})
+        assert result.returncode == 2, (command, result)
+        assert reason in result.stderr and variable in result.stderr and repr(value) in result.stderr
+        assert "Traceback" not in result.stderr
+    assert snapshot(sandbox) == before
+
+
+@pytest.mark.parametrize(("hostname", "reason"), [
+    ("101", "all digits"), ("localhost", "reserved"), ("wpad", "reserved"), ("Gateway", "reserved"),
+    ("app\n", "RFC 1123"), ("_gateway", "RFC 1123"), ("web.example.com", "no dots"),
+])
+def test_bad_container_hostnames_change_nothing(network, hostname, reason):
+    sandbox = network
+    before = snapshot(sandbox)
+    for extra in ([], ["--dry-run"]):
+        result = proximity("ct", "create", hostname, *extra, "--sandbox", sandbox.name, check=False)
+        assert result.returncode == 2 and reason in result.stderr and "Traceback" not in result.stderr, result
+    assert snapshot(sandbox) == before
 
 
 def on_a_full_state_disk(sandbox, tmp_path, *args: str) -> subprocess.CompletedProcess:
