@@ -16,10 +16,10 @@ from rich.table import Table
 
 from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError
-from proximity.errors import ProximityError, exit_code
+from proximity.errors import NotFoundError, ProximityError, exit_code
 from proximity.host import CommandError
 from proximity.network.reconciler import NetworkManager, Report
-from proximity.settings import Settings, SettingsError, load_settings
+from proximity.settings import Settings, SettingsError, check_hostname, load_settings
 
 if TYPE_CHECKING:
     from proximity.containers.manager import ContainerInfo, ContainerManager
@@ -47,9 +47,14 @@ UplinkOpt = Annotated[str | None, typer.Option("--uplink", help="Interface to ma
 
 ApiOpt = Annotated[str | None, typer.Option(
     "--api", envvar="PROXIMITY_API_URL",
-    help="Ask a running `proximity serve` at this URL (e.g. http://127.0.0.1:8080) and follow its job.")]
+    help="Ask a running `proximity serve` at this URL (https://HOST:8080, or http://127.0.0.1:8080) and follow its job.")]
 TokenOpt = Annotated[str | None, typer.Option(
     "--token", envvar="PROXIMITY_API_TOKEN", help="The service's token (default: `proximity token show`).")]
+ApiCaOpt = Annotated[str | None, typer.Option(
+    "--api-ca", envvar="PROXIMITY_API_CA",
+    help="Trust this certificate (PEM) for --api https://... (default: the service's own, when on this machine).")]
+InsecureHttpOpt = Annotated[bool, typer.Option(
+    "--insecure-http", help="Allow --api http:// to a non-loopback address: the token then crosses the network in clear text.")]
 
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every error Proximity raises into one clear message and its exit code, never a traceback.
@@ -117,10 +122,11 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
 @friendly
 def up(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
        interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None, api: ApiOpt = None,
-       token: TokenOpt = None) -> None:
+       token: TokenOpt = None, api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """Converge the host: bridge, NAT and forwarding, dnsmasq. Safe to run again."""
     if api:
-        result = remote(api, token, sandbox, "POST", "/api/v1/system/network/initialize", {"dry_run": dry_run})
+        result = remote(api, token, sandbox, "POST", "/api/v1/system/network/initialize", {"dry_run": dry_run},
+                        api_ca, insecure_http)
         print_json(result) if as_json else out.print("[green]✓[/] converged by the service", highlight=False)
         return
     manager = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink)
@@ -250,7 +256,11 @@ def sandbox_attach(name: str, hostname: str) -> None:
 def sandbox_exec(name: str, hostname: str, command: Annotated[list[str], typer.Argument()]) -> None:
     """Run a command inside the client namespace of HOSTNAME."""
     sb = sandboxes.load(name)
-    result = sandboxes.ns_run(sb.client_ns(hostname), command, check=False)
+    client = next((c for c in sandboxes.clients(sb) if c.hostname == hostname), None)
+    if client is None:
+        raise NotFoundError(f"sandbox {sb.name} has no client {hostname!r}: attach it first with "
+                            f"`proximity sandbox attach {sb.name} {hostname}`")
+    result = sandboxes.ns_run(client.ns, command, check=False)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     raise typer.Exit(result.returncode)
@@ -290,11 +300,13 @@ def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = Fa
               memory: Annotated[int, typer.Option(min=16, help="Memory in MiB.")] = 256,
               cores: Annotated[int, typer.Option(min=1, max=8192, help="CPU cores.")] = 1,
               start: Annotated[bool, typer.Option("--start/--no-start", help="Start it once created.")] = True,
-              api: ApiOpt = None, token: TokenOpt = None) -> None:
+              api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+              insecure_http: InsecureHttpOpt = False) -> None:
     """Create a container on the managed bridge with a fixed MAC, a reserved address and a DNS name."""
+    check_hostname(hostname)
     if api and not dry_run:
         body = {"hostname": hostname, "memory": memory, "cores": cores, "template": template, "start": start}
-        result = remote(api, token, sandbox, "POST", "/api/v1/containers", body)
+        result = remote(api, token, sandbox, "POST", "/api/v1/containers", body, api_ca, insecure_http)
         if as_json:
             print_json(result)
         else:
@@ -398,11 +410,12 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
 @friendly
 def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
-            api: ApiOpt = None, token: TokenOpt = None) -> None:
+            api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+            insecure_http: InsecureHttpOpt = False) -> None:
     """Move a container from vmbr0 to the managed bridge: snapshot, shut down, switch net0, start, verify; roll back on failure."""
     if api:
         result = remote(api, token, sandbox, "POST", f"/api/v1/containers/{vmid}/migrate",
-                        {"dry_run": dry_run, "timeout": timeout})
+                        {"dry_run": dry_run, "timeout": timeout}, api_ca, insecure_http)
         print_json(result) if as_json else out.print(f"[green]✓[/] CT {vmid} migrated: {result.get('dns_name')}")
         return
     manager = containers_for(sandbox, recover=not dry_run)
@@ -421,42 +434,80 @@ def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, a
 @app.command()
 @friendly
 def serve(sandbox: SandboxOpt = None,
-          host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN).")] = "127.0.0.1",
+          host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN: then HTTPS).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+          cert: Annotated[str | None, typer.Option(
+              "--cert", help="TLS certificate (PEM) to serve (default: api_cert_file, or a self-signed one made "
+                             "on first start next to the token).")] = None,
+          key: Annotated[str | None, typer.Option("--key", help="The certificate's private key (PEM).")] = None,
+          insecure_http: Annotated[bool, typer.Option(
+              "--insecure-http", help="Serve plain HTTP on a non-loopback address (the token crosses the network "
+                                      "in clear text).")] = False,
           pid_file: Annotated[str | None, typer.Option(help="Write the service's pid here.")] = None,
           install_unit: Annotated[bool, typer.Option(
               "--install-unit", help="Install and start the proximity-api systemd unit instead.")] = False,
           dry_run: DryRunOpt = False) -> None:
-    """Run the HTTP API and dashboard: converge the network first, then serve (retrying the converge if it fails)."""
+    """Run the HTTP API and dashboard: converge the network first, then serve (retrying the converge if it fails).
+
+    On any address other than loopback it serves HTTPS only, so the token never crosses the network in clear text.
+    """
     import os
+
+    from proximity.api import tls
+
+    settings = settings_for(sandbox, api_cert_file=cert, api_key_file=key)
+    if (cert is None) != (key is None) or (settings.api_cert_file is None) != (settings.api_key_file is None):
+        raise SettingsError("give both a certificate and its key (--cert and --key, or api_cert_file and "
+                            "api_key_file), or neither for a self-signed certificate")
+    if install_unit:
+        _install_api_unit(settings, host, port, dry_run)
+        return
+    use_tls = not tls.is_loopback(host) or settings.api_cert_file is not None
+    if use_tls and insecure_http and settings.api_cert_file is None:
+        use_tls = False
+        err.print(f"[yellow]warning:[/] --insecure-http: serving plain HTTP on {host}; the API token crosses the "
+                  "network in clear text and anyone on it can read it and use the API", highlight=False)
+    ssl_files: dict[str, str] = {}
+    if use_tls:
+        if settings.api_cert_file is None and tls.ensure_self_signed(settings.api_tls_cert, settings.api_tls_key, host):
+            err.print(f"made a self-signed certificate {settings.api_tls_cert} (SHA-256 "
+                      f"{tls.fingerprint(settings.api_tls_cert)})", highlight=False)
+        cert_file, key_file = tls.server_files(settings.api_tls_cert, settings.api_tls_key)
+        ssl_files = {"ssl_certfile": cert_file, "ssl_keyfile": key_file}
 
     import uvicorn
 
     from proximity.api.app import Context, create_app
 
-    settings = settings_for(sandbox)
-    if install_unit:
-        _install_api_unit(settings, host, port, dry_run)
-        return
     context = Context(settings)
     if pid_file:
         with open(pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
-    err.print(f"Proximity API on http://{host}:{port}/ (token: `proximity token show"
+    scheme = "https" if use_tls else "http"
+    err.print(f"Proximity API on {scheme}://{host}:{port}/ (token: `proximity token show"
               + (f" --sandbox {sandbox}" if sandbox else "") + "`)", highlight=False)
     # No access log (one line per request is most of a cheap request's cost) and no proxy
     # headers: the service is reached directly, never through a reverse proxy it should trust.
     uvicorn.run(create_app(context), host=host, port=port, log_level="warning", access_log=False,
-                proxy_headers=False)
+                proxy_headers=False, **ssl_files)
 
 
 @token_app.command("show")
 @friendly
-def token_show(sandbox: SandboxOpt = None) -> None:
-    """Print the API token (created if there is none yet)."""
+def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the API token (created if there is none yet); --json adds the TLS certificate's fingerprint."""
     from proximity.api.auth import TokenStore
 
-    sys.stdout.write(TokenStore(settings_for(sandbox)).ensure() + "\n")
+    settings = settings_for(sandbox)
+    token = TokenStore(settings).ensure()
+    if not as_json:
+        sys.stdout.write(token + "\n")  # only the token, so that $(proximity token show) works
+        return
+    from proximity.api.tls import fingerprint
+
+    cert = settings.api_tls_cert
+    print_json({"token": token, "certificate": str(cert) if cert.exists() else None,
+                "sha256": fingerprint(cert) if cert.exists() else None})
 
 
 @token_app.command("rotate")
@@ -492,11 +543,21 @@ def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -
         out.print(f"[green]✓[/] {path} installed and started; the token: `proximity token show`")
 
 
-def remote(api: str, token: str | None, sandbox: str | None, method: str, path: str, body: dict) -> Any:
-    from proximity.api.auth import TokenStore
-    from proximity.remote import run_job
+def remote(api: str, token: str | None, sandbox: str | None, method: str, path: str, body: dict,
+           api_ca: str | None = None, insecure_http: bool = False) -> Any:
+    from pathlib import Path
 
-    token = token or TokenStore(settings_for(sandbox)).read()
+    from proximity.api.auth import TokenStore
+    from proximity.api.tls import client_verify
+    from proximity.remote import check_url, run_job
+
+    warning = check_url(api, insecure_http)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    settings = settings_for(sandbox)
+    token = token or TokenStore(settings).read()
     if not token:
         raise SettingsError("no API token: pass --token or set PROXIMITY_API_TOKEN (see `proximity token show`)")
-    return run_job(api, token, method, path, body, err)
+    verify = client_verify(Path(api_ca) if api_ca else None,
+                           settings.api_tls_cert if settings.api_cert_file is None else None)
+    return run_job(api, token, method, path, body, err, verify)

@@ -22,10 +22,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "PROXIMITY_"
 DEFAULT_CONFIG_FILE = Path("/etc/proximity/proximity.toml")
 
-IFNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")
-LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-LEASE_RE = re.compile(r"^(?:(\d+)([smhdw]?)|infinite)$")
+# Every pattern is used with fullmatch (``match`` with ``$`` lets a trailing newline through)
+# and re.ASCII (``\d`` would match any Unicode digit).
+IFNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,14}", re.ASCII)
+UPLINK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", re.ASCII)  # a VLAN such as eth0.100 too
+LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+LEASE_RE = re.compile(r"([0-9]+)([smhdw]?)|infinite", re.ASCII)
+UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 LEASE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_LEASE_SECONDS = 366 * 86400  # a year (a leap one included); beyond it, write 'infinite'
+
+# Names a container may not take, because clients give them a meaning of their own or they
+# would shadow something else on the network (compared case-insensitively):
+# - localhost and Debian's stock /etc/hosts names (RFC 6761; resolvers answer them locally);
+# - wpad and isatap: browsers and Windows look these up to find a proxy or a tunnel, so a
+#   container by that name would be handed other machines' traffic;
+# - gateway, _gateway, router: what systemd-resolved and admins call the gateway (10.10.0.1
+#   has no DNS name of its own: dnsmasq runs with no-hosts);
+# - broadcasthost: macOS's name for 255.255.255.255.
+RESERVED_HOSTNAMES = frozenset({
+    "localhost", "localdomain", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters",
+    "broadcasthost", "wpad", "isatap", "gateway", "_gateway", "router",
+})
 
 
 class SettingsError(InputError):
@@ -38,12 +56,42 @@ def config_file() -> Path:
 
 def is_hostname_label(name: str) -> bool:
     """RFC 1123 label: 1-63 letters, digits and hyphens, no hyphen at either end."""
-    return bool(LABEL_RE.match(name))
+    return isinstance(name, str) and LABEL_RE.fullmatch(name) is not None
+
+
+def is_dns_name(name: str) -> bool:
+    """Dot-separated RFC 1123 labels, at most 253 characters (Proxmox takes FQDN hostnames)."""
+    return isinstance(name, str) and len(name) <= 253 and all(is_hostname_label(label) for label in name.split("."))
+
+
+def check_hostname(name: str) -> str:
+    """The one hostname check of Proximity: a container's name on the managed network.
+
+    An RFC 1123 label (no dots: the DNS name is ``NAME.<domain>``), not all digits (a number
+    means a container id wherever a command takes "HOSTNAME or ID"), and not a reserved name
+    (:data:`RESERVED_HOSTNAMES`). Returns the name; raises :class:`InputError` saying why not.
+    """
+    if not is_hostname_label(name):
+        raise InputError(
+            f"hostname {name!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and "
+            "hyphens, not starting or ending with a hyphen, and no dots (for example 'nginx-01')"
+        )
+    if name.isdigit():
+        raise InputError(
+            f"hostname {name!r} is all digits, which reads as a container id in every command that "
+            "takes a hostname or an id: add a letter (for example 'ct-" + name + "')"
+        )
+    if name.lower() in RESERVED_HOSTNAMES:
+        raise InputError(
+            f"hostname {name!r} is reserved (clients resolve it to something else, or it would take "
+            "traffic meant for another machine): pick another name"
+        )
+    return name
 
 
 def lease_seconds(value: str) -> int | None:
     """Seconds of a dnsmasq lease time such as ``12h``; None for ``infinite``."""
-    match = LEASE_RE.match(value)
+    match = LEASE_RE.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise ValueError(value)
     if value == "infinite":
@@ -90,11 +138,15 @@ class Settings(BaseModel):
     proxmox_ca_file: Path | None = None
     proxmox_storage: str = "local-lvm"
     proxmox_template: str | None = None
+    # The API's TLS certificate and key on a non-loopback address (default: self-signed, made
+    # on first start next to the token).
+    api_cert_file: Path | None = None
+    api_key_file: Path | None = None
 
     @field_validator("bridge")
     @classmethod
     def _bridge_name(cls, value: str) -> str:
-        if not IFNAME_RE.match(value):
+        if not IFNAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a usable Linux interface name: use 1 to 15 letters, digits, "
                 "'-' or '_', starting with a letter (for example 'prox-net')"
@@ -104,7 +156,7 @@ class Settings(BaseModel):
     @field_validator("uplink")
     @classmethod
     def _uplink_name(cls, value: str | None) -> str | None:
-        if value is not None and not IFNAME_RE.match(value) and "." not in value:
+        if value is not None and not UPLINK_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a Linux interface name (for example 'vmbr0')")
         return value
 
@@ -129,22 +181,71 @@ class Settings(BaseModel):
         except ValueError:
             raise ValueError(
                 f"{value!r} is not a lease time: write a number with an optional unit s, m, h, d or w "
-                "(for example '12h'), or 'infinite'"
+                "(for example '12h'), or 'infinite' (spelled so)"
             ) from None
         if seconds is not None and seconds < 120:
             raise ValueError(f"{value!r} is shorter than dnsmasq's minimum of 2 minutes: use at least '2m'")
+        if seconds is not None and seconds > MAX_LEASE_SECONDS:
+            raise ValueError(
+                f"{value!r} is longer than a year, which is surely a typo: use at most '366d', "
+                "or 'infinite' for leases that never expire"
+            )
+        return value
+
+    @field_validator("upstream_dns", mode="before")
+    @classmethod
+    def _upstream_dns(cls, value: Any) -> list:
+        if isinstance(value, str):  # one address, or a list written as in the environment
+            value = [v for v in re.split(r"[\s,]+", value) if v]
+        if not isinstance(value, list):
+            raise ValueError(f"{value!r} is not a list of addresses: write it as [\"1.1.1.1\", \"8.8.8.8\"]")
+        addresses = []
+        for item in value:
+            try:
+                if isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                    addresses.append(item)
+                    continue
+                if not isinstance(item, str):  # ip_address(5) would be 0.0.0.5
+                    raise ValueError(item)
+                addresses.append(ipaddress.ip_address(item.strip()))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IPv4 or IPv6 address: give the addresses of DNS servers, "
+                    "for example 1.1.1.1,8.8.8.8 (no names, ports or prefixes)"
+                ) from None
+        return addresses
+
+    @field_validator("service_name")
+    @classmethod
+    def _service_name(cls, value: str) -> str:
+        if not UNIT_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not usable as a systemd unit and file name: use letters, digits, '-', "
+                "'_' and '.' (for example 'proximity-dns')"
+            )
         return value
 
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        labels = value.rstrip(".").split(".")
-        if len(value) > 253 or not all(is_hostname_label(label) for label in labels):
+        labels = value.removesuffix(".").split(".")
+        if not is_dns_name(value.removesuffix(".")):
             raise ValueError(
                 f"{value!r} is not a valid DNS name: use dot-separated labels of letters, digits "
                 "and hyphens (for example 'prox.local')"
             )
-        return value.rstrip(".").lower()
+        if labels[-1].lower() == "localhost":
+            raise ValueError(
+                f"{value!r} is localhost or under it, which every resolver answers itself (RFC 6761): "
+                "use a domain of your own, for example 'prox.local'"
+            )
+        if len(labels) < 2:
+            raise ValueError(
+                f"{value!r} is a single label: dnsmasq would claim the whole top-level domain and "
+                f"answer for every name under it; use at least two labels, for example 'prox.{value.lower()}' "
+                "or 'prox.local'"
+            )
+        return value.removesuffix(".").lower()
 
     @model_validator(mode="after")
     def _range_inside_subnet(self) -> Settings:
@@ -218,6 +319,14 @@ class Settings(BaseModel):
         return self.state_dir / "probe.json"
 
     @property
+    def api_tls_cert(self) -> Path:
+        return self.api_cert_file or self.dnsmasq_conf.parent / "api-cert.pem"
+
+    @property
+    def api_tls_key(self) -> Path:
+        return self.api_key_file or self.dnsmasq_conf.parent / "api-key.pem"
+
+    @property
     def unit_file(self) -> Path:
         return self.systemd_dir / f"{self.service_name}.service"
 
@@ -268,13 +377,21 @@ def _environment_values() -> dict[str, Any]:
 
 
 def format_validation_error(exc: ValidationError) -> str:
+    """One line per wrong setting: its name, where it is set, the value and the fix.
+
+    Only the setting's name (and a list index) is shown of pydantic's location: the rest names
+    pydantic's internals (``upstream_dns.1.lax-or-strict[...]``), not anything a user wrote.
+    """
     lines = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
+        loc = error["loc"]
         message = str(error["msg"]).removeprefix("Value error, ")
-        if field:
-            env = f"PROXIMITY_{field.split('.')[0].upper()}"
-            lines.append(f"setting {field!r} (env {env} or {config_file()}): {message}")
-        else:
+        if not loc:
             lines.append(f"settings: {message}")
+            continue
+        field = str(loc[0]) + (f"[{loc[1]}]" if len(loc) > 1 and isinstance(loc[1], int) else "")
+        where = f"env {ENV_PREFIX}{str(loc[0]).upper()} or {config_file()}"
+        if error["type"] != "value_error":  # pydantic's own words do not quote the value
+            message = f"{error.get('input')!r}: {message}"
+        lines.append(f"setting {field!r} ({where}): {message}")
     return "invalid settings:\n  " + "\n  ".join(lines)

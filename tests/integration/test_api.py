@@ -65,7 +65,7 @@ def test_status_has_the_seed_shape_and_needs_a_token(api):
 
 def test_status_fast_lane_answers_exactly_what_the_route_does(api):
     client, context = api
-    fast = client.get("/api/v1/system/network/status")  # answered by StatusFastLane
+    fast = client.get("/api/v1/system/network/status")  # answered by the Door's fast lane
     routed = client.get("/api/v1/system/network/status?via=fastapi")  # a query string: FastAPI's route
     assert fast.status_code == routed.status_code == 200
     assert fast.content == routed.content == context.status_json()
@@ -91,6 +91,40 @@ def test_bad_input_names_the_field(api):
     assert client.get("/api/v1/jobs/nope").status_code == 404
 
 
+@pytest.mark.parametrize(("hostname", "reason"), [
+    ("101", "all digits"), ("localhost", "reserved"), ("WPAD", "reserved"), ("app\n", "RFC 1123"),
+    ("_gateway", "RFC 1123"), ("web.example.com", "no dots"),
+])
+def test_bad_hostnames_are_refused_by_the_one_check(api, hostname, reason):
+    client, context = api
+    reservations = context.containers.reservations.all()
+    refused = client.post("/api/v1/containers", json={"hostname": hostname})
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"][0]
+    assert detail["loc"] == ["body", "hostname"] and reason in detail["msg"]
+    assert context.containers.reservations.all() == reservations
+    assert not any(c.hostname == hostname for c in context.containers.list())
+
+
+def test_errors_get_their_status_and_message_from_one_place(api):
+    """One handler maps every ProximityError through proximity.errors.http_status, message kept."""
+    from proximity.errors import ConflictError, HostError, InputError, NotFoundError, ProxmoxError
+
+    client, context = api
+    app = create_app(context, start_background=False)
+    kinds = {"input": (InputError, 400), "missing": (NotFoundError, 404), "conflict": (ConflictError, 409),
+             "host": (HostError, 500), "proxmox": (ProxmoxError, 502)}
+
+    @app.get("/api/v1/test-raise/{kind}")
+    def raise_it(kind: str) -> None:
+        raise kinds[kind][0](f"{kind} went wrong: the fix")
+
+    test_client = TestClient(app)  # no lifespan: the module's service stays the one running
+    for kind, (_cls, status) in kinds.items():
+        response = test_client.get(f"/api/v1/test-raise/{kind}", headers={"Authorization": client.headers["Authorization"]})
+        assert response.status_code == status and response.json() == {"detail": f"{kind} went wrong: the fix"}
+
+
 def test_create_through_the_api_and_follow_its_job(api, sandbox):
     client, context = api
     accepted = client.post("/api/v1/containers", json={"hostname": "api-01"})
@@ -111,6 +145,13 @@ def test_create_through_the_api_and_follow_its_job(api, sandbox):
     assert client.get("/api/v1/containers/api-01").json()["data"]["ip"] == info["ip"]
     duplicate = client.post("/api/v1/containers", json={"hostname": "api-01"})
     assert duplicate.status_code == 409 and "already" in duplicate.json()["detail"]
+    # DNS is case-insensitive, and so is admission: API-01 is api-01.
+    reservations = context.containers.reservations.all()
+    duplicate = client.post("/api/v1/containers", json={"hostname": "API-01"})
+    assert duplicate.status_code == 409 and "already" in duplicate.json()["detail"]
+    refused = proximity("ct", "create", "Api-01", "--sandbox", sandbox.name, check=False)
+    assert refused.returncode == 2 and "already" in refused.stderr and "Traceback" not in refused.stderr
+    assert context.containers.reservations.all() == reservations
     assert client.post("/api/v1/containers/api-01/stop").json()["data"]["state"] == "stopped"
     assert client.post("/api/v1/containers/api-01/start").json()["data"]["state"] == "running"
     assert client.delete("/api/v1/containers/api-01").json()["data"]["destroyed"] is True
@@ -201,7 +242,7 @@ def test_cli_follows_a_job_of_the_running_service(api, sandbox):
         assert "reserving an address for cli-01" in result.stderr  # the progress, step by step
         assert "cli-01.prox.local" in result.stdout
         refused = proximity("ct", "create", "cli-01", "--sandbox", sandbox.name, "--api", url, check=False)
-        assert refused.returncode == 2 and "409" in refused.stderr and "Traceback" not in refused.stderr
+        assert refused.returncode == 2 and "409" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
         proximity("ct", "destroy", "cli-01", "--sandbox", sandbox.name)
     finally:
         server.terminate()

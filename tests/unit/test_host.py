@@ -4,9 +4,10 @@ import stat
 
 import pytest
 
+from proximity.errors import InputError
 from proximity.host import DryRunHost, Host
 from proximity.network.reconciler import NetworkManager
-from proximity.settings import SettingsError, load_settings
+from proximity.settings import load_settings
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -37,8 +38,11 @@ def test_dry_run_host_records_and_changes_nothing(tmp_path):
 def test_container_network_config():
     manager = NetworkManager(load_settings(), dry_run=True)
     assert manager.get_container_network_config("nginx-01") == "name=eth0,bridge=prox-net,ip=dhcp,firewall=1"
-    for bad in ("-nginx", "nginx_01", "x" * 64, ""):
-        with pytest.raises(SettingsError, match="RFC 1123"):
+    for bad in ("-nginx", "nginx_01", "x" * 64, "", "nginx\n"):
+        with pytest.raises(InputError, match="RFC 1123"):
+            manager.get_container_network_config(bad)
+    for bad in ("101", "localhost"):  # the one hostname check (settings.check_hostname)
+        with pytest.raises(InputError, match="all digits|reserved"):
             manager.get_container_network_config(bad)
 
 

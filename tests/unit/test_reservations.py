@@ -50,3 +50,15 @@ def test_duplicate_name_leased_address_and_full_pool_are_refused(reservations):
 def test_dry_run_reservation_saves_nothing(reservations):
     r = reservations.reserve("nginx-01", [], save=False)
     assert r.ip == "10.10.0.100" and reservations.all() == []
+
+
+def test_names_that_differ_only_in_case_are_the_same_name(reservations):
+    """DNS is case-insensitive: WEB-01 while web-01 exists is refused at admission, not late."""
+    reservations.reserve("web-01", [])
+    before = reservations.settings.reservations_db.read_text()
+    with pytest.raises(AdmissionError, match="'WEB-01' is already in use"):
+        reservations.reserve("WEB-01", [])
+    foreign = Lease(0, "52:54:00:00:00:01", "10.10.0.102", "Other-Box", None)
+    with pytest.raises(AdmissionError, match="already in use"):
+        reservations.reserve("other-box", [foreign])
+    assert reservations.settings.reservations_db.read_text() == before

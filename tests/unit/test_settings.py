@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proximity.settings import SettingsError, is_hostname_label, lease_seconds, load_settings
+from proximity.errors import InputError
+from proximity.settings import (RESERVED_HOSTNAMES, SettingsError, check_hostname, is_hostname_label,
+                                  lease_seconds, load_settings)
 
 
 def test_defaults_are_the_seed_architecture():
@@ -133,6 +135,90 @@ def test_hostname_labels_accepted(name):
     assert is_hostname_label(name)
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "x" * 64, "a.b", "a_b", "ä"])
+@pytest.mark.parametrize("name", ["", "-a", "a-", "x" * 64, "a.b", "a_b", "ä", "app\n", "app\r", " app", "١٢٣"])
 def test_hostname_labels_refused(name):
     assert not is_hostname_label(name)
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("app\n", "RFC 1123"), ("web.example.com", "no dots"), ("101", "all digits"), ("0", "container id"),
+    ("localhost", "reserved"), ("LocalHost", "reserved"), ("wpad", "reserved"), ("_gateway", "RFC 1123"),
+    ("gateway", "reserved"), ("ip6-localhost", "reserved"), ("isatap", "reserved"),
+])
+def test_container_hostnames_refused_with_the_reason(name, reason):
+    with pytest.raises(InputError, match=reason) as caught:
+        check_hostname(name)
+    assert repr(name) in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["web-01", "WEB-01", "101a", "a101", "x" * 63, "local-host", "wpad2"])
+def test_container_hostnames_accepted(name):
+    assert check_hostname(name) == name
+
+
+@given(st.text(max_size=70))
+def test_check_hostname_accepts_exactly_the_labels_that_are_not_numbers_or_reserved(name):
+    ok = is_hostname_label(name) and not name.isdigit() and name.lower() not in RESERVED_HOSTNAMES
+    if ok:
+        assert check_hostname(name) == name
+    else:
+        with pytest.raises(InputError):
+            check_hostname(name)
+
+
+@pytest.mark.parametrize(("setting", "value", "reason"), [
+    ("lease_time", "12h\n", "not a lease time"),
+    ("lease_time", "99999999999999999w", "longer than a year"),
+    ("lease_time", "53w", "longer than a year"),
+    ("lease_time", "367d", "longer than a year"),
+    ("lease_time", "Infinite", "'infinite' (spelled so)"),
+    ("lease_time", "infinite ", "'infinite' (spelled so)"),
+    ("lease_time", "١٢h", "not a lease time"),
+    ("domain", "test", "single label"),
+    ("domain", "com", "single label"),
+    ("domain", "localhost", "RFC 6761"),
+    ("domain", "lab.localhost", "RFC 6761"),
+    ("domain", "prox.local\n", "not a valid DNS name"),
+    ("bridge", "prox-net\n", "not a usable Linux interface name"),
+    ("uplink", "eth0\n", "not a Linux interface name"),
+    ("service_name", "proximity-dns\n", "systemd unit"),
+])
+def test_bad_values_are_refused_with_the_reason(monkeypatch, setting, value, reason):
+    """Through the environment, as a user sets them (PROXIMITY_LEASE_TIME=$'12h\\n')."""
+    monkeypatch.setenv(f"PROXIMITY_{setting.upper()}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"setting {setting!r}" in message and f"PROXIMITY_{setting.upper()}" in message
+    assert repr(value) in message and reason in message
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("lease_time", "infinite"), ("lease_time", "366d"), ("lease_time", "52w"), ("lease_time", "2m"),
+    ("domain", "prox.local"), ("domain", "Lab.Example."), ("uplink", "eth0.100"),
+])
+def test_good_values_stay_valid(monkeypatch, setting, value):
+    monkeypatch.setenv(f"PROXIMITY_{setting.upper()}", value)
+    load_settings()
+
+
+@pytest.mark.parametrize(("value", "bad"), [
+    ("1.1.1.1,dns.google", "'dns.google'"), ('["1.1.1.1", "8.8.8.8:53"]', "'8.8.8.8:53'"),
+    ('["1.1.1.1", 5]', "5"), ("1.1.1.0/24", "'1.1.1.0/24'"),
+])
+def test_bad_upstream_dns_names_the_setting_the_value_and_the_fix(monkeypatch, value, bad):
+    monkeypatch.setenv("PROXIMITY_UPSTREAM_DNS", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "setting 'upstream_dns'" in message and "PROXIMITY_UPSTREAM_DNS" in message
+    assert f"{bad} is not an IPv4 or IPv6 address" in message and "for example 1.1.1.1,8.8.8.8" in message
+    assert "lax-or-strict" not in message and "function-" not in message
+
+
+def test_bad_upstream_dns_in_the_file(tmp_path, monkeypatch):
+    config = tmp_path / "proximity.toml"
+    config.write_text('upstream_dns = ["1.1.1.1", "one.one"]\n')
+    monkeypatch.setenv("PROXIMITY_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="'one.one' is not an IPv4 or IPv6 address"):
+        load_settings()

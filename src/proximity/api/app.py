@@ -20,21 +20,23 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from proximity.api.auth import TokenStore, bearer_ok, require_token
+from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
 from proximity.api.jobs import Job, JobRunner
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
-from proximity.network.reservations import AdmissionError
 from proximity.doctor import run_doctor
+from proximity.errors import ProximityError, http_status
 from proximity.network.health import NetworkStatus
 from proximity.network.reconciler import NetworkManager
-from proximity.settings import Settings, SettingsError
+from proximity.network.reservations import AdmissionError
+from proximity.settings import LABEL_RE, Settings, SettingsError, check_hostname
 
 log = logging.getLogger(__name__)
 STATUS_PATH = "/api/v1/system/network/status"
-HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"  # RFC 1123 label
+MAX_BODY = 1024 * 1024  # bytes: the largest request body is a few hundred
+PROTECTED = ("/api/v1/", "/metrics")  # paths that need the bearer token
 
 
 class Context:
@@ -146,7 +148,11 @@ class Context:
 
 # -- request and response models ----------------------------------------------------
 class CreateContainer(BaseModel):
-    hostname: str = Field(pattern=HOSTNAME_PATTERN, description="RFC 1123 label, e.g. nginx-01")
+    # Checked by the one hostname check (settings.check_hostname); the schema shows its syntax.
+    hostname: Annotated[str, AfterValidator(check_hostname)] = Field(
+        max_length=63, json_schema_extra={"pattern": f"^{LABEL_RE.pattern}$"},
+        description="RFC 1123 label, e.g. nginx-01; not all digits (that reads as a container id), "
+                    "not a reserved name (localhost, wpad, gateway...)")
     memory: int = Field(256, ge=16, le=1048576, description="MiB")
     cores: int = Field(1, ge=1, le=8192)
     template: str | None = Field(None, max_length=255)
@@ -171,35 +177,87 @@ ERRORS: dict[int | str, dict[str, Any]] = {  # documented on every operation (sc
     401: {"model": Problem, "description": "Missing or wrong bearer token"},
     404: {"model": Problem, "description": "No such container or job"},
     409: {"model": Problem, "description": "Refused: name in use, pool full, or the backend refused"},
+    413: {"model": Problem, "description": "The request body is over 1 MiB"},
+    500: {"model": Problem, "description": "An operation failed on the host (a command, a full disk); `detail` says what"},
+    502: {"model": Problem, "description": "Proxmox refused or failed the request; `detail` carries its words"},
 }
 DRY_RUN = {200: {"description": "dry run: what would be done; nothing changed"}}
 
 
-class StatusFastLane:
-    """ASGI middleware: answers an authorized ``GET`` of the status straight from its encoded body.
+async def _problem(send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
-    The status is the API's hottest read (dashboards, monitoring), and FastAPI's routing and
-    dependency resolution cost more than the answer: this lane serves about three times the
-    requests/s through the same single process. Everything else, a missing or wrong token
-    included, goes on to FastAPI, whose route of the same path gives the schema, the errors and
-    the very same body.
+
+class Door:
+    """ASGI middleware: what every request meets before FastAPI reads a byte of its body.
+
+    1. The token, for /api/v1 and /metrics: a missing or wrong one gets 401 at once, however
+       large the body (FastAPI reads and parses the body before it runs dependencies).
+    2. The body size: over :data:`MAX_BODY` gets 413, from ``Content-Length`` before reading,
+       or while counting a chunked body; at most that much is ever held in memory.
+    3. The status fast lane: an authorized ``GET`` of the status is answered straight from its
+       encoded body. The status is the API's hottest read (dashboards, monitoring), and
+       FastAPI's routing and dependency resolution cost more than the answer: this lane serves
+       about three times the requests/s through the same single process. FastAPI's route of
+       the same path gives the schema, the errors and the very same body.
     """
 
-    def __init__(self, app, context: Context):
-        self.app = app
-        self.context = context
+    def __init__(self, app, context: Context, max_body: int = MAX_BODY):
+        self.app, self.context, self.max_body = app, context, max_body
 
     async def __call__(self, scope, receive, send) -> None:
-        if (scope["type"] == "http" and scope["path"] == STATUS_PATH and scope["method"] == "GET"
-                and not scope["query_string"]):
-            authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-            body = self.context.status_json() if bearer_ok(authorization, self.context.tokens) else None
-            if body is not None:
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        headers = {key: value for key, value in scope["headers"] if key in (
+            b"authorization", b"content-length", b"transfer-encoding")}
+        if path.startswith(PROTECTED):
+            authorization = headers.get(b"authorization")
+            if not bearer_ok(authorization.decode("latin-1") if authorization else None, self.context.tokens):
+                await _problem(send, 401, UNAUTHORIZED, ((b"www-authenticate", b"Bearer"),))
                 return
-        await self.app(scope, receive, send)
+            if path == STATUS_PATH and scope["method"] == "GET" and not scope["query_string"]:
+                body = self.context.status_json()
+                if body is not None:
+                    await send({"type": "http.response.start", "status": 200, "headers": [
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        too_large = f"the request body is over {self.max_body // 1024} KiB: nothing was done"
+        if b"content-length" in headers:
+            length = headers[b"content-length"]
+            if not length.isdigit():
+                await _problem(send, 400, "the Content-Length header is not a number")
+                return
+            if int(length) > self.max_body:
+                await _problem(send, 413, too_large)
+                return
+        elif b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+            await self.app(scope, receive, send)  # no body
+            return
+        # Read the body here, counting, and hand it on whole (a declared length can also be a lie).
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                await _problem(send, 413, too_large)
+                return
+            if not message.get("more_body"):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(context: Context, start_background: bool = True) -> FastAPI:
@@ -214,17 +272,13 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan, responses=ERRORS,
                   description="Managed, isolated networking for the containers of a Proxmox host.")
     app.state.context = context
-    app.add_middleware(StatusFastLane, context=context)
-    auth = [Depends(require_token)]
+    app.add_middleware(Door, context=context)
+    auth = [Depends(require_token)]  # checked by the Door already; here for the schema
 
-    @app.exception_handler(SettingsError)
-    async def settings_error(request: Request, exc: SettingsError) -> JSONResponse:
-        status = 409 if isinstance(exc, AdmissionError) else 400
-        return JSONResponse({"detail": str(exc)}, status_code=status)
-
-    @app.exception_handler(BackendError)
-    async def backend_error(request: Request, exc: BackendError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+    @app.exception_handler(ProximityError)
+    async def proximity_error(request: Request, exc: ProximityError) -> JSONResponse:
+        """Every error Proximity raises, with its status from one place (proximity.errors)."""
+        return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
     # -- system ----------------------------------------------------------------------
     @app.get("/healthz", tags=["system"])

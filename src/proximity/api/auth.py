@@ -13,6 +13,10 @@ from proximity.host import Host
 from proximity.settings import Settings
 
 
+UNAUTHORIZED = ("missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                "(see `proximity token show`)")
+
+
 class TokenStore:
     def __init__(self, settings: Settings):
         self.path = settings.api_token_file
@@ -53,5 +57,4 @@ def bearer_ok(authorization: str | None, store: TokenStore) -> bool:
 async def require_token(request: Request) -> None:
     """Every /api/v1 endpoint: a bearer token, or 401 and nothing done."""
     if not bearer_ok(request.headers.get("Authorization"), request.app.state.context.tokens):
-        raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                                 "(see `proximity token show`)", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})

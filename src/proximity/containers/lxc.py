@@ -57,6 +57,7 @@ from proximity.containers.base import BackendError, Container, ContainerSpec, Ne
 from proximity.errors import HostError
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, CommandError, Host, Result, wait_for
 from proximity.owner import Owner
+from proximity.settings import is_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,6 @@ fi
 exec "$@"
 """
 
-_HOSTNAME_RE = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 _SNAPSHOT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{1,39}")  # Proxmox: 2-40 chars
@@ -489,7 +486,7 @@ class LxcBackend:
         return vmid
 
     def create(self, spec: ContainerSpec) -> Container:
-        if not isinstance(spec.hostname, str) or not _HOSTNAME_RE.fullmatch(spec.hostname):
+        if not is_dns_name(spec.hostname):  # as Proxmox: FQDNs too (Proximity's own are checked before)
             raise BackendError(f"hostname {spec.hostname!r} is not a valid DNS name (RFC 1123: letters, digits "
                                "and '-', labels of at most 63 characters); pick a name like 'nginx-01'")
         if spec.memory < 16:

@@ -22,7 +22,7 @@ from proximity.network.plan import Mode, Plan, plan_down, plan_up
 from proximity.network.probe import ProbeResult, probe
 from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
-from proximity.settings import Settings, SettingsError, is_hostname_label
+from proximity.settings import Settings, SettingsError, check_hostname
 
 MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
 
@@ -104,10 +104,7 @@ class NetworkManager:
 
     def get_container_network_config(self, hostname: str) -> str:
         """``net0`` for a container on the managed bridge (the container backends use this)."""
-        if not is_hostname_label(hostname):
-            raise SettingsError(
-                f"hostname {hostname!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and "
-                "hyphens, not starting or ending with a hyphen (for example 'nginx-01')")
+        check_hostname(hostname)
         return render.container_net0(self.settings)
 
     # -- changing ---------------------------------------------------------------------------

@@ -113,13 +113,14 @@ class Reservations:
         With ``save=False`` only say what would be reserved (for --dry-run).
         """
         current = self.all()
-        mine = next((r for r in current if r.hostname == hostname), None)
+        name = hostname.lower()  # DNS is case-insensitive: WEB-01 is web-01
+        mine = next((r for r in current if r.hostname.lower() == name), None)
         if mine is not None and mine.intent is not None and not mine.intent.alive():
             raise AdmissionError(
                 f"hostname {hostname!r} is held by an interrupted {mine.intent.describe()}: the next "
                 f"`proximity ct` command or `proximity gc` finishes or undoes it"
             )
-        if mine is not None or any(l.hostname == hostname for l in leases):
+        if mine is not None or any((l.hostname or "").lower() == name for l in leases):
             raise AdmissionError(
                 f"hostname {hostname!r} is already in use on {self.settings.bridge}: pick another name "
                 f"(see `proximity ct list` and `proximity leases`)"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from proximity.errors import HostError
 from proximity.host import NETNS_RUN_DIR, Host
+from proximity.settings import is_hostname_label
 
 if TYPE_CHECKING:
     from proximity.settings import Settings
@@ -43,7 +44,6 @@ META_FILE = "sandbox.json"
 CLIENTS_DIR = "clients"
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,9}")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class SandboxError(HostError):
@@ -152,7 +152,7 @@ def validate_name(name: str) -> None:
 
 
 def validate_hostname(hostname: str) -> None:
-    if not isinstance(hostname, str) or not _HOSTNAME_RE.fullmatch(hostname):
+    if not is_hostname_label(hostname):
         raise SandboxError(
             f"invalid client hostname {hostname!r}: the hostname must be an RFC 1123 label "
             "(1-63 characters of letters, digits and '-', not starting or ending with '-'); "
