@@ -36,8 +36,12 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-if [ ! -f .venv/.bootstrap-stamp ] || [ pyproject.toml -nt .venv/.bootstrap-stamp ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# The versions of the lock, each checked against its hash (make lock), as scripts/install.sh does;
+# then Proximity itself, editable, with no dependency of its own choosing.
+if [ ! -f .venv/.bootstrap-stamp ] || [ pyproject.toml -nt .venv/.bootstrap-stamp ] ||
+   [ requirements-test.lock -nt .venv/.bootstrap-stamp ]; then
+    .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     touch .venv/.bootstrap-stamp
 fi
 # An editable install has no bytecode, and with PYTHONDONTWRITEBYTECODE set none is ever
