@@ -258,6 +258,7 @@ network_down() {
 uninstall() {
     [ -f "$record" ] || [ -e "$command" ] || [ -e "$api_unit" ] ||
         say "no Proximity install found at $prefix (pass the --prefix and paths it was installed with)"
+    [ -n "$keep_network" ] || { own_dir "$etc_dir"; own_dir "$state_dir"; own_dir "$run_dir"; }
     network_down
     if [ -n "$use_systemctl" ]; then
         local units=(proximity-api.service)
@@ -269,7 +270,6 @@ uninstall() {
         remove "$etc_dir/api-token"
     else
         remove "$dns_unit"
-        own_dir "$etc_dir"; own_dir "$state_dir"; own_dir "$run_dir"
         if [ -n "$keep_config" ] && [ -f "$etc_dir/proximity.toml" ]; then
             for path in "$etc_dir"/* "$etc_dir"/.[!.]*; do
                 [ "$path" = "$etc_dir/proximity.toml" ] || remove "$path"
