@@ -4,8 +4,8 @@
 # The install: the Debian packages Proximity runs, a virtual environment under PREFIX with the
 # pinned, hashed dependencies of requirements.lock (never the system Python: PEP 668), the
 # `proximity` command in BIN_DIR, the proximity-api systemd unit and the API token.
-# The uninstall: `proximity down`, the units stopped and removed, then every file the install and
-# Proximity made. Both take --dry-run. Run with --help for the options.
+# The uninstall: the API service stopped (it would heal the network), `proximity down`, the units
+# disabled and removed, then every file the install and Proximity made. Both take --dry-run. Run with --help for the options.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 me=install.sh
@@ -15,8 +15,8 @@ usage() {
 Usage: scripts/install.sh [--uninstall] [OPTIONS]
 
 Install Proximity into a virtual environment (default /opt/proximity) with the command
-/usr/local/bin/proximity, the proximity-api systemd unit and its token. --uninstall runs
-\`proximity down\` first, then removes the units and every file of Proximity.
+/usr/local/bin/proximity, the proximity-api systemd unit and its token. --uninstall stops the
+API service, runs \`proximity down\`, then removes the units and every file of Proximity.
 
   --uninstall          remove Proximity instead of installing it
   --dry-run            print what would be done; change nothing
@@ -34,6 +34,10 @@ Install Proximity into a virtual environment (default /opt/proximity) with the c
   --run-dir DIR        pid files                             (default /run/proximity)
   --api-host ADDR      the API listens here                  (default 127.0.0.1)
   --api-port PORT      and on this port                      (default 8080)
+
+--uninstall removes PREFIX, BIN_DIR/proximity, SYSTEMD_DIR/proximity-api.service and
+proximity-dns.service, ETC_DIR (settings, dnsmasq.conf, the API token), STATE_DIR (leases,
+reservations, backups of the interfaces file, the lock) and RUN_DIR. The Debian packages stay.
 
 The uninstall reads the paths the install recorded in PREFIX/install.env; options given
 on its command line win.
@@ -258,7 +262,16 @@ network_down() {
 uninstall() {
     [ -f "$record" ] || [ -e "$command" ] || [ -e "$api_unit" ] ||
         say "no Proximity install found at $prefix (pass the --prefix and paths it was installed with)"
-    [ -n "$keep_network" ] || { own_dir "$etc_dir"; own_dir "$state_dir"; own_dir "$run_dir"; }
+    if [ -z "$keep_network" ]; then
+        own_dir "$etc_dir"; own_dir "$state_dir"; own_dir "$run_dir"
+        if [ -n "$(ls -A "$state_dir/sandboxes" 2>/dev/null)" ]; then
+            die "sandboxes live in $state_dir/sandboxes ($(ls "$state_dir/sandboxes" | tr '\n' ' ')): remove them first with \`proximity sandbox destroy NAME\`"
+        fi
+    fi
+    if [ -n "$use_systemctl" ]; then
+        say "stopping proximity-api first: the service heals the network that \`proximity down\` removes"
+        run systemctl stop proximity-api.service || true  # not loaded: nothing to stop
+    fi
     network_down
     if [ -n "$use_systemctl" ]; then
         local units=(proximity-api.service)
