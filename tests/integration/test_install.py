@@ -106,8 +106,39 @@ def test_without_systemd_the_unit_is_verified_and_systemctl_skipped(installed):
         assert "skipping systemctl: systemd is not PID 1" in result.stdout
     assert "+ systemctl" not in result.stdout
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (Debian package systemd): the unit was not verified")
+        pytest.skip("systemd-analyze is not installed (Debian package systemd): the units were not verified")
     assert "+ systemd-analyze verify" in result.stdout  # the install fails if the unit does not verify
+
+
+def verify(unit: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (Debian package systemd): units not verified")
+def test_the_units_the_installed_code_writes_verify(installed, tmp_path):
+    root, _, _ = installed
+    # proximity-dns, as the installed Proximity writes it on a host with systemd, and the API unit.
+    render = ("import sys\nfrom proximity.network import render\nfrom proximity.settings import load_settings\n"
+              "for path, text in render.dns_unit_files(load_settings(systemd_dir=sys.argv[1]), True).items():\n"
+              "    open(path, 'w').write(text)\n")
+    subprocess.run([str(root / "opt/proximity/bin/python"), "-c", render, str(tmp_path)], check=True, timeout=60)
+    for unit in (tmp_path / "proximity-dns.service", root / "etc/systemd/system/proximity-api.service"):
+        checked = verify(unit)
+        assert checked.returncode == 0, f"{unit.name}: {checked.stdout}{checked.stderr}"
+    # The check has teeth: a unit whose program is missing fails it.
+    broken = tmp_path / "broken.service"
+    broken.write_text("[Service]\nExecStart=/nonexistent/proximity serve\n[Install]\nWantedBy=multi-user.target\n")
+    assert verify(broken).returncode != 0
+
+
+def test_bad_options_are_refused_with_the_fix(tmp_path):
+    for args, message in ((["--prefix", "opt/proximity"], "--prefix must be an absolute path"),
+                          (["--api-port", "80000"], "--api-port must be a port number"),
+                          (["--frobnicate"], "unknown option '--frobnicate'")):
+        result = install("--root", str(tmp_path), "--dry-run", *args, check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_uninstall_takes_the_network_down_first_and_leaves_nothing_behind(installed, sandbox):
