@@ -217,7 +217,11 @@ sys.stdout.write(render.api_unit(load_settings(), sys.argv[1], sys.argv[2], int(
         mv -f "$api_unit.tmp" "$api_unit"
         say "installed $api_unit"
         "$command" token show >/dev/null
-        say "the API token is in $etc_dir/api-token (mode $(stat -c %a "$etc_dir/api-token")): \`proximity token show\`"
+        if [ -f "$etc_dir/api-token" ]; then
+            say "the API token is in $etc_dir/api-token (mode $(stat -c %a "$etc_dir/api-token")): \`proximity token show\`"
+        else
+            say "the API token is made (where dnsmasq_conf's directory is): \`proximity token show\`"
+        fi
     fi
     if [ -n "$use_systemctl" ]; then
         run systemctl daemon-reload
