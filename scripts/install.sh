@@ -164,6 +164,8 @@ install_venv() {
     # Exactly the tested versions, each checked against its hash; then Proximity itself, alone.
     run "$prefix/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$repo/requirements.lock"
     run "$prefix/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall --no-build-isolation "$repo"
+    run "$prefix/bin/pip" check --disable-pip-version-check ||
+        die "requirements.lock does not cover pyproject.toml's dependencies: run make lock, then install again"
     if [ -n "$dry_run" ]; then
         echo "would write: $record"
     else
