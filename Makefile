@@ -3,7 +3,7 @@ SANDBOX ?= demo
 PORT ?= 8080
 PROXIMITY = .venv/bin/proximity
 
-.PHONY: bootstrap demo demo-clean test bench
+.PHONY: bootstrap demo demo-clean test bench install uninstall lock
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -34,3 +34,14 @@ bench: bootstrap
 	@command -v dnsperf >/dev/null && command -v iperf3 >/dev/null || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsperf iperf3 >/dev/null
 	.venv/bin/python bench/run.py $(if $(BENCH_QUICK),--quick)
+
+# System-wide install on a Proxmox VE host (see "On a Proxmox VE host"); options: INSTALL_ARGS="--dry-run" etc.
+install:
+	scripts/install.sh $(INSTALL_ARGS)
+
+uninstall:
+	scripts/install.sh --uninstall $(INSTALL_ARGS)
+
+# Re-make requirements.lock and requirements-test.lock; LOCK_ARGS=--upgrade moves every pin to the newest allowed.
+lock:
+	scripts/lock.sh $(LOCK_ARGS)

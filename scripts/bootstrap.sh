@@ -39,8 +39,14 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-if [ ! -f .venv/.bootstrap-stamp ] || [ pyproject.toml -nt .venv/.bootstrap-stamp ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# The versions of the lock, each checked against its hash (make lock), as scripts/install.sh does;
+# then Proximity itself, editable, with no dependency of its own choosing.
+if [ ! -f .venv/.bootstrap-stamp ] || [ pyproject.toml -nt .venv/.bootstrap-stamp ] ||
+   [ requirements-test.lock -nt .venv/.bootstrap-stamp ]; then
+    .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    broken=$(.venv/bin/pip check 2>&1) || {
+        echo "$broken" >&2; echo "bootstrap: requirements-test.lock does not cover pyproject.toml: run make lock" >&2; exit 1; }
     touch .venv/.bootstrap-stamp
 fi
 # An editable install has no bytecode, and with PYTHONDONTWRITEBYTECODE set none is ever

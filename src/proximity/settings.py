@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "PROXIMITY_"
 DEFAULT_CONFIG_FILE = Path("/etc/proximity/proximity.toml")
+PVE_ROOT_CA = Path("/etc/pve/pve-root-ca.pem")  # Proxmox's own CA, on every node (tests point it elsewhere)
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 # Every pattern is used with fullmatch (``match`` with ``$`` lets a trailing newline through)
 # and re.ASCII (``\d`` would match any Unicode digit).
@@ -325,6 +327,13 @@ class Settings(BaseModel):
     @property
     def api_tls_key(self) -> Path:
         return self.api_key_file or self.dnsmasq_conf.parent / "api-key.pem"
+
+    @property
+    def proxmox_ca(self) -> Path | None:
+        """The CA trusted besides the system store: proxmox_ca_file, else Proxmox's own CA for this host."""
+        if self.proxmox_ca_file:
+            return self.proxmox_ca_file
+        return PVE_ROOT_CA if self.proxmox_host in LOCAL_HOSTS and PVE_ROOT_CA.is_file() else None
 
     @property
     def unit_file(self) -> Path:

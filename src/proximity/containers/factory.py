@@ -29,6 +29,6 @@ def backend_for(settings: Settings) -> ContainerBackend:
         node=settings.proxmox_node or socket.gethostname().split(".")[0],
         token_id=settings.proxmox_token_id, token_secret=settings.proxmox_token_secret,
         verify_tls=settings.proxmox_verify_tls,
-        ca_file=str(settings.proxmox_ca_file) if settings.proxmox_ca_file else None,
+        ca_file=str(settings.proxmox_ca) if settings.proxmox_ca else None,
         storage=settings.proxmox_storage, template=settings.proxmox_template, bridge=settings.bridge,
     ))

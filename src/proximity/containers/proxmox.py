@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import itertools
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
+from requests.adapters import HTTPAdapter
+from requests.exceptions import SSLError
+from urllib3.util.ssl_ import create_urllib3_context
 
 from proximity.containers.base import BackendError, Container, ContainerLocked, ContainerSpec, Net0, StillRunning
 from proximity.errors import InputError, ProxmoxError
@@ -82,13 +86,31 @@ class ProxmoxConfig:
     bridge: str  # the managed bridge: settings.bridge
     port: int = 8006
     verify_tls: bool = True
-    ca_file: str | None = None  # a CA bundle to trust instead of the system's (self-signed PVE certs)
+    ca_file: str | None = None  # a CA to trust besides the system store (Proxmox's own, self-signed)
     storage: str = "local-lvm"
     template: str | None = None  # e.g. "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
     task_timeout: float = 300.0
     create_timeout: float = 3600.0  # a create is followed to its end: undoing it earlier would race it
     id_attempts: int = 5  # creates that lost their id to another creator, then give up
     poll_retries: int = 10  # failed task polls in a row (pveproxy restarting), then give up
+
+
+class SystemTrustAdapter(HTTPAdapter):
+    """HTTPS that trusts the system store as well as the CA file requests is given (``verify=path``).
+
+    Proxmox's own self-signed certificate chains to the CA file; a custom or ACME one to the
+    system store (requests alone would trust only one of them, and certifi's bundle, not the system's).
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        context = create_urllib3_context()
+        context.load_default_certs()
+        super().init_poolmanager(*args, **kwargs, ssl_context=context)
+
+
+def system_trust_store() -> str:
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.capath or paths.openssl_capath
 
 
 class ProxmoxBackend:
@@ -107,6 +129,8 @@ class ProxmoxBackend:
             config.host, port=config.port, user=user, token_name=token_name,
             token_value=config.token_secret, verify_ssl=verify, timeout=30,
         )
+        if api is None and config.verify_tls:  # proxmoxer keeps its requests session in _store
+            self.api._store["session"].mount("https://", SystemTrustAdapter())
         self.node = self.api.nodes(config.node)
         self._rights_checked = False
 
@@ -259,6 +283,13 @@ class ProxmoxBackend:
 
     def _error(self, exc: Exception, vmid: int | None) -> Exception:
         """Proximity's error for a failed request, in Proxmox's words and with what to do."""
+        if isinstance(exc, SSLError):
+            return ProxmoxBackendError(
+                f"cannot verify the TLS certificate of Proxmox at {self.config.host}:{self.config.port}: {exc}. "
+                f"Trusted were {self.config.ca_file or 'no CA file'} and the system trust store "
+                f"({system_trust_store()}); set proxmox_ca_file (PROXIMITY_PROXMOX_CA_FILE) to the CA that "
+                "signed Proxmox's certificate"
+            )
         if not isinstance(exc, ResourceException):  # connection, TLS, timeout: say where we tried to go
             return ProxmoxBackendError(
                 f"cannot talk to Proxmox at {self.config.host}:{self.config.port}: {exc}. Check the host, "
