@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import typer
 
 from proximity.cli import app
-from proximity.network.interfaces import END_MARKER
+from proximity.network.interfaces import LEGACY_END_MARKER as END_MARKER
 from tests.integration.tools import proximity
 
 KNOWN = {"up", "down", "status", "leases", "doctor", "migrate", "serve", "sandbox create", "sandbox destroy",
