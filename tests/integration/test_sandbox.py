@@ -138,6 +138,7 @@ def test_settings_overrides() -> None:
         "dnsmasq_conf": "/r/x/etc/proximity/dnsmasq.conf",
         "leases_file": "/r/x/var/lib/proximity/dnsmasq.leases",
         "state_dir": "/r/x/var/lib/proximity",
+        "pve_cluster_firewall": "/r/x/etc/pve/firewall/cluster.fw",
         "run_dir": "/r/x/run",
         "upstream_dns": ["198.51.100.1"],
         "netns": "x",

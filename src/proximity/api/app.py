@@ -29,6 +29,7 @@ from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.doctor import run_doctor
 from proximity.errors import ProximityError, http_status
 from proximity.network.health import NetworkStatus
+from proximity.network.probe import load as load_probe
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import AdmissionError
 from proximity.settings import LABEL_RE, Settings, SettingsError, check_hostname
@@ -43,7 +44,7 @@ class Context:
     """Everything the service needs, built once at start-up."""
 
     def __init__(self, settings: Settings, containers: ContainerManager | None = None, retry_every: float = 5,
-                 reconcile_every: float = 30):
+                 reconcile_every: float = 30, probe_every: float = 300):
         self.settings = settings
         self.network = NetworkManager(settings)
         self.tokens = TokenStore(settings)
@@ -51,6 +52,8 @@ class Context:
         self._containers = containers
         self.retry_every = retry_every  # after a failed reconcile
         self.reconcile_every = reconcile_every  # a healthy host is checked this often (events come sooner)
+        self.probe_every = probe_every  # the end-to-end probe, while it passes
+        self._last_probe = float("-inf")
         self._wake = threading.Event()
         self.last_converge: dict[str, Any] = {"ok": None, "time": None, "error": None}
         self._stop = threading.Event()
@@ -135,9 +138,37 @@ class Context:
                     continue
                 if report["actions"]:
                     log.warning("healed the network: %s", "; ".join(report["actions"]))
+                self._recover_containers()
+                self._probe_when_due(changed=bool(report["actions"]))
                 self._wake.wait(self.reconcile_every)
 
         threading.Thread(target=loop, name="proximity-reconcile", daemon=True).start()
+
+    def _recover_containers(self) -> None:
+        """Finish or undo a container create or destroy whose process died (one file read when none did)."""
+        try:
+            for line in self.containers.recover():
+                log.warning("recovered an interrupted command: %s", line)
+        except Exception as exc:  # no backend configured (no Proxmox token): nothing to recover
+            log.debug("container recovery skipped: %s", exc)
+
+    def _probe_when_due(self, changed: bool) -> None:
+        """The end-to-end probe, every ``probe_every`` seconds (sooner while it fails); a heal that changed
+        something has just run one."""
+        now = time.monotonic()
+        if changed:
+            self._last_probe = now
+            return
+        last = load_probe(self.network.host, self.settings)
+        every = self.probe_every if last is None or last.ok else self.reconcile_every
+        if now - self._last_probe < every or self.status.peek() is None or not self.status.peek().bridge_exists:
+            return
+        self._last_probe = now
+        try:
+            self.network.run_probe()
+        except Exception as exc:
+            log.warning("the end-to-end probe could not run: %s", exc)
+        self.status.invalidate(wait=False)
 
     def stop(self) -> None:
         self._stop.set()

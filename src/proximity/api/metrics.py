@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,13 +26,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from proximity.api.status import iproute_in
+from proximity.network.observe import vmid_of_port
 from proximity.network.reservations import Reservation, Reservations
 from proximity.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# veth<vmid>i<n> (LXC and Proxmox), tap<vmid>i<n> (a VM on the bridge), fwpr<vmid>p<n> (Proxmox firewall)
-PORT_RE = re.compile(r"^(?:(?:veth|tap)(?P<vmid>\d+)i|fwpr(?P<fwvmid>\d+)p)(?P<net>\d+)$")
 CONTAINER_LABELS = ("vmid", "hostname", "ip", "interface")
 
 
@@ -47,13 +45,6 @@ class PortCounters:
     transmit_bytes: int
     receive_packets: int
     transmit_packets: int
-
-
-def vmid_of_port(name: str) -> int | None:
-    match = PORT_RE.match(name)
-    if not match:
-        return None
-    return int(match.group("vmid") or match.group("fwvmid"))
 
 
 def bridge_ports(netns: str | None, bridge: str) -> list[PortCounters]:

@@ -261,16 +261,19 @@ class Host:
         Waits up to ``timeout`` seconds, then names the holder's pid, which the file holds.
         """
         self.mkdir(path.parent)
-        with open(path, "a+") as fh:
+        try:
+            fh = open(path, "a+")
+        except OSError as exc:
+            raise HostError(f"cannot open the lock file {path}: {exc.strerror or exc}") from None
+        with fh:
             if not wait_for(lambda: _try_lock(fh), timeout=timeout, interval=0.05):
                 fh.seek(0)
                 holder = fh.read().strip() or "unknown"
                 raise HostError(f"{what} (pid {holder}) holds {path}; wait for it to finish")
             try:
-                fh.seek(0)
-                fh.truncate()
-                fh.write(str(os.getpid()))
-                fh.flush()
+                with contextlib.suppress(OSError):  # the holder's pid is for messages only (a full disk)
+                    os.ftruncate(fh.fileno(), 0)
+                    os.pwrite(fh.fileno(), str(os.getpid()).encode(), 0)
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)

@@ -4,8 +4,9 @@ Built from what pve-firewall does on a real node with the datacenter firewall on
 ``PVEFW-HOST-IN`` chain accepts lo, established traffic, IGMP and, from the management network
 only, the management ports (8006, 22, 3128, 5900-5999, 60000-60050); then the node's host rules
 (host.fw, or ``/nodes/{node}/firewall/rules``), compiled; then ``policy_in`` (DROP). Like
-pve-firewall, the chain is rewritten from scratch on every sync, so a rule that someone added
-inside it does not last.
+pve-firewall, every sync compares the live chain with what it made last time and rewrites it
+when they differ, so a rule that someone added inside it does not last (and the counters of an
+untouched chain keep counting).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class PveFirewall:
         self.management, self.sync_every = management, sync_every
         self.rules: list[dict[str, Any]] = []
         self.syncs = 0
+        self._applied: str | None = None  # `iptables -S CHAIN` right after the last rewrite
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -69,17 +71,21 @@ class PveFirewall:
     def set_rules(self, rules: list[dict[str, Any]]) -> None:
         with self._lock:
             self.rules = list(rules)
+            self._applied = None
         self.sync()
 
     def sync(self) -> None:
-        """Rewrite the chain from scratch (what pve-firewall does every few seconds)."""
+        """What pve-firewall does every few seconds: rewrite the chain if it is not as it made it."""
         with self._lock:
+            self.syncs += 1
+            if self._applied is not None and self.host.query(["iptables", "-S", CHAIN]).stdout == self._applied:
+                return
             text = "\n".join(["*filter", f":{CHAIN} - [0:0]", *compile_rules(self.rules, self.management),
                               "COMMIT", ""])
             self.host.run(["iptables-restore", "--noflush"], input=text)
+            self._applied = self.host.query(["iptables", "-S", CHAIN]).stdout
             if not self.host.query(["iptables", "-C", "INPUT", "-j", CHAIN]).ok:
                 self.host.run(["iptables", "-I", "INPUT", "1", "-j", CHAIN])
-            self.syncs += 1
 
     def start(self) -> PveFirewall:
         self.sync()
