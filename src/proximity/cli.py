@@ -11,8 +11,6 @@ from functools import wraps
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError
@@ -35,8 +33,28 @@ token_app = typer.Typer(help="The API's bearer token.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 # Piped or logged output is not cut at 80 columns.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+class _Console:
+    """A Rich console made on first use: `up --json` and other script paths never import Rich."""
+
+    def __init__(self, **options: Any):
+        self._options, self._console = options, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+def Table(*args: Any, **kwargs: Any):  # noqa: N802 (Rich's name, imported when a table is shown)
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
+
+
+out = _Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = _Console(stderr=True, soft_wrap=True)
 
 SandboxOpt = Annotated[str | None, typer.Option("--sandbox", envvar="PROXIMITY_SANDBOX",
                                                 help="Act on this sandbox host instead of the machine.")]

@@ -14,10 +14,11 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_origin
+import dataclasses
+import typing
+from typing import Any, Literal, get_args, get_origin
 
 from proximity.errors import InputError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "PROXIMITY_"
 DEFAULT_CONFIG_FILE = Path("/etc/proximity/proximity.toml")
@@ -46,6 +47,16 @@ RESERVED_HOSTNAMES = frozenset({
     "localhost", "localdomain", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters",
     "broadcasthost", "wpad", "isatap", "gateway", "_gateway", "router",
 })
+
+
+_CHECKS: dict[str, Any] = {}  # field -> its own check (the value after its type conversion)
+
+
+def _check(field: str):
+    def register(function):
+        _CHECKS[field] = function.__func__ if isinstance(function, staticmethod) else function
+        return function
+    return register
 
 
 class SettingsError(InputError):
@@ -101,10 +112,15 @@ def lease_seconds(value: str) -> int | None:
     return int(match.group(1)) * LEASE_UNITS[match.group(2)]
 
 
-class Settings(BaseModel):
-    """The declared network. Defaults are exactly the seed architecture's."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The declared network. Defaults are exactly the seed architecture's.
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    A plain dataclass checked by :func:`validate` rather than a pydantic model: pydantic's first
+    model costs about 0.2 s in every process (its lazy imports and schema machinery), most of a
+    no-op ``proximity up``. The checks below are the same either way: each field's type, then its
+    own check, then the checks across fields.
+    """
 
     bridge: str = "prox-net"
     gateway: ipaddress.IPv4Interface = ipaddress.IPv4Interface("10.10.0.1/24")
@@ -112,7 +128,7 @@ class Settings(BaseModel):
     dhcp_end: ipaddress.IPv4Address = ipaddress.IPv4Address("10.10.0.250")
     lease_time: str = "12h"
     domain: str = "prox.local"
-    upstream_dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+    upstream_dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = dataclasses.field(
         default_factory=lambda: [ipaddress.ip_address("1.1.1.1"), ipaddress.ip_address("8.8.8.8")]
     )
     uplink: str | None = None  # None: the interface of the default route, found at run time
@@ -145,9 +161,9 @@ class Settings(BaseModel):
     api_cert_file: Path | None = None
     api_key_file: Path | None = None
 
-    @field_validator("bridge")
-    @classmethod
-    def _bridge_name(cls, value: str) -> str:
+    @_check("bridge")
+    @staticmethod
+    def _bridge_name(value: str) -> str:
         if not IFNAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a usable Linux interface name: use 1 to 15 letters, digits, "
@@ -155,16 +171,16 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("uplink")
-    @classmethod
-    def _uplink_name(cls, value: str | None) -> str | None:
+    @_check("uplink")
+    @staticmethod
+    def _uplink_name(value: str | None) -> str | None:
         if value is not None and not UPLINK_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a Linux interface name (for example 'vmbr0')")
         return value
 
-    @field_validator("gateway")
-    @classmethod
-    def _gateway(cls, value: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
+    @_check("gateway")
+    @staticmethod
+    def _gateway(value: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
         net = value.network
         if net.prefixlen > 29:
             raise ValueError(f"{value} leaves no room for containers: use a prefix of /29 or shorter, e.g. 10.10.0.1/24")
@@ -175,9 +191,9 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("lease_time")
-    @classmethod
-    def _lease_time(cls, value: str) -> str:
+    @_check("lease_time")
+    @staticmethod
+    def _lease_time(value: str) -> str:
         try:
             seconds = lease_seconds(value)
         except ValueError:
@@ -194,9 +210,9 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("upstream_dns", mode="before")
-    @classmethod
-    def _upstream_dns(cls, value: Any) -> list:
+    @_check("upstream_dns")
+    @staticmethod
+    def _upstream_dns(value: Any) -> list:
         if isinstance(value, str):  # one address, or a list written as in the environment
             value = [v for v in re.split(r"[\s,]+", value) if v]
         if not isinstance(value, list):
@@ -217,9 +233,9 @@ class Settings(BaseModel):
                 ) from None
         return addresses
 
-    @field_validator("service_name")
-    @classmethod
-    def _service_name(cls, value: str) -> str:
+    @_check("service_name")
+    @staticmethod
+    def _service_name(value: str) -> str:
         if not UNIT_NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not usable as a systemd unit and file name: use letters, digits, '-', "
@@ -227,9 +243,9 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, value: str) -> str:
+    @_check("domain")
+    @staticmethod
+    def _domain(value: str) -> str:
         labels = value.removesuffix(".").split(".")
         if not is_dns_name(value.removesuffix(".")):
             raise ValueError(
@@ -249,7 +265,6 @@ class Settings(BaseModel):
             )
         return value.removesuffix(".").lower()
 
-    @model_validator(mode="after")
     def _range_inside_subnet(self) -> Settings:
         net = self.gateway.network
         first, last = net.network_address + 1, net.broadcast_address - 1
@@ -341,19 +356,117 @@ class Settings(BaseModel):
 
 
 def load_settings(defaults: dict[str, Any] | None = None, **overrides: Any) -> Settings:
-    """Build settings; turn pydantic's errors into one message per wrong setting.
+    """Build settings; one message per wrong setting, naming it, where it is set, and the fix.
 
     Strongest first: ``overrides``, the environment, the config file, ``defaults``, the seed's defaults.
-
-    Loaded by hand rather than with pydantic-settings: it costs ~45 ms of imports, a
-    sixth of a no-op ``proximity up``, for what these few lines do.
     """
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    return validate({**(defaults or {}), **_config_file_values(), **_environment_values(), **overrides})
+
+
+def validate(values: dict[str, Any]) -> Settings:
+    """Settings from raw values (strings from the environment, TOML values, Python objects)."""
+    hints, fields, errors, checked = _hints(), {f.name: f for f in dataclasses.fields(Settings)}, [], {}
+    for name, value in values.items():
+        if name not in fields:
+            errors.append((name, f"{name!r} is not a setting (misspelt?); the settings are listed in the README"))
+            continue
+        try:
+            value = _convert(value, hints[name], name)
+            checked[name] = _CHECKS[name](value) if name in _CHECKS else value
+        except ValueError as exc:
+            errors.append((name, str(exc)))
+    if not errors:
+        for name, check in _CHECKS.items():  # defaults are checked too
+            if name not in checked and name in fields:
+                try:
+                    check(_default(fields[name]))
+                except ValueError as exc:
+                    errors.append((name, str(exc)))
+    if errors:
+        raise SettingsError(_message(errors))
+    settings = Settings(**checked)
     try:
-        return Settings.model_validate({**(defaults or {}), **_config_file_values(), **_environment_values(),
-                                        **overrides})
-    except ValidationError as exc:
-        raise SettingsError(format_validation_error(exc)) from None
+        return settings._range_inside_subnet()
+    except ValueError as exc:
+        raise SettingsError(_message([(None, str(exc))])) from None
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(Settings)
+    return _HINTS
+
+
+_HINTS: dict[str, Any] | None = None
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    """A raw value as the field's type; ValueError with the reason."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")) and type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _convert(value, hint, name)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        return value  # upstream_dns: its own check takes a list or a string
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not a string: write it in quotes")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"{value!r} is not true or false")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            number = hint(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not {'a whole' if hint is int else 'a'} number") from None
+        if hint is int and not isinstance(value, str) and number != value:
+            raise ValueError(f"{value!r} is not a whole number")
+        return number
+    if hint is Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ValueError(f"{value!r} is not a path")
+        return Path(value)
+    if hint in (ipaddress.IPv4Interface, ipaddress.IPv4Address):
+        what = "an IPv4 address with a prefix, such as 10.10.0.1/24" if hint is ipaddress.IPv4Interface \
+            else "an IPv4 address, such as 10.10.0.100"
+        if isinstance(value, hint):
+            return value
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            return hint(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not {what}") from None
+    raise TypeError(f"no conversion for setting {name} of type {hint!r}")  # a programming error
+
+
+def _message(errors: list[tuple[str | None, str]]) -> str:
+    lines = []
+    for field, message in errors:
+        if field is None:
+            lines.append(f"settings: {message}")
+        else:
+            lines.append(f"setting {field!r} (env {ENV_PREFIX}{field.upper()} or {config_file()}): {message}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def _config_file_values() -> dict[str, Any]:
@@ -369,11 +482,11 @@ def _config_file_values() -> dict[str, Any]:
 def _environment_values() -> dict[str, Any]:
     """``PROXIMITY_<SETTING>`` variables. A list takes JSON (``["1.1.1.1"]``) or commas."""
     values: dict[str, Any] = {}
-    for name, field in Settings.model_fields.items():
+    for name, hint in _hints().items():
         raw = os.environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if get_origin(field.annotation) is list:
+        if get_origin(hint) is list:
             try:
                 raw = json.loads(raw) if raw.lstrip().startswith("[") else [v for v in re.split(r"[\s,]+", raw) if v]
             except ValueError as exc:
@@ -383,24 +496,3 @@ def _environment_values() -> dict[str, Any]:
                 ) from None
         values[name] = raw
     return values
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per wrong setting: its name, where it is set, the value and the fix.
-
-    Only the setting's name (and a list index) is shown of pydantic's location: the rest names
-    pydantic's internals (``upstream_dns.1.lax-or-strict[...]``), not anything a user wrote.
-    """
-    lines = []
-    for error in exc.errors():
-        loc = error["loc"]
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if not loc:
-            lines.append(f"settings: {message}")
-            continue
-        field = str(loc[0]) + (f"[{loc[1]}]" if len(loc) > 1 and isinstance(loc[1], int) else "")
-        where = f"env {ENV_PREFIX}{str(loc[0]).upper()} or {config_file()}"
-        if error["type"] != "value_error":  # pydantic's own words do not quote the value
-            message = f"{error.get('input')!r}: {message}"
-        lines.append(f"setting {field!r} ({where}): {message}")
-    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -121,7 +121,7 @@ class Sandbox:
     def settings(self, **overrides: Any) -> Settings:
         """Proximity's settings on this host: its defaults, then the file and the environment, then its files
         and namespace, then ``overrides``."""
-        from proximity.settings import load_settings  # pydantic: only for the commands that need settings
+        from proximity.settings import load_settings
 
         return load_settings(self.default_settings(), **{**self.host_settings(), **overrides})
 
