@@ -39,12 +39,17 @@ class _Console:
     def __init__(self, **options: Any):
         self._options, self._console = options, None
 
-    def __getattr__(self, name: str) -> Any:
+    @property
+    def real(self) -> Any:
+        """The Rich console itself (for Rich APIs that take one)."""
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(**self._options)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 def Table(*args: Any, **kwargs: Any):  # noqa: N802 (Rich's name, imported when a table is shown)
@@ -578,4 +583,4 @@ def remote(api: str, token: str | None, sandbox: str | None, method: str, path: 
         raise SettingsError("no API token: pass --token or set PROXIMITY_API_TOKEN (see `proximity token show`)")
     verify = client_verify(Path(api_ca) if api_ca else None,
                            settings.api_tls_cert if settings.api_cert_file is None else None)
-    return run_job(api, token, method, path, body, err, verify)
+    return run_job(api, token, method, path, body, err.real, verify)

@@ -1,8 +1,8 @@
 """One revert mechanism for everything that changes more than one thing.
 
-The shape of Incus's ``revert`` package: register the undo of each change right after making
-it; on the way out, ``fail()`` runs the undos in reverse, ``success()`` drops them. Used as a
-context manager, an exception that leaves the block (kill -9 aside) runs ``fail()``::
+The shape of Incus's ``revert`` package: register the undo of each change as it is made; on the way out, ``fail()`` runs the undos in
+reverse, ``success()`` drops them. Used as a context manager, an exception that leaves the block
+(kill -9 aside) runs ``fail()``, and an undo that fails too is noted on that exception::
 
     with Reverter() as revert:
         write(path, new)
@@ -48,5 +48,9 @@ class Reverter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving without success() undoes everything; an undo that failed is noted on the error."""
         if self._undos:
             self.fail()
+            if exc is not None:
+                for failure in self.failures:
+                    exc.add_note(f"undoing also failed: {failure}")

@@ -297,7 +297,7 @@ def test_the_service_lists_orphans_and_recovers_an_interrupted_create(network, l
     sb = network
     owner = dead_owner()
     context = Context(load_settings(**sb.settings_overrides()))
-    with TestClient(create_app(context)) as client:
+    with TestClient(create_app(context, start_background=False)) as client:  # recover() by hand first
         client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
         db = context.containers.reservations
         with db.locked():
@@ -309,6 +309,13 @@ def test_the_service_lists_orphans_and_recovers_an_interrupted_create(network, l
         assert context.containers.recover() == [] and "ghost-1" not in reservations(sb)
         checks = {c["name"]: c for c in client.get("/api/v1/system/network/doctor").json()["data"]}
         assert checks["orphans"]["ok"], checks
+
+    # The running service's reconcile loop does the same on its own.
+    with db.locked():
+        db.reserve("ghost-2", [], intent=Intent("create", owner.pid, owner.start, time.time(), start=True))
+    running = Context(load_settings(**sb.settings_overrides()), reconcile_every=0.2)
+    with TestClient(create_app(running)):
+        assert wait_for(lambda: "ghost-2" not in reservations(sb), timeout=30)
 
 
 def test_a_failed_create_undoes_every_step(network, lxc):

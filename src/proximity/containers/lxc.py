@@ -57,6 +57,7 @@ from proximity.containers.base import BackendError, Container, ContainerSpec, Ne
 from proximity.errors import HostError
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, CommandError, Host, Result, wait_for
 from proximity.owner import Owner
+from proximity.revert import Reverter
 from proximity.settings import is_dns_name
 
 log = logging.getLogger(__name__)
@@ -528,18 +529,16 @@ class LxcBackend:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         try:
-            self._build_rootfs(self._dir(vmid) / ROOTFS, spec.hostname)
-            self._write_net_env(vmid, net)
-            self._write_config(vmid, data)
-            self._save(vmid, data)  # last: a container without it is half-made and not listed
-            (self._dir(vmid) / CREATING).unlink()
-        except BaseException as exc:
-            shutil.rmtree(self._dir(vmid), ignore_errors=True)
-            if isinstance(exc, BackendError):
-                raise
-            if isinstance(exc, OSError):
-                raise BackendError(f"cannot build CT {vmid} in {self._dir(vmid)}: {exc}") from None
-            raise
+            with Reverter() as revert:
+                revert.add(f"remove the half-built {self._dir(vmid)}", lambda: Host().remove_tree(self._dir(vmid)))
+                self._build_rootfs(self._dir(vmid) / ROOTFS, spec.hostname)
+                self._write_net_env(vmid, net)
+                self._write_config(vmid, data)
+                self._save(vmid, data)  # last: a container without it is half-made and not listed
+                (self._dir(vmid) / CREATING).unlink()
+                revert.success()
+        except OSError as exc:
+            raise BackendError(f"cannot build CT {vmid} in {self._dir(vmid)}: {exc}") from None
         return self._container(vmid, data)
 
     def start(self, vmid: int, timeout: float = 30) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from proximity.host import ETC_NETNS, Host
+from proximity.revert import Reverter
 from proximity.sandbox.commands import add_ns, delete_ns, ip, netlink, ns_run
 from proximity.sandbox.layout import (
     CLIENT_NIC,
@@ -99,7 +100,8 @@ def attach_client(sb: Sandbox, hostname: str, bridge: str | None = None, timeout
 
     info: dict[str, Any] = {"hostname": hostname, "ns": ns, "bridge": bridge, "host_veth": None}
     write_json(record, info)  # before the namespace exists: proves ownership to destroy()
-    try:
+    with Reverter() as revert:
+        revert.add(f"remove the half-attached client {hostname}", lambda: detach_client(sb, hostname))
         add_ns(ns)
         Host().write_text(ETC_NETNS / ns / "resolv.conf", "")  # udhcpc.script rewrites it in place
 
@@ -133,12 +135,7 @@ def attach_client(sb: Sandbox, hostname: str, bridge: str | None = None, timeout
                 f"(udhcpc exit {proc.returncode}: {output or 'no output'}); "
                 f"check 'proximity status --sandbox {sb.name}'"
             )
-    except BaseException as exc:
-        try:
-            detach_client(sb, hostname)
-        except Exception as cleanup:
-            exc.add_note(f"removing the half-attached client also failed: {cleanup}")
-        raise
+        revert.success()
     return Client(hostname=hostname, ns=ns, ip=address)
 
 

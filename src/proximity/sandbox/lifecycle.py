@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from proximity.host import ETC_NETNS, Host, wait_for
+from proximity.revert import Reverter
 from proximity.sandbox import lan
 from proximity.sandbox.commands import delete_ns
 from proximity.sandbox.layout import (
@@ -100,14 +101,10 @@ def create(name: str) -> Sandbox:
             f"sandbox {name} is being created by someone else ({sb.root} appeared); "
             f"destroy it with 'proximity sandbox destroy {name}'"
         ) from None
-    try:
+    with Reverter() as revert:
+        revert.add(f"destroy the half-created sandbox {name}", lambda: destroy(name))
         _build(sb)
-    except BaseException as exc:
-        try:
-            destroy(name)
-        except Exception as cleanup:  # keep the original error, mention the cleanup failure
-            exc.add_note(f"cleaning up the half-created sandbox also failed: {cleanup}")
-        raise
+        revert.success()
     return sb
 
 
