@@ -18,6 +18,7 @@ from proximity.host import ETC_NETNS, Host
 from proximity.revert import Reverter
 from proximity.sandbox.commands import add_ns, delete_ns, ip, netlink, ns_run
 from proximity.sandbox.layout import (
+    NoSuchSandbox,
     CLIENT_NIC,
     CLIENT_VETH_PREFIX,
     Client,
@@ -78,7 +79,7 @@ def attach_client(sb: Sandbox, hostname: str, bridge: str | None = None, timeout
     ns = sb.client_ns(hostname)
     record = sb.client_record(hostname)
     if not ns_exists(sb.name):
-        raise SandboxError(
+        raise NoSuchSandbox(
             f"sandbox {sb.name} does not exist; create it with 'proximity sandbox create {sb.name}'"
         )
     if record.exists():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proximity.errors import HostError
+from proximity.errors import HostError, InputError, NotFoundError
 from proximity.host import NETNS_RUN_DIR, Host
 from proximity.settings import is_hostname_label
 
@@ -48,6 +48,14 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,9}")
 
 class SandboxError(HostError):
     """A sandbox operation failed; the message says what failed and what to do."""
+
+
+class SandboxInputError(InputError, SandboxError):
+    """A sandbox or client name is refused (exit code 2); nothing was created."""
+
+
+class NoSuchSandbox(NotFoundError, SandboxError):
+    """The sandbox named does not exist (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ def sandbox_named(name: str) -> Sandbox:
 def validate_name(name: str) -> None:
     """Check a sandbox name: 1-10 chars of [a-z0-9-], starting with a letter."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise SandboxError(
+        raise SandboxInputError(
             f"invalid sandbox name {name!r}: the name must be 1-10 characters of a-z, 0-9 "
             "and '-', starting with a letter; pick a name like 'pve1'"
         )
@@ -153,13 +161,13 @@ def validate_name(name: str) -> None:
 
 def validate_hostname(hostname: str) -> None:
     if not is_hostname_label(hostname):
-        raise SandboxError(
+        raise SandboxInputError(
             f"invalid client hostname {hostname!r}: the hostname must be an RFC 1123 label "
             "(1-63 characters of letters, digits and '-', not starting or ending with '-'); "
             "pick a name like 'ct101'"
         )
     if hostname.lower() == "lan":
-        raise SandboxError(
+        raise SandboxInputError(
             "invalid client hostname 'lan': it would clash with the sandbox's LAN namespace; "
             "pick another hostname"
         )

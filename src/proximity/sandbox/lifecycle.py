@@ -15,6 +15,7 @@ from proximity.revert import Reverter
 from proximity.sandbox import lan
 from proximity.sandbox.commands import delete_ns
 from proximity.sandbox.layout import (
+    NoSuchSandbox,
     HOST_NIC,
     INTERNET_NIC,
     INTERNET_NIC_PEER,
@@ -113,7 +114,7 @@ def load(name: str) -> Sandbox:
     validate_name(name)
     sb = sandbox_named(name)
     if not ns_exists(name):
-        raise SandboxError(
+        raise NoSuchSandbox(
             f"sandbox {name} does not exist; create it with 'proximity sandbox create {name}'"
         )
     meta = read_json(sb.meta_file)
