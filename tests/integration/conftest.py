@@ -7,6 +7,7 @@ import os
 import pytest
 
 from proximity import sandbox as sandboxes
+from tests.integration.tools import proximity
 
 pytestmark = pytest.mark.root
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="integration tests need root (network namespaces)")
@@ -31,3 +32,11 @@ def sandbox():
         yield sb
     finally:
         sandboxes.destroy(name)
+
+
+@pytest.fixture(scope="module")
+def network(sandbox):
+    """The sandbox host with Proximity's network up (`proximity up`), taken down with --purge after."""
+    proximity("up", "--sandbox", sandbox.name)
+    yield sandbox
+    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)

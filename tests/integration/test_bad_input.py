@@ -43,13 +43,6 @@ def assert_intact(out) -> None:
     assert all(path.endswith(".lock") and after[path] == EMPTY for path in after.keys() - before.keys()), after
 
 
-@pytest.fixture(scope="module")
-def network(sandbox):
-    proximity("up", "--sandbox", sandbox.name)
-    yield sandbox
-    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
-
-
 def snapshot(sandbox) -> dict:
     """What a refused command must leave as it was: Proximity's files, dnsmasq, the containers."""
     files = [sandbox.interfaces_file, sandbox.dnsmasq_conf, *sorted(p for p in sandbox.state_dir.rglob("*")

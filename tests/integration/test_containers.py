@@ -18,14 +18,6 @@ from tests.integration.tools import Listener, proximity, resolve
 GATEWAY = "10.10.0.1"
 
 
-@pytest.fixture(scope="module")
-def network(sandbox):
-    """The sandbox host with Proximity's network up."""
-    proximity("up", "--sandbox", sandbox.name)
-    yield sandbox
-    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
-
-
 @pytest.fixture
 def lxc(network):
     backend = LxcBackend(network.name, network.state_dir / "lxc")

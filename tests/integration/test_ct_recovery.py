@@ -33,13 +33,6 @@ pytestmark = pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC i
 GATEWAY = "10.10.0.1"
 
 
-@pytest.fixture(scope="module")
-def network(sandbox):
-    proximity("up", "--sandbox", sandbox.name)
-    yield sandbox
-    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
-
-
 @pytest.fixture
 def lxc(network):
     """The sandbox's LXC backend; every container, directory and reservation is removed afterwards."""

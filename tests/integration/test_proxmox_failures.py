@@ -31,13 +31,6 @@ LEGACY_NET0 = "name=eth0,bridge=vmbr0,ip=198.51.100.71/24,gw=198.51.100.1,tag=20
 BRIDGES = {"vmbr0": {"ports": ["eno1"]}, "prox-net": {"ports": []}}  # prox-net: no physical port
 
 
-@pytest.fixture(scope="module")
-def network(sandbox):
-    proximity("up", "--sandbox", sandbox.name)
-    yield sandbox
-    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
-
-
 @pytest.fixture
 def realizer() -> MemoryRealizer:
     return MemoryRealizer(delay=0.01, hold_timeout=20)

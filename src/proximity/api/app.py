@@ -53,7 +53,7 @@ class Context:
         self.retry_every = retry_every  # after a failed reconcile
         self.reconcile_every = reconcile_every  # a healthy host is checked this often (events come sooner)
         self.probe_every = probe_every  # the end-to-end probe, while it passes
-        self._last_probe = float("-inf")
+        self._last_probe = time.monotonic()  # the first periodic probe waits its turn (a failed one: sooner)
         self._wake = threading.Event()
         self.last_converge: dict[str, Any] = {"ok": None, "time": None, "error": None}
         self._stop = threading.Event()
