@@ -67,9 +67,13 @@ def stop_all(run_dir: Path, namespaces: Iterable[str]) -> list[int]:
     """
     ids = ns_ids(namespaces)
     host = Host()
-    pids: set[int] = set()
-    for pidfile in sorted(run_dir.glob("*.pid")):
-        pid = read_pidfile(pidfile)
-        if pid is not None and host.alive(pid) and _pid_matches(pid, pidfile, ids):
-            pids.add(pid)
-    return host.terminate(pids | pids_in_ns(ids))
+    survivors: list[int] = []
+    # Looked for again after each round: a process being stopped may start another meanwhile (the
+    # service heals the dnsmasq it just saw die, until the service itself is gone).
+    for _round in range(5):
+        pids = {pid for pidfile in sorted(run_dir.glob("*.pid")) if (pid := read_pidfile(pidfile)) is not None
+                and host.alive(pid) and _pid_matches(pid, pidfile, ids)} | pids_in_ns(ids)
+        if not pids:
+            break
+        survivors = host.terminate(pids)
+    return survivors
