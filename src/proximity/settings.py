@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tomllib
+import types
 from pathlib import Path
 import dataclasses
 import typing
@@ -410,7 +411,7 @@ def _default(field: dataclasses.Field) -> Any:
 def _convert(value: Any, hint: Any, name: str) -> Any:
     """A raw value as the field's type; ValueError with the reason."""
     origin, args = get_origin(hint), get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")) and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None:
             return None
         (hint,) = [a for a in args if a is not type(None)]
