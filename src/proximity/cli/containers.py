@@ -1,0 +1,180 @@
+"""The containers' commands: `ct ...`, gc and migrate."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, InsecureHttpOpt, JsonOpt, SandboxOpt, Table, TokenOpt,
+                                  app, ct_app, err, friendly, manager_for, out, print_json, remote)
+from proximity.containers.base import BackendError
+from proximity.settings import check_hostname
+
+if TYPE_CHECKING:
+    from proximity.containers.manager import ContainerInfo, ContainerManager
+
+def containers_for(sandbox: str | None, recover: bool = True, **overrides: Any) -> ContainerManager:
+    """The container manager; with ``recover``, first finish or undo what an interrupted command left."""
+    from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
+    from proximity.containers.manager import ContainerManager
+
+    network = manager_for(sandbox, **overrides)
+    manager = ContainerManager(network, backend_for(network.settings))
+    if recover:
+        for line in manager.recover():
+            err.print(f"[yellow]recovered an interrupted command:[/] {line}", highlight=False)
+    return manager
+
+
+def show_containers(found: list[ContainerInfo], as_json: bool) -> None:
+    if as_json:
+        print_json([c.as_dict() for c in found])
+        return
+    table = Table(title="containers")
+    for column in ("id", "hostname", "state", "MAC", "IP", "DNS name", "bridge", "backend"):
+        table.add_column(column, no_wrap=True)
+    for c in found:
+        state = f"[green]{c.state}[/]" if c.state == "running" else c.state
+        table.add_row(str(c.vmid), c.hostname, state, c.mac or "-", c.ip or "-", c.dns_name or "-", c.bridge or "-",
+                      c.backend)
+    out.print(table)
+
+
+@ct_app.command("create")
+@friendly
+def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+              template: Annotated[str | None, typer.Option(help="Proxmox template volume id.")] = None,
+              memory: Annotated[int, typer.Option(min=16, help="Memory in MiB.")] = 256,
+              cores: Annotated[int, typer.Option(min=1, max=8192, help="CPU cores.")] = 1,
+              start: Annotated[bool, typer.Option("--start/--no-start", help="Start it once created.")] = True,
+              api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+              insecure_http: InsecureHttpOpt = False) -> None:
+    """Create a container on the managed bridge with a fixed MAC, a reserved address and a DNS name."""
+    check_hostname(hostname)
+    if api and not dry_run:
+        body = {"hostname": hostname, "memory": memory, "cores": cores, "template": template, "start": start}
+        result = remote(api, token, sandbox, "POST", "/api/v1/containers", body, api_ca, insecure_http)
+        if as_json:
+            print_json(result)
+        else:
+            out.print(f"[green]✓[/] CT {result['vmid']} {hostname}: {result['ip']} ({result['dns_name']})")
+        return
+    manager = containers_for(sandbox, recover=not dry_run)
+    if dry_run:
+        reservation, net0 = manager.plan_create(hostname)
+        plan = {"hostname": hostname, "ip": reservation.ip, "mac": reservation.mac, "net0": net0,
+                "dns_name": f"{hostname}.{manager.settings.domain}", "backend": manager.backend.name}
+        if as_json:
+            print_json(plan)
+        else:
+            out.print(f"Dry run: would reserve {reservation.ip} / {reservation.mac} for {hostname}, create it on "
+                      f"{manager.backend.name} with net0 {net0}" + (" and start it." if start else "."))
+        return
+    info = manager.create(hostname, memory=memory, cores=cores, template=template, start=start)
+    if as_json:
+        print_json(info.as_dict())
+    else:
+        out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.ip} ({info.dns_name}), MAC {info.mac}, {info.state}")
+
+
+@ct_app.command("list")
+@friendly
+def ct_list(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """List containers with their state, MAC, address and DNS name."""
+    show_containers(containers_for(sandbox).list(), as_json)
+
+
+def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
+    manager = containers_for(sandbox, recover=not dry_run)
+    if verb == "destroy":
+        plan = manager.plan_destroy(ref)
+        if not dry_run:
+            manager.destroy(ref)
+        out.print(f"Dry run: would {plan}." if dry_run else f"[green]✓[/] done: {plan}", highlight=False)
+        return
+    vmid = manager.resolve(ref)
+    if dry_run:
+        out.print(f"Dry run: would {verb} CT {vmid} ({manager.info(vmid).hostname}).")
+        return
+    info = getattr(manager, verb)(str(vmid))
+    out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}" + (f" ({info.note})" if info.note else ""))
+
+
+@ct_app.command("start")
+@friendly
+def ct_start(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Start a container (by id or hostname)."""
+    _ct_action("start", ref, sandbox, dry_run)
+
+
+@ct_app.command("stop")
+@friendly
+def ct_stop(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Shut a container down cleanly (by id or hostname)."""
+    _ct_action("stop", ref, sandbox, dry_run)
+
+
+@ct_app.command("destroy")
+@friendly
+def ct_destroy(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Destroy a container and release its reservation and lease."""
+    _ct_action("destroy", ref, sandbox, dry_run)
+
+
+@ct_app.command("exec")
+@friendly
+def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: SandboxOpt = None) -> None:
+    """Run a command inside a container (lxc backend; on Proxmox use `pct exec`)."""
+    manager = containers_for(sandbox)
+    if not hasattr(manager.backend, "exec"):
+        raise BackendError(f"the {manager.backend.name} backend cannot exec: use `pct exec {ref} -- ...` on the node")
+    result = manager.backend.exec(manager.resolve(ref), command, timeout=60)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    raise typer.Exit(result.returncode)
+
+
+@app.command()
+@friendly
+def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Repair orphans: free reservations no container holds, link or adopt containers, remove half-built ones."""
+    manager = containers_for(sandbox, recover=False)
+    actions = [repair.describe() for repair in manager.plan_repairs()] if dry_run else manager.collect_garbage()
+    if as_json:
+        print_json({"dry_run": dry_run, "actions": actions})
+        return
+    for action in actions:
+        out.print(f"[cyan]would:[/] {action}" if dry_run else f"[green]✓[/] {action}", highlight=False)
+    if not actions:
+        out.print("Nothing to do: no orphans.")
+    elif dry_run:
+        out.print("Dry run: nothing was changed.")
+    if not dry_run and any(action.startswith("could not ") for action in actions):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+            timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
+            api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+            insecure_http: InsecureHttpOpt = False) -> None:
+    """Move a container from vmbr0 to the managed bridge: snapshot, shut down, switch net0, start, verify; roll back on failure."""
+    if api:
+        result = remote(api, token, sandbox, "POST", f"/api/v1/containers/{vmid}/migrate",
+                        {"dry_run": dry_run, "timeout": timeout}, api_ca, insecure_http)
+        print_json(result) if as_json else out.print(f"[green]✓[/] CT {vmid} migrated: {result.get('dns_name')}")
+        return
+    manager = containers_for(sandbox, recover=not dry_run)
+    report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
+                             progress=(lambda step: None) if as_json else
+                             (lambda step: out.print(f"[cyan]would:[/] {step}" if dry_run else f"[green]✓[/] {step}")))
+    if as_json:
+        print_json(report.as_dict())
+    elif dry_run:
+        out.print("Dry run: nothing was changed. The steps above are what `migrate` would do.")
+    else:
+        out.print(f"CT {vmid} is on {manager.settings.bridge} as {report.dns_name} ({report.ip}); "
+                  f"snapshot {report.snapshot} is kept for a manual rollback.")

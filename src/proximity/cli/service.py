@@ -1,0 +1,124 @@
+"""The service's commands: serve and `token ...`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, err, friendly, out, print_json,
+                                  settings_for, show_report, token_app)
+from proximity.network.reconciler import Report
+from proximity.settings import Settings, SettingsError
+
+@app.command()
+@friendly
+def serve(sandbox: SandboxOpt = None,
+          host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN: then HTTPS).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+          cert: Annotated[str | None, typer.Option(
+              "--cert", help="TLS certificate (PEM) to serve (default: api_cert_file, or a self-signed one made "
+                             "on first start next to the token).")] = None,
+          key: Annotated[str | None, typer.Option("--key", help="The certificate's private key (PEM).")] = None,
+          insecure_http: Annotated[bool, typer.Option(
+              "--insecure-http", help="Serve plain HTTP on a non-loopback address (the token crosses the network "
+                                      "in clear text).")] = False,
+          pid_file: Annotated[str | None, typer.Option(help="Write the service's pid here.")] = None,
+          install_unit: Annotated[bool, typer.Option(
+              "--install-unit", help="Install and start the proximity-api systemd unit instead.")] = False,
+          dry_run: DryRunOpt = False) -> None:
+    """Run the HTTP API and dashboard: converge the network first, then serve (retrying the converge if it fails).
+
+    On any address other than loopback it serves HTTPS only, so the token never crosses the network in clear text.
+    """
+    import os
+
+    from proximity.api import tls
+
+    settings = settings_for(sandbox, api_cert_file=cert, api_key_file=key)
+    if (cert is None) != (key is None) or (settings.api_cert_file is None) != (settings.api_key_file is None):
+        raise SettingsError("give both a certificate and its key (--cert and --key, or api_cert_file and "
+                            "api_key_file), or neither for a self-signed certificate")
+    if install_unit:
+        _install_api_unit(settings, host, port, dry_run)
+        return
+    use_tls = not tls.is_loopback(host) or settings.api_cert_file is not None
+    if use_tls and insecure_http and settings.api_cert_file is None:
+        use_tls = False
+        err.print(f"[yellow]warning:[/] --insecure-http: serving plain HTTP on {host}; the API token crosses the "
+                  "network in clear text and anyone on it can read it and use the API", highlight=False)
+    ssl_files: dict[str, str] = {}
+    if use_tls:
+        if settings.api_cert_file is None and tls.ensure_self_signed(settings.api_tls_cert, settings.api_tls_key, host):
+            err.print(f"made a self-signed certificate {settings.api_tls_cert} (SHA-256 "
+                      f"{tls.fingerprint(settings.api_tls_cert)})", highlight=False)
+        cert_file, key_file = tls.server_files(settings.api_tls_cert, settings.api_tls_key)
+        ssl_files = {"ssl_certfile": cert_file, "ssl_keyfile": key_file}
+
+    import uvicorn
+
+    from proximity.api.app import Context, create_app
+
+    context = Context(settings)
+    if pid_file:
+        with open(pid_file, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    scheme = "https" if use_tls else "http"
+    err.print(f"Proximity API on {scheme}://{host}:{port}/ (token: `proximity token show"
+              + (f" --sandbox {sandbox}" if sandbox else "") + "`)", highlight=False)
+    # No access log (one line per request is most of a cheap request's cost) and no proxy
+    # headers: the service is reached directly, never through a reverse proxy it should trust.
+    uvicorn.run(create_app(context), host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False, **ssl_files)
+
+
+@token_app.command("show")
+@friendly
+def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the API token (created if there is none yet); --json adds the TLS certificate's fingerprint."""
+    from proximity.api.auth import TokenStore
+
+    settings = settings_for(sandbox)
+    token = TokenStore(settings).ensure()
+    if not as_json:
+        sys.stdout.write(token + "\n")  # only the token, so that $(proximity token show) works
+        return
+    from proximity.api.tls import fingerprint
+
+    cert = settings.api_tls_cert
+    print_json({"token": token, "certificate": str(cert) if cert.exists() else None,
+                "sha256": fingerprint(cert) if cert.exists() else None})
+
+
+@token_app.command("rotate")
+@friendly
+def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+    """Replace the API token; the old one stops working at once."""
+    from proximity.api.auth import TokenStore
+
+    store = TokenStore(settings_for(sandbox))
+    if dry_run:
+        out.print(f"Dry run: would write a new token to {store.path} (mode 0600).")
+        return
+    sys.stdout.write(store.rotate() + "\n")
+
+
+def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -> None:
+    import shutil
+
+    from proximity.host import DryRunHost, Host
+    from proximity.network import render
+
+    target = DryRunHost() if dry_run else Host()
+    if not target.has_systemd:
+        raise SettingsError("--install-unit needs systemd as PID 1 (a Proxmox host); run `proximity serve` directly")
+    exe = shutil.which("proximity") or sys.argv[0]
+    path = settings.systemd_dir / "proximity-api.service"
+    target.write_text(path, render.api_unit(settings, exe, host, port))
+    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "proximity-api.service"]):
+        target.run(argv)
+    if dry_run:
+        show_report(Report(dry_run=True, files=target.files, commands=target.commands), False, "serve --install-unit")
+    else:
+        out.print(f"[green]✓[/] {path} installed and started; the token: `proximity token show`")
