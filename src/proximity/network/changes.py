@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from proximity.errors import HostError
 from proximity.host import CommandError, Host
+from proximity.host.ifupdown import is_locked, retry_while_locked
 from proximity.network.dnsmasq import DnsService, ServiceError, port_holders
 from proximity.network.render import dnsmasq_binary
 from proximity.network.firewall import Rule, parse_own_rules
@@ -24,7 +24,6 @@ from proximity.network.pvefirewall import PveFirewallApi, PveRule
 from proximity.settings import Settings
 
 IFUPDOWN_RUN_DIR = Path("/run/network")
-IFUPDOWN_LOCKED = 89  # ifupdown2's exit code when another ifreload holds its machine-wide lock
 
 
 class Env:
@@ -364,15 +363,20 @@ class StopDns(Change):
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _retry_locked(env: Env, argv: list[str]) -> None:
-    """ifupdown2's lock is machine-wide: another reload may hold it for a moment."""
-    for attempt in range(20):
+    """Run an ifupdown2 command, waiting while another run holds its machine-wide lock."""
+
+    def attempt(seconds_left: float) -> CommandError | None:
         try:
-            env.host.run(argv, timeout=env.settings.ifreload_timeout)
-            return
+            env.host.run(argv, timeout=min(seconds_left, env.settings.ifreload_timeout))
         except CommandError as exc:
-            if exc.returncode != IFUPDOWN_LOCKED or attempt == 19:
+            if not is_locked(exc.returncode, str(exc)):
                 raise
-            time.sleep(0.25)
+            return exc
+        return None
+
+    failure = retry_while_locked(attempt, lambda result: result is not None, env.settings.ifreload_timeout)
+    if failure is not None:
+        raise failure
 
 
 def ifquery_check(env: Env) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from pathlib import Path
 
 from proximity.host import ETC_NETNS, Host
+from proximity.host.ifupdown import is_locked, retry_while_locked
 from proximity.sandbox.commands import netlink, ns_run
 from proximity.sandbox.layout import HOST_NIC, HOST_UPLINK_ADDR, LAN_GATEWAY, UPLINK, Sandbox, SandboxError
 
 HOST_IFUPDOWN2_DIR = Path("/etc/network/ifupdown2")
 IFUPDOWN2_LOCK_DIR = Path("/run/network")  # ifupdown2's global lock lives here
-IFRELOAD_BUSY_RC = 89  # "Another instance of this program is already running"
 _IFF_UP = 0x1
 
 INTERFACES_TEMPLATE = f"""\
@@ -103,23 +102,17 @@ def etc_netns_is_ours(sb: Sandbox) -> bool:
 def ifreload(ns: str, timeout: float = 60) -> None:
     """``ifreload -a`` in ``ns``, retried while another ifupdown2 holds its global lock."""
     Host().mkdir(IFUPDOWN2_LOCK_DIR)
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        remaining = max(1.0, deadline - time.monotonic())
-        proc = ns_run(ns, ["ifreload", "-a"], timeout=remaining, check=False)
-        if proc.returncode == 0:
-            return
+    proc = retry_while_locked(lambda seconds_left: ns_run(ns, ["ifreload", "-a"], timeout=seconds_left, check=False),
+                              lambda proc: proc.returncode != 0 and is_locked(proc.returncode, proc.stderr + proc.stdout),
+                              timeout)
+    if proc.returncode != 0:
         output = (proc.stderr + proc.stdout).strip()
-        busy = proc.returncode == IFRELOAD_BUSY_RC or "Another instance" in output
-        if not busy or time.monotonic() + delay >= deadline:
-            raise SandboxError(
-                f"'ifreload -a' failed in network namespace {ns} (exit {proc.returncode}): "
-                f"{output or 'no output'}; check the interfaces file of the sandbox"
-                + (" (another ifupdown2 kept the global lock in /run/network)" if busy else "")
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        raise SandboxError(
+            f"'ifreload -a' failed in network namespace {ns} (exit {proc.returncode}): "
+            f"{output or 'no output'}; check the interfaces file of the sandbox"
+            + (" (another ifupdown2 kept the global lock in /run/network)"
+               if is_locked(proc.returncode, output) else "")
+        )
 
 
 def apply_pending(sb: Sandbox) -> None:
