@@ -3,7 +3,7 @@ SANDBOX ?= demo
 PORT ?= 8080
 PROXIMITY = .venv/bin/proximity
 
-.PHONY: bootstrap demo demo-clean test bench install uninstall lock
+.PHONY: bootstrap demo demo-clean test test-fast bench install uninstall lock
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -29,6 +29,11 @@ demo-clean: bootstrap
 test:
 	@scripts/bootstrap.sh --test
 	.venv/bin/pytest -q -p no:cacheprovider
+
+# Every test that makes no network namespace (no root needed): under a minute.
+test-fast:
+	@scripts/bootstrap.sh --test
+	.venv/bin/pytest -q -p no:cacheprovider -m "not root"
 
 bench: bootstrap
 	@command -v dnsperf >/dev/null && command -v iperf3 >/dev/null || \

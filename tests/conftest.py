@@ -3,6 +3,22 @@ import signal
 
 import pytest
 
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that makes network namespaces `root`, so `-m "not root"` is the fast tier.
+
+    Everything under tests/integration makes namespaces unless it says otherwise with
+    `@pytest.mark.no_namespaces`; a test elsewhere that makes them says so with `@pytest.mark.root`.
+    (A `pytestmark` in a conftest.py applies to nothing, which is how this went wrong before.)
+    """
+    for item in items:
+        in_integration = "integration" in item.path.parts
+        if item.get_closest_marker("root") or (in_integration and not item.get_closest_marker("no_namespaces")):
+            item.add_marker(pytest.mark.root)
+            item.add_marker(NEEDS_ROOT)
+
 
 @pytest.fixture(autouse=True)
 def _no_host_config(monkeypatch, tmp_path):

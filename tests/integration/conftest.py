@@ -9,15 +9,6 @@ import pytest
 from proximity import sandbox as sandboxes
 from tests.integration.tools import proximity
 
-pytestmark = pytest.mark.root
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="integration tests need root (network namespaces)")
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "integration" in str(item.fspath):
-            item.add_marker(needs_root)
-
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}{os.getpid() % 100000}"
