@@ -98,7 +98,8 @@ def test_a_crash_between_writing_the_config_and_restarting_is_healed(host):
     reservations = Reservations(settings_of(sb), NetworkManager(settings_of(sb)).host)
     with reservations.locked():
         web = reservations.reserve("web", [])
-    assert resolve(sb.name, "web.prox.local", GATEWAY) == [web.ip]
+    # dnsmasq re-reads its hosts files on the SIGHUP the reservation sent, in its own time.
+    assert wait_for(lambda: resolve(sb.name, "web.prox.local", GATEWAY) == [web.ip], timeout=10)
 
     # The config of a new domain is written, then the run dies before dnsmasq is restarted.
     env = {"PROXIMITY_DOMAIN": "lab.example"}

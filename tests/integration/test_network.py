@@ -13,7 +13,7 @@ import dns.exception
 import pytest
 
 from proximity import sandbox as sandboxes
-from proximity.host import ETC_NETNS, Host, wait_for
+from proximity.host import ETC_NETNS, Host, pid_cmdline, wait_for
 from proximity.network import interfaces, render
 from proximity.network.reconciler import ConvergeError, NetworkManager
 from proximity.settings import load_settings
@@ -227,8 +227,9 @@ def test_two_ups_at_once_do_not_corrupt_anything(host):
     assert [code for code, _ in results] == [0, 0], results
     assert sb.interfaces_file.read_text().count(interfaces.MARKER) == 1
     assert len([r for r in own_rules(sb) if "MASQUERADE" in r]) == 1
-    pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    dnsmasqs = [p for p in pids if str(sb.dnsmasq_conf) in open(f"/proc/{p}/cmdline").read().replace("\0", " ")]
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    # A process may end between the listing and the read (pid_cmdline is then None).
+    dnsmasqs = [p for p in pids if f"--conf-file={sb.dnsmasq_conf}" in (pid_cmdline(p) or [])]
     assert len(dnsmasqs) == 1
     assert NetworkManager(settings_of(sb)).status().health_status == "healthy"
 
