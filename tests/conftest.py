@@ -3,6 +3,14 @@ import signal
 
 import pytest
 
+from hypothesis import settings as hypothesis_settings
+
+# "ci", the default, draws the same examples every run, so a submission passes or fails for its
+# code, not for a lucky draw; HYPOTHESIS_PROFILE=explore draws new ones (and keeps failures found).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("explore", deadline=None, max_examples=500)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
 
