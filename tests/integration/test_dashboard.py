@@ -146,8 +146,10 @@ def use_the_dashboard(service, page) -> None:
     page.fill("#token-input", token)
     page.click("#token-save")
     expect(page.locator("#health")).to_have_text("healthy", timeout=30_000)
-    for check in ("bridge", "nat", "dhcp"):
-        expect(page.locator(f'#checks [data-check="{check}"]')).to_have_attribute("data-ok", "true")
+    # One row per check id (the status's `checks`, or the same shape from its fields): all pass.
+    expect(page.locator('#checks [data-check="bridge"]')).to_have_attribute("data-ok", "true")
+    expect(page.locator('#checks li[data-ok="false"]')).to_have_count(0)
+    assert page.locator("#checks li").count() >= 3
     expect(page.locator("#pool-range")).to_have_text("10.10.0.100 – 10.10.0.250")
     expect(page.locator("#pool-size")).to_have_text("151")
 
@@ -376,6 +378,18 @@ def test_the_doctor_view_shows_each_check_and_the_whole_fix(service, page):
     no_horizontal_scroll(page)
     code = first.locator(".fix code").bounding_box()
     assert code["x"] + code["width"] <= PHONE["width"]
+
+    # The same checks as `data` rows with the structured keys (and the older `detail`, `warning`).
+    rows = [{**c, "name": c["id"].replace("_", " "), "observed": f"{c['observed']} (rows)", "detail": c["observed"],
+             "warning": c["severity"] == "warning"} for c in body["checks"]]
+    page.unroute("**/api/v1/system/network/doctor")
+    page.route("**/api/v1/system/network/doctor", lambda route: route.fulfill(json={"data": rows}))
+    page.click("#doctor-run")
+    expect(page.locator("#doctor-list li").first.locator(".detail")).to_have_text(
+        "no answer from 10.10.0.1:53 in 2 s (rows)")
+    expect(page.locator("#doctor-list li").first).to_have_attribute("data-check", "dns_answering")
+    expect(page.locator("#doctor-list li").first.locator(".name")).to_have_text("Dns answering")
+    expect(page.locator("#doctor-summary")).to_have_text("1 of 3 checks failed")
 
 
 def test_health_from_structured_checks_and_up_asked_while_down(service, page):
