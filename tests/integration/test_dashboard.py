@@ -210,6 +210,7 @@ def use_the_dashboard(service, page) -> None:
     expect(page.locator("#ct-events li[data-kind='create']")).to_contain_text(
         f"Create container {HOSTNAME} succeeded")
     expect(page.locator('#ct-page [data-ct-action="migrate"]')).to_be_hidden()  # already on prox-net
+    page.screenshot(path=str(SHOTS / "container.png"), full_page=True)
     page.set_viewport_size(PHONE)
     no_horizontal_scroll(page)
     page.set_viewport_size({"width": 1280, "height": 900})
@@ -378,6 +379,8 @@ def test_the_doctor_view_shows_each_check_and_the_whole_fix(service, page):
     no_horizontal_scroll(page)
     code = first.locator(".fix code").bounding_box()
     assert code["x"] + code["width"] <= PHONE["width"]
+    SHOTS.mkdir(exist_ok=True)
+    page.locator("#doctor-card").screenshot(path=str(SHOTS / "doctor-phone.png"))
 
     # The same checks as `data` rows with the structured keys (and the older `detail`, `warning`).
     rows = [{**c, "name": c["id"].replace("_", " "), "observed": f"{c['observed']} (rows)", "detail": c["observed"],
