@@ -89,8 +89,8 @@ def _raise_for(response: httpx.Response) -> None:
     detail = response.text
     if response.headers.get("content-type", "").startswith("application/json"):
         detail = response.json().get("detail", detail)
-        if isinstance(detail, list):  # FastAPI's 422: [{"loc": ["body", "hostname"], "msg": ...}]
-            detail = "; ".join(f"{'.'.join(map(str, item.get('loc', [])[1:]))}: {item.get('msg')}" for item in detail)
+        if isinstance(detail, list):  # the 422: [{"loc": [...], "msg": a sentence that names its field}]
+            detail = " ".join(str(item.get("msg")) for item in detail)
     status = response.status_code
     kind = STATUS_ERRORS.get(status) or (InputError if status < 500 else HostError)
     raise kind(f"the service refused ({status}): {detail}")

@@ -78,6 +78,18 @@ def is_dns_name(name: str) -> bool:
     return isinstance(name, str) and len(name) <= 253 and all(is_hostname_label(label) for label in name.split("."))
 
 
+# The messages of check_hostname, in the order it checks; the dashboard is served these (and the
+# pattern and the reserved names) so that its check and the server's are one.
+HOSTNAME_MESSAGES = {
+    "label": "hostname {name!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and hyphens, "
+             "not starting or ending with a hyphen, and no dots (for example 'nginx-01')",
+    "digits": "hostname {name!r} is all digits, which reads as a container id in every command that takes "
+              "a hostname or an id: add a letter (for example 'ct-{name}')",
+    "reserved": "hostname {name!r} is reserved (clients resolve it to something else, or it would take "
+                "traffic meant for another machine): pick another name",
+}
+
+
 def check_hostname(name: str) -> str:
     """The one hostname check of Proximity: a container's name on the managed network.
 
@@ -86,20 +98,11 @@ def check_hostname(name: str) -> str:
     (:data:`RESERVED_HOSTNAMES`). Returns the name; raises :class:`InputError` saying why not.
     """
     if not is_hostname_label(name):
-        raise InputError(
-            f"hostname {name!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and "
-            "hyphens, not starting or ending with a hyphen, and no dots (for example 'nginx-01')"
-        )
+        raise InputError(HOSTNAME_MESSAGES["label"].format(name=name))
     if name.isdigit():
-        raise InputError(
-            f"hostname {name!r} is all digits, which reads as a container id in every command that "
-            "takes a hostname or an id: add a letter (for example 'ct-" + name + "')"
-        )
+        raise InputError(HOSTNAME_MESSAGES["digits"].format(name=name))
     if name.lower() in RESERVED_HOSTNAMES:
-        raise InputError(
-            f"hostname {name!r} is reserved (clients resolve it to something else, or it would take "
-            "traffic meant for another machine): pick another name"
-        )
+        raise InputError(HOSTNAME_MESSAGES["reserved"].format(name=name))
     return name
 
 

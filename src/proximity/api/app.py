@@ -19,10 +19,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, Field
 
 from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
+from proximity.api.info import sentence, system_info
 from proximity.api.jobs import Job, JobRunner
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
@@ -301,7 +305,8 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         context.stop()
 
     app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan, responses=ERRORS,
-                  description="Managed, isolated networking for the containers of a Proxmox host.")
+                  description="Managed, isolated networking for the containers of a Proxmox host.",
+                  docs_url=None, redoc_url=None)  # /docs below, from vendored assets: it works offline
     app.state.context = context
     app.add_middleware(Door, context=context)
     auth = [Depends(require_token)]  # checked by the Door already; here for the schema
@@ -311,10 +316,21 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         """Every error Proximity raises, with its status from one place (proximity.errors)."""
         return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 as FastAPI shapes it (``loc``, ``type``), each ``msg`` a sentence naming its field."""
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": sentence(e)}
+                                        for e in exc.errors()]}, status_code=422)
+
     # -- system ----------------------------------------------------------------------
     @app.get("/healthz", tags=["system"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, Any]:
+        # The sandbox is named without a token: the sign-in hint says `token show --sandbox NAME`.
+        return {"status": "ok", "sandbox": context.settings.netns}
+
+    @app.get("/api/v1/system/info", tags=["system"], dependencies=auth)
+    def info() -> dict[str, Any]:
+        return {"data": system_info(context.settings, app.version)}
 
     @app.get(STATUS_PATH, tags=["network"], dependencies=auth, response_model=dict[str, Any])
     async def network_status() -> Response:
@@ -349,6 +365,12 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     @app.get("/api/v1/containers/{ref}", tags=["containers"], dependencies=auth)
     def get_container(ref: Annotated[str, Path(max_length=63)]) -> dict[str, Any]:
         return {"data": context.containers.info(_vmid(ref)).as_dict()}
+
+    @app.get("/api/v1/containers/{ref}/jobs", tags=["containers"], dependencies=auth)
+    def container_jobs(ref: Annotated[str, Path(max_length=63)]) -> dict[str, Any]:
+        """The jobs kept in memory that touched this container (create, migrate), newest first."""
+        info = context.containers.info(_vmid(ref))
+        return {"data": [job.public() for job in context.jobs.touching(info.hostname, str(info.vmid))]}
 
     @app.post("/api/v1/containers", tags=["containers"], dependencies=auth, status_code=202)
     def create_container(body: CreateContainer) -> dict[str, Any]:
@@ -428,6 +450,15 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         from proximity.api.metrics import render_metrics
 
         return PlainTextResponse(render_metrics(context), media_type="text/plain; version=0.0.4")
+
+    app.mount("/static", StaticFiles(packages=[("proximity.api", "static")]), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title="Proximity API", swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css", swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no call to validator.swagger.io
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def dashboard() -> HTMLResponse:

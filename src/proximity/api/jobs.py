@@ -93,6 +93,12 @@ class JobRunner:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
+    def touching(self, *targets: str) -> list[Job]:
+        """The jobs kept whose target is one of ``targets`` (a container's hostname or id), newest first."""
+        with self._lock:
+            jobs = [job for job in self._jobs.values() if job.target in targets]
+        return sorted(jobs, key=lambda job: job.created, reverse=True)
+
     def _run(self, job: Job, work: Callable[[Job], Any]) -> None:
         job.status = "running"
         job._emit("running")

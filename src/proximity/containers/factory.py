@@ -8,10 +8,15 @@ from proximity.containers.base import ContainerBackend
 from proximity.settings import Settings, SettingsError
 
 
+def backend_kind(settings: Settings) -> str:
+    """The backend the settings ask for, by name ("auto": lxc on a sandbox host, proxmox otherwise)."""
+    if settings.backend == "auto":
+        return "lxc" if settings.netns else "proxmox"
+    return settings.backend
+
+
 def backend_for(settings: Settings) -> ContainerBackend:
-    kind = settings.backend
-    if kind == "auto":
-        kind = "lxc" if settings.netns else "proxmox"
+    kind = backend_kind(settings)
     if kind == "lxc":
         from proximity.containers.lxc import LxcBackend
 
