@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field
 
+from proximity import version
 from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
 from proximity.api.jobs import Job, JobRunner
 from proximity.containers.base import BackendError
@@ -300,7 +301,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         yield
         context.stop()
 
-    app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan, responses=ERRORS,
+    app = FastAPI(title="Proximity", version=version(), lifespan=lifespan, responses=ERRORS,
                   description="Managed, isolated networking for the containers of a Proxmox host.")
     app.state.context = context
     app.add_middleware(Door, context=context)
@@ -314,7 +315,11 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     # -- system ----------------------------------------------------------------------
     @app.get("/healthz", tags=["system"])
     def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "version": app.version}
+
+    @app.get("/api/v1/version", tags=["system"], dependencies=auth)
+    def get_version() -> dict[str, Any]:
+        return {"data": {"version": app.version}}
 
     @app.get(STATUS_PATH, tags=["network"], dependencies=auth, response_model=dict[str, Any])
     async def network_status() -> Response:
