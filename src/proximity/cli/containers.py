@@ -165,7 +165,7 @@ def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool, as_json:
     else:
         info = getattr(manager, verb)(str(info.vmid))
     if as_json:
-        print_json(info.__dict__ if api else info.as_dict())
+        print_json(info.as_dict())
     else:
         note = getattr(info, "note", None)
         out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}" + (f" ({note})" if note else ""))
