@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from proximity.cli import app
 from proximity.host import wait_for
 from proximity.settings import load_settings
-from tests.integration.test_no_traceback import arguments, commands, options
+from tests.integration.test_no_traceback import commands, options
 from tests.integration.tools import PROXIMITY, proximity
 
 runner = CliRunner()
