@@ -41,6 +41,8 @@ def _show_version(value: bool) -> None:
 def main(show_version: Annotated[bool, typer.Option(
         "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Proximity: a managed, isolated network for the containers of a Proxmox host."""
+
+
 sandbox_app = typer.Typer(help="The sandbox host: a Proxmox-like host made of network namespaces.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")

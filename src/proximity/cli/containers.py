@@ -143,8 +143,10 @@ def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool, as_json:
     if verb == "destroy" and info is not None and info.state == "running" and not force:
         raise ConflictError(f"CT {info.vmid} ({info.hostname}) is running: nothing was destroyed",
                             fix=f"stop it first (`proximity ct stop {ref}`), or pass --force to stop and destroy it")
-    plan = (manager.plan_destroy(ref) if not api else f"destroy CT {info.vmid} ({info.hostname})"
-            ) if verb == "destroy" else f"{verb} CT {info.vmid} ({info.hostname})"
+    if verb == "destroy" and not api:
+        plan = manager.plan_destroy(ref)  # with the reservation it releases
+    else:
+        plan = f"{verb} CT {info.vmid} ({info.hostname})"
     if dry_run:
         print_json({"dry_run": True, "plan": plan}) if as_json else out.print(f"Dry run: would {plan}.",
                                                                             highlight=False)
