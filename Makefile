@@ -9,7 +9,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	@$(PROXIMITY) sandbox destroy $(SANDBOX) >/dev/null
+	@$(PROXIMITY) sandbox destroy $(SANDBOX) --if-exists >/dev/null
 	$(PROXIMITY) sandbox create $(SANDBOX)
 	$(PROXIMITY) up --sandbox $(SANDBOX)
 	$(PROXIMITY) ct create nginx-01 --sandbox $(SANDBOX)
@@ -24,7 +24,7 @@ demo: bootstrap
 	@echo "The sandbox $(SANDBOX) and the service stay up to explore (see the README); remove them with: make demo-clean"
 
 demo-clean: bootstrap
-	$(PROXIMITY) sandbox destroy $(SANDBOX)
+	$(PROXIMITY) sandbox destroy $(SANDBOX) --if-exists
 
 test:
 	@scripts/bootstrap.sh --test

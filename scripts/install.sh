@@ -205,7 +205,7 @@ install_api_unit() {
     # The unit's text comes from Proximity itself (render.api_unit), as `serve --install-unit` writes it.
     if [ -n "$dry_run" ]; then
         echo "would write: $api_unit (ExecStart=$command serve --host ${opt[api-host]} --port ${opt[api-port]})"
-        echo "would run: $command token show   (creates $etc_dir/api-token, mode 0600)"
+        echo "would run: $command token create   (creates $etc_dir/api-token, mode 0600, unless it exists)"
     else
         mkdir -p "$systemd_dir"
         (
@@ -218,7 +218,7 @@ sys.stdout.write(render.api_unit(load_settings(), sys.argv[1], sys.argv[2], int(
         ) >"$api_unit.tmp"
         mv -f "$api_unit.tmp" "$api_unit"
         say "installed $api_unit"
-        "$command" token show >/dev/null
+        "$command" token create >/dev/null
         if [ -f "$etc_dir/api-token" ]; then
             say "the API token is in $etc_dir/api-token (mode $(stat -c %a "$etc_dir/api-token")): \`proximity token show\`"
         else

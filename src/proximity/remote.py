@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -35,12 +37,22 @@ def check_url(api: str, insecure_http: bool) -> str | None:
     return None
 
 
+def call(api: str, token: str, method: str, path: str, verify: ssl.SSLContext | bool = True,
+         whole: bool = False) -> Any:
+    """One request that is not a job (a read, start, stop, destroy); return the answer's ``data`` (or all of it)."""
+    with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                      verify=verify) as client, _answers(api):
+        response = client.request(method, path)
+        _raise_for(response)
+        return response.json() if whole else response.json()["data"]
+
+
 def run_job(api: str, token: str, method: str, path: str, body: dict[str, Any], console: Console,
             verify: ssl.SSLContext | bool = True) -> Any:
     """Start a long operation on the service and follow its events with a progress bar; return its result."""
     with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=30,
                       verify=verify) as client:
-        try:
+        with _answers(api):
             response = client.request(method, path, json=body)
             _raise_for(response)
             if response.status_code == 200:  # a dry run answers at once
@@ -64,23 +76,30 @@ def run_job(api: str, token: str, method: str, path: str, body: dict[str, Any], 
             final = client.get(f"/api/v1/jobs/{job['id']}")
             _raise_for(final)
             final = final.json()["data"]
-        except ProximityError:
-            raise
-        except httpx.ConnectError as exc:
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                raise HostError(
-                    f"the service at {api} presented a certificate this machine does not trust ({exc}): pass "
-                    "--api-ca with the service's certificate (its fingerprint: `proximity token show --json` "
-                    "on the service's host)") from None
-            raise HostError(f"cannot reach the Proximity service at {api}: {exc}; is `proximity serve` running?") from None
-        except httpx.HTTPError as exc:
-            raise HostError(f"the Proximity service at {api} failed to answer: {exc!r}") from None
-        except (ValueError, KeyError) as exc:
-            raise HostError(f"the service at {api} gave an answer that is not Proximity's ({exc!r}): "
-                            "is --api the URL of `proximity serve`?") from None
     if final["status"] != "succeeded":
         raise HostError(f"{job['kind']} {job['target']} failed: {final['error']}")
     return final["result"]
+
+
+@contextmanager
+def _answers(api: str) -> Iterator[None]:
+    """The service's failures to answer, as Proximity's errors that say what to do."""
+    try:
+        yield
+    except ProximityError:
+        raise
+    except httpx.ConnectError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise HostError(
+                f"the service at {api} presented a certificate this machine does not trust ({exc}): pass "
+                "--api-ca with the service's certificate (its fingerprint: `proximity token show --json` "
+                "on the service's host)") from None
+        raise HostError(f"cannot reach the Proximity service at {api}: {exc}; is `proximity serve` running?") from None
+    except httpx.HTTPError as exc:
+        raise HostError(f"the Proximity service at {api} failed to answer: {exc!r}") from None
+    except (ValueError, KeyError) as exc:
+        raise HostError(f"the service at {api} gave an answer that is not Proximity's ({exc!r}): "
+                        "is --api the URL of `proximity serve`?") from None
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -243,7 +243,7 @@ def test_cli_follows_a_job_of_the_running_service(api, sandbox):
         assert "cli-01.prox.local" in result.stdout
         refused = proximity("ct", "create", "cli-01", "--sandbox", sandbox.name, "--api", url, check=False)
         assert refused.returncode == 2 and "409" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
-        proximity("ct", "destroy", "cli-01", "--sandbox", sandbox.name)
+        proximity("ct", "destroy", "cli-01", "--force", "--sandbox", sandbox.name)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -90,7 +90,7 @@ def test_lxc_containers_get_stable_names_and_addresses(network, lxc):
         assert wait_for(lambda: f"inet {nginx['ip']}/24" in in_ct(lxc, nginx["vmid"], "ip", "-4", "-o", "addr"), 20)
 
         # Destroy frees the name, the reservation and the lease.
-        proximity("ct", "destroy", "nginx-01", "--sandbox", sb.name)
+        proximity("ct", "destroy", "nginx-01", "--force", "--sandbox", sb.name)
         assert wait_for(lambda: leased(sb, nginx["mac"]) is None, timeout=10)
         assert resolve(peer.ns, "nginx-01.prox.local", GATEWAY) == []
         assert nginx["mac"] not in sb.state_dir.joinpath("dhcp-hosts").read_text()

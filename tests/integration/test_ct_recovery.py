@@ -262,7 +262,7 @@ def test_kill_9_during_ct_destroy_is_settled(network, lxc, milestone):
         "recorded": lambda: (reservations(sb).get("doomed-1") or {}).get("intent"),
         "stopped": lambda: not os.path.exists(f"/proc/{init}"),
     }[milestone]
-    destroy = subprocess.Popen([*PROXIMITY, "ct", "destroy", "doomed-1", "--sandbox", sb.name],
+    destroy = subprocess.Popen([*PROXIMITY, "ct", "destroy", "doomed-1", "--force", "--sandbox", sb.name],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert poll(lambda: reached() or destroy.poll() is not None, 60)
@@ -274,7 +274,7 @@ def test_kill_9_during_ct_destroy_is_settled(network, lxc, milestone):
     if "doomed-1" in containers:  # killed before the container went: it is kept as it was, running
         assert reservations(sb)["doomed-1"]["intent"] is None and containers["doomed-1"]["ip"] == info["ip"]
         assert containers["doomed-1"]["state"] == "running", stderr
-        proximity("ct", "destroy", "doomed-1", "--sandbox", sb.name)
+        proximity("ct", "destroy", "doomed-1", "--force", "--sandbox", sb.name)
     assert "doomed-1" not in reservations(sb) and "doomed-1" not in listed(sb)[0]
     assert all(ct_dirs(lxc).values()) and str(info["vmid"]) not in ct_dirs(lxc)
     code, checks = doctor(sb)

@@ -40,7 +40,7 @@ def host(sandbox):
         sandboxes.detach_client(sandbox, client.hostname)
     lxc = LxcBackend(sandbox.name, sandbox.state_dir / "lxc")
     for container in lxc.list():
-        proximity("ct", "destroy", str(container.vmid), "--sandbox", sandbox.name, check=False)
+        proximity("ct", "destroy", str(container.vmid), "--force", "--sandbox", sandbox.name, check=False)
     proximity("down", "--purge", "--sandbox", sandbox.name)
 
 

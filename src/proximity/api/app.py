@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, Field
 
+from proximity import version
 from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
 from proximity.api.info import sentence, system_info
 from proximity.api.jobs import Job, JobRunner
@@ -304,7 +305,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         yield
         context.stop()
 
-    app = FastAPI(title="Proximity", version="0.1.0", lifespan=lifespan, responses=ERRORS,
+    app = FastAPI(title="Proximity", version=version(), lifespan=lifespan, responses=ERRORS,
                   description="Managed, isolated networking for the containers of a Proxmox host.",
                   docs_url=None, redoc_url=None)  # /docs below, from vendored assets: it works offline
     app.state.context = context
@@ -326,11 +327,15 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     @app.get("/healthz", tags=["system"])
     def healthz() -> dict[str, Any]:
         # The sandbox is named without a token: the sign-in hint says `token show --sandbox NAME`.
-        return {"status": "ok", "sandbox": context.settings.netns}
+        return {"status": "ok", "version": app.version, "sandbox": context.settings.netns}
 
     @app.get("/api/v1/system/info", tags=["system"], dependencies=auth)
     def info() -> dict[str, Any]:
         return {"data": system_info(context.settings, app.version)}
+
+    @app.get("/api/v1/version", tags=["system"], dependencies=auth)
+    def get_version() -> dict[str, Any]:
+        return {"data": {"version": app.version}}
 
     @app.get(STATUS_PATH, tags=["network"], dependencies=auth, response_model=dict[str, Any])
     async def network_status() -> Response:

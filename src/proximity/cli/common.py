@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -12,12 +13,36 @@ from typing import Annotated, Any
 import typer
 
 from proximity import sandbox as sandboxes
-from proximity.errors import ProximityError, exit_code
+from proximity.errors import HostError, NeedsRoot, ProximityError, error_code, exit_code
 from proximity.network.reconciler import NetworkManager, Report
 from proximity.settings import Settings, SettingsError, load_settings
 
+EXIT_CODES = """Exit codes:
+ 0  done; `status`: healthy
+ 1  an operation failed, or it needs root; `status`: degraded or unhealthy
+ 2  input refused (invalid, not found, conflict): nothing was changed
+ 3  `status`: the network is down, as requested (`proximity down`)
+Under --json an error is JSON on stdout, with a stable code:
+{"error": {"code": "not_found", "exit": 2, "message": "...", "fix": "..."}}"""
+
 app = typer.Typer(help="Proximity: a managed, isolated network for the containers of a Proxmox host.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  epilog=EXIT_CODES, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from proximity import version
+
+        sys.stdout.write(f"proximity {version()}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(show_version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Proximity: a managed, isolated network for the containers of a Proxmox host."""
+
+
 sandbox_app = typer.Typer(help="The sandbox host: a Proxmox-like host made of network namespaces.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -77,6 +102,7 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every error Proximity raises into one clear message and its exit code, never a traceback.
 
     2: the input was refused (invalid, not found, conflict); 1: an operation failed (see errors.py).
+    Under --json (the command's ``as_json``) the error is JSON on stdout, with its stable code.
     """
 
     @wraps(func)
@@ -84,10 +110,30 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except (ProximityError, PermissionError) as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            exc = _needs_root(exc) or exc
+            if kwargs.get("as_json"):
+                fix = getattr(exc, "fix", None)
+                message = exc.message if isinstance(exc, ProximityError) else str(exc)
+                print_json({"error": {"code": error_code(exc), "exit": exit_code(exc), "message": message,
+                                      "fix": fix}})
+            else:
+                err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
+
+
+def _needs_root(exc: BaseException) -> NeedsRoot | None:
+    """A permission failure of a user who is not root, as what it is: the command needs root."""
+    if os.geteuid() == 0 or isinstance(exc, NeedsRoot):
+        return None
+    cause = exc if isinstance(exc, PermissionError) else exc.__cause__ or exc.__context__
+    denied = isinstance(cause, PermissionError) or (
+        isinstance(exc, HostError) and ("Permission denied" in str(exc) or "Operation not permitted" in str(exc)))
+    if not denied:
+        return None
+    argv = ["sudo", "proximity", *sys.argv[1:]]
+    return NeedsRoot(f"this command needs root ({exc})", fix=f"run it as root: {shlex.join(argv)}")
 
 
 def settings_for(sandbox: str | None, **overrides: Any) -> Settings:
@@ -137,11 +183,29 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
 
 def remote(api: str, token: str | None, sandbox: str | None, method: str, path: str, body: dict,
            api_ca: str | None = None, insecure_http: bool = False) -> Any:
+    from proximity.remote import run_job
+
+    token, verify = _connection(api, token, sandbox, api_ca, insecure_http)
+    return run_job(api, token, method, path, body, err.real, verify)
+
+
+def remote_call(api: str, token: str | None, sandbox: str | None, method: str, path: str,
+                api_ca: str | None = None, insecure_http: bool = False, whole: bool = False) -> Any:
+    """A request to the service that is not a job (a read, start, stop, destroy): its answer's ``data``."""
+    from proximity.remote import call
+
+    token, verify = _connection(api, token, sandbox, api_ca, insecure_http)
+    return call(api, token, method, path, verify, whole)
+
+
+def _connection(api: str, token: str | None, sandbox: str | None, api_ca: str | None,
+                insecure_http: bool) -> tuple[str, Any]:
+    """The token and the TLS trust for --api (the URL checked first)."""
     from pathlib import Path
 
     from proximity.api.auth import TokenStore
     from proximity.api.tls import client_verify
-    from proximity.remote import check_url, run_job
+    from proximity.remote import check_url
 
     warning = check_url(api, insecure_http)
     if warning:
@@ -149,7 +213,33 @@ def remote(api: str, token: str | None, sandbox: str | None, method: str, path: 
     settings = settings_for(sandbox)
     token = token or TokenStore(settings).read()
     if not token:
-        raise SettingsError("no API token: pass --token or set PROXIMITY_API_TOKEN (see `proximity token show`)")
+        raise SettingsError("no API token", fix="pass --token or set PROXIMITY_API_TOKEN (see `proximity token show`)")
     verify = client_verify(Path(api_ca) if api_ca else None,
                            settings.api_tls_cert if settings.api_cert_file is None else None)
-    return run_job(api, token, method, path, body, err.real, verify)
+    return token, verify
+
+
+class Fetched:
+    """What the service answered, read like the local objects the commands render (``st.bridge_up``)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._data
+
+
+def hostnames(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of container names: the reserved hostnames, from the reservations file (no backend call)."""
+    try:
+        settings = settings_for(ctx.params.get("sandbox"))
+        items = json.loads(settings.reservations_db.read_text())
+        return sorted(item["hostname"] for item in items if item.get("hostname", "").startswith(incomplete))
+    except Exception:  # completion never fails the shell: no settings, no file, no permission
+        return []

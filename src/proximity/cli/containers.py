@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
 import typer
 
-from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, InsecureHttpOpt, JsonOpt, SandboxOpt, Table, TokenOpt,
-                                  app, ct_app, err, friendly, manager_for, out, print_json, remote)
+from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, JsonOpt, SandboxOpt, Table,
+                                  TokenOpt, app, ct_app, err, friendly, hostnames, manager_for, out, print_json, remote,
+                                  remote_call)
 from proximity.containers.base import BackendError
+from proximity.errors import ConflictError, NotFoundError
 from proximity.settings import check_hostname
 
 if TYPE_CHECKING:
@@ -44,7 +47,9 @@ def show_containers(found: list[ContainerInfo], as_json: bool) -> None:
 
 @ct_app.command("create")
 @friendly
-def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+def ct_create(hostname: Annotated[str, typer.Argument(help="The new container's hostname (RFC 1123 label, e.g. "
+                                                                "nginx-01): its DNS name is HOSTNAME.DOMAIN.")],
+              sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
               template: Annotated[str | None, typer.Option(help="Proxmox template volume id.")] = None,
               memory: Annotated[int, typer.Option(min=16, help="Memory in MiB.")] = 256,
               cores: Annotated[int, typer.Option(min=1, max=8192, help="CPU cores.")] = 1,
@@ -79,54 +84,132 @@ def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = Fa
         out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.ip} ({info.dns_name}), MAC {info.mac}, {info.state}")
 
 
+RefArg = Annotated[str, typer.Argument(metavar="HOST|ID", help="The container's hostname or id (VMID).",
+                                        autocompletion=hostnames)]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Destroy it even if it is running (stopped first).")]
+
+
 @ct_app.command("list")
 @friendly
-def ct_list(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+def ct_list(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
+            api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """List containers with their state, MAC, address and DNS name."""
+    if api:
+        found = [Fetched(c) for c in remote_call(api, token, sandbox, "GET", "/api/v1/containers", api_ca,
+                                                 insecure_http)]
+        show_containers(found, as_json)
+        return
     show_containers(containers_for(sandbox).list(), as_json)
 
 
-def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
-    manager = containers_for(sandbox, recover=not dry_run)
-    if verb == "destroy":
-        plan = manager.plan_destroy(ref)
-        if not dry_run:
-            manager.destroy(ref)
-        out.print(f"Dry run: would {plan}." if dry_run else f"[green]✓[/] done: {plan}", highlight=False)
+ct_app.command("ls", hidden=True)(ct_list)
+
+
+@ct_app.command("show")
+@friendly
+def ct_show(ref: RefArg, sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None,
+            token: TokenOpt = None, api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
+    """Show one container: its state, MAC, address, DNS name and bridge."""
+    if api:
+        data = remote_call(api, token, sandbox, "GET", f"/api/v1/containers/{quote(ref, safe='')}", api_ca,
+                           insecure_http)
+    else:
+        manager = containers_for(sandbox)
+        data = manager.info(manager.resolve(ref)).as_dict()
+    if as_json:
+        print_json(data)
         return
-    vmid = manager.resolve(ref)
+    table = Table(title=f"CT {data['vmid']} {data['hostname']}", show_header=False)
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    out.print(table)
+
+
+def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool, as_json: bool = False, force: bool = False,
+               api: str | None = None, connect: tuple = ()) -> None:
+    """start, stop or destroy, here or through the service (``connect``: token, api_ca, insecure_http)."""
+    token, api_ca, insecure_http = connect or (None, None, False)
+    path = f"/api/v1/containers/{quote(ref, safe='')}"
+    if api:
+        info = Fetched(remote_call(api, token, sandbox, "GET", path, api_ca, insecure_http))
+    else:
+        manager = containers_for(sandbox, recover=not dry_run)
+        try:
+            info = manager.info(manager.resolve(ref))
+        except NotFoundError:
+            if verb != "destroy":
+                raise
+            info = None  # destroy also releases a reservation whose container is gone
+    if verb == "destroy" and info is not None and info.state == "running" and not force:
+        raise ConflictError(f"CT {info.vmid} ({info.hostname}) is running: nothing was destroyed",
+                            fix=f"stop it first (`proximity ct stop {ref}`), or pass --force to stop and destroy it")
+    if verb == "destroy" and not api:
+        plan = manager.plan_destroy(ref)  # with the reservation it releases
+    else:
+        plan = f"{verb} CT {info.vmid} ({info.hostname})"
     if dry_run:
-        out.print(f"Dry run: would {verb} CT {vmid} ({manager.info(vmid).hostname}).")
+        print_json({"dry_run": True, "plan": plan}) if as_json else out.print(f"Dry run: would {plan}.",
+                                                                            highlight=False)
         return
-    info = getattr(manager, verb)(str(vmid))
-    out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}" + (f" ({info.note})" if info.note else ""))
+    if verb == "destroy":
+        if api:
+            remote_call(api, token, sandbox, "DELETE", path, api_ca, insecure_http)
+        else:
+            manager.destroy(ref)
+        if as_json:
+            print_json({"vmid": info.vmid if info else None, "hostname": info.hostname if info else ref,
+                        "destroyed": True, "done": plan})
+        else:
+            out.print(f"[green]✓[/] done: {plan}", highlight=False)
+        return
+    if api:
+        info = Fetched(remote_call(api, token, sandbox, "POST", f"{path}/{verb}", api_ca, insecure_http))
+    else:
+        info = getattr(manager, verb)(str(info.vmid))
+    if as_json:
+        print_json(info.as_dict())
+    else:
+        note = getattr(info, "note", None)
+        out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.state}" + (f" ({note})" if note else ""))
 
 
 @ct_app.command("start")
 @friendly
-def ct_start(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+def ct_start(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+             api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+             insecure_http: InsecureHttpOpt = False) -> None:
     """Start a container (by id or hostname)."""
-    _ct_action("start", ref, sandbox, dry_run)
+    _ct_action("start", ref, sandbox, dry_run, as_json, api=api, connect=(token, api_ca, insecure_http))
 
 
 @ct_app.command("stop")
 @friendly
-def ct_stop(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+def ct_stop(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+            api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+            insecure_http: InsecureHttpOpt = False) -> None:
     """Shut a container down cleanly (by id or hostname)."""
-    _ct_action("stop", ref, sandbox, dry_run)
+    _ct_action("stop", ref, sandbox, dry_run, as_json, api=api, connect=(token, api_ca, insecure_http))
 
 
 @ct_app.command("destroy")
 @friendly
-def ct_destroy(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
-    """Destroy a container and release its reservation and lease."""
-    _ct_action("destroy", ref, sandbox, dry_run)
+def ct_destroy(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+               force: ForceOpt = False, api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
+               insecure_http: InsecureHttpOpt = False) -> None:
+    """Destroy a container and release its reservation and lease (a running one only with --force)."""
+    _ct_action("destroy", ref, sandbox, dry_run, as_json, force, api, (token, api_ca, insecure_http))
+
+
+ct_app.command("rm", hidden=True)(ct_destroy)
+ct_app.command("delete", hidden=True)(ct_destroy)
 
 
 @ct_app.command("exec")
 @friendly
-def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: SandboxOpt = None) -> None:
-    """Run a command inside a container (lxc backend; on Proxmox use `pct exec`)."""
+def ct_exec(ref: RefArg, command: Annotated[list[str], typer.Argument(
+                help="The command and its arguments (put `--` before it when it has options).")],
+            sandbox: SandboxOpt = None) -> None:
+    """Run a command inside a container (lxc backend; on Proxmox use `pct exec`); its output and exit code are the command's."""
     manager = containers_for(sandbox)
     if not hasattr(manager.backend, "exec"):
         raise BackendError(f"the {manager.backend.name} backend cannot exec: use `pct exec {ref} -- ...` on the node")
@@ -157,17 +240,20 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
 
 @app.command()
 @friendly
-def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+def migrate(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
             api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
             insecure_http: InsecureHttpOpt = False) -> None:
     """Move a container from vmbr0 to the managed bridge: snapshot, shut down, switch net0, start, verify; roll back on failure."""
     if api:
+        vmid = int(ref) if ref.isascii() and ref.isdigit() else remote_call(
+            api, token, sandbox, "GET", f"/api/v1/containers/{quote(ref, safe='')}", api_ca, insecure_http)["vmid"]
         result = remote(api, token, sandbox, "POST", f"/api/v1/containers/{vmid}/migrate",
                         {"dry_run": dry_run, "timeout": timeout}, api_ca, insecure_http)
         print_json(result) if as_json else out.print(f"[green]✓[/] CT {vmid} migrated: {result.get('dns_name')}")
         return
     manager = containers_for(sandbox, recover=not dry_run)
+    vmid = manager.resolve(ref)
     report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
                              progress=(lambda step: None) if as_json else
                              (lambda step: out.print(f"[cyan]would:[/] {step}" if dry_run else f"[green]✓[/] {step}")))

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from proximity import sandbox as sandboxes
-from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, InsecureHttpOpt, InterfacesOpt, JsonOpt, SandboxOpt,
-                                  Table, TokenOpt, UplinkOpt, app, err, friendly, manager_for, out, print_json,
-                                  remote, show_report)
+from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, InterfacesOpt, JsonOpt,
+                                  SandboxOpt, Table, TokenOpt, UplinkOpt, app, err, friendly, manager_for, out,
+                                  print_json, remote, remote_call, show_report)
 from proximity.network.reconciler import NetworkManager
 
 @app.command()
@@ -43,9 +43,24 @@ def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOp
 
 @app.command()
 @friendly
-def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
+           api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """Show whether the managed network is healthy, read from netlink and /proc."""
+    if api:
+        data = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/status", api_ca, insecure_http)
+        show_status(RemoteStatus(data), as_json)
+        return
     show_status(manager_for(sandbox), as_json, reprobe=True)
+
+
+class RemoteStatus:
+    """The service's status answer, shown by `show_status` as a local one is."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def status(self, reprobe: bool = False) -> Fetched:
+        return Fetched(self.data)
 
 
 def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False) -> None:
@@ -74,10 +89,16 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False) -
 
 @app.command()
 @friendly
-def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
+           api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """List DHCP leases from dnsmasq's lease file."""
     manager = manager_for(sandbox)
-    found, warnings = manager.leases()
+    if api:
+        answer = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/leases", api_ca, insecure_http,
+                             whole=True)
+        found, warnings = [Fetched(lease) for lease in answer["data"]], answer["warnings"]
+    else:
+        found, warnings = manager.leases()
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:
@@ -95,13 +116,18 @@ def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @friendly
-def doctor(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+def doctor(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
+           api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """Run every troubleshooting check, orphans included; each failure comes with the exact fix."""
     from proximity.doctor import run_doctor
 
-    checks = run_doctor(manager_for(sandbox), sandboxes.load(sandbox) if sandbox else None)
+    if api:
+        checks = [Fetched(check) for check in remote_call(api, token, sandbox, "GET", "/api/v1/system/network/doctor",
+                                                          api_ca, insecure_http)]
+    else:
+        checks = run_doctor(manager_for(sandbox), sandboxes.load(sandbox) if sandbox else None)
     if as_json:
-        print_json([check.__dict__ for check in checks])
+        print_json([check.as_dict() if api else check.__dict__ for check in checks])
     else:
         table = Table(title="proximity doctor")
         for column in ("check", "result", "detail", "fix"):

@@ -9,6 +9,7 @@ import typer
 
 from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, err, friendly, out, print_json,
                                   settings_for, show_report, token_app)
+from proximity.errors import NotFoundError
 from proximity.network.reconciler import Report
 from proximity.settings import Settings, SettingsError
 
@@ -76,11 +77,16 @@ def serve(sandbox: SandboxOpt = None,
 @token_app.command("show")
 @friendly
 def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the API token (created if there is none yet); --json adds the TLS certificate's fingerprint."""
+    """Print the API token (it changes nothing: `token create` makes one); --json adds the TLS certificate's fingerprint."""
     from proximity.api.auth import TokenStore
 
     settings = settings_for(sandbox)
-    token = TokenStore(settings).ensure()
+    store = TokenStore(settings)
+    token = store.read()
+    if token is None:
+        raise NotFoundError(f"there is no API token yet ({store.path} does not exist)",
+                            fix="make one with `proximity token create" + (f" --sandbox {sandbox}" if sandbox else "")
+                                + "` (or start `proximity serve`, which does)")
     if not as_json:
         sys.stdout.write(token + "\n")  # only the token, so that $(proximity token show) works
         return
@@ -91,17 +97,43 @@ def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
                 "sha256": fingerprint(cert) if cert.exists() else None})
 
 
+@token_app.command("create")
+@friendly
+def token_create(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Make the API token if there is none (0600); an existing one is kept. Prints where it is, never the token."""
+    from proximity.api.auth import TokenStore
+
+    store = TokenStore(settings_for(sandbox))
+    existed = store.read() is not None
+    if not existed and not dry_run:
+        store.ensure()
+    if as_json:
+        print_json({"path": str(store.path), "created": not existed and not dry_run, "dry_run": dry_run,
+                    "existed": existed})
+    elif existed:
+        out.print(f"the API token exists already: {store.path} (kept; `proximity token rotate` replaces it)",
+                  highlight=False)
+    else:
+        out.print(f"Dry run: would write a new token to {store.path} (mode 0600)." if dry_run
+                  else f"[green]✓[/] made the API token {store.path} (mode 0600): `proximity token show`",
+                  highlight=False)
+
+
 @token_app.command("rotate")
 @friendly
-def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
+def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Replace the API token; the old one stops working at once."""
     from proximity.api.auth import TokenStore
 
     store = TokenStore(settings_for(sandbox))
     if dry_run:
-        out.print(f"Dry run: would write a new token to {store.path} (mode 0600).")
+        if as_json:
+            print_json({"dry_run": True, "path": str(store.path)})
+        else:
+            out.print(f"Dry run: would write a new token to {store.path} (mode 0600).")
         return
-    sys.stdout.write(store.rotate() + "\n")
+    token = store.rotate()
+    print_json({"token": token, "path": str(store.path)}) if as_json else sys.stdout.write(token + "\n")
 
 
 def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -> None:

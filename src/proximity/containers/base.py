@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from proximity.errors import ConflictError, HostError
+from proximity.errors import ConflictError, HostError, NotFoundError
 
 
 class BackendError(HostError):
     """A backend operation failed; the message says what failed and what to do."""
+
+
+class ContainerNotFound(NotFoundError, BackendError):
+    """The backend has no container with that id (exit code 2, HTTP 404)."""
 
 
 class StillRunning(BackendError):

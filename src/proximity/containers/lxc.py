@@ -53,7 +53,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from proximity.containers.base import BackendError, Container, ContainerSpec, Net0
+from proximity.containers.base import BackendError, Container, ContainerNotFound, ContainerSpec, Net0
 from proximity.errors import HostError
 from proximity.host import ETC_NETNS, NETNS_RUN_DIR, CommandError, Host, Result, wait_for
 from proximity.owner import Owner
@@ -288,7 +288,7 @@ class LxcBackend:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise BackendError(f"CT {vmid} does not exist (no {path}); see the list of containers") from None
+            raise ContainerNotFound(f"CT {vmid} does not exist (no {path})", fix="see `proximity ct list`") from None
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot read {path}: {exc}; destroy CT {vmid} and create it again") from None
         if not isinstance(data, dict) or not {"hostname", "net0"} <= data.keys():
@@ -604,7 +604,7 @@ class LxcBackend:
         """Stop if running, then remove the container with its snapshots."""
         path = self._dir(vmid)
         if not path.is_dir():
-            raise BackendError(f"CT {vmid} does not exist in {self.lxcpath}")
+            raise ContainerNotFound(f"CT {vmid} does not exist in {self.lxcpath}", fix="see `proximity ct list`")
         if (path / CONFIG).is_file():
             if self._running(vmid):
                 self.stop(vmid)

@@ -219,7 +219,7 @@ class ContainerManager:
             return int(ref)
         matches = [c.vmid for c in self.backend.list() if c.hostname == ref]
         if not matches:
-            raise NoSuchContainer(f"no container with id or hostname {ref!r}: see `proximity ct list`")
+            raise NoSuchContainer(f"no container with id or hostname {ref!r}", fix="see `proximity ct list`")
         return matches[0]
 
     def _target(self, ref: str) -> tuple[Container | None, Reservation | None]:

@@ -31,7 +31,8 @@ from requests.adapters import HTTPAdapter
 from requests.exceptions import SSLError
 from urllib3.util.ssl_ import create_urllib3_context
 
-from proximity.containers.base import BackendError, Container, ContainerLocked, ContainerSpec, Net0, StillRunning
+from proximity.containers.base import (BackendError, Container, ContainerLocked, ContainerNotFound, ContainerSpec, Net0,
+                                      StillRunning)
 from proximity.errors import InputError, ProxmoxError
 
 ROLE_HINT = "grant them with the role commands in the README (section 'Proxmox permissions')"
@@ -45,11 +46,16 @@ REQUIRED_PRIVILEGES = (
 ID_TAKEN = re.compile(r"\b(CT|VM) \d+ already exists|config file already exists")
 LOCKED = re.compile(r"CT is locked \((\S+)\)")
 DIGEST_MISMATCH = "detected modified configuration"
+NO_CONFIG = re.compile(r"Configuration file 'nodes/[^/']+/lxc/\d+\.conf' does not exist")
 TRANSIENT_STATUS = (502, 503, 595, 596)  # pveproxy restarting, or it could not reach the node
 
 
 class ProxmoxBackendError(ProxmoxError, BackendError):
     """A Proxmox request or task failed; the message carries Proxmox's own words."""
+
+
+class ProxmoxContainerNotFound(ContainerNotFound, ProxmoxBackendError):
+    """Proxmox has no such container on this node (its answer: the config file does not exist)."""
 
 
 class TaskFailed(ProxmoxBackendError):
@@ -303,6 +309,9 @@ class ProxmoxBackend:
                 f"Proxmox refused the request: {text}. The token {self.config.token_id} lacks the privilege "
                 f"named there, on that path: {ROLE_HINT}"
             )
+        if NO_CONFIG.search(str(exc.content)):
+            return ProxmoxContainerNotFound(f"Proxmox has no CT {vmid} on node {self.config.node} ({text.strip()})",
+                                            fix="see `proximity ct list`")
         return lock_error(vmid, str(exc.content)) or ProxmoxBackendError(f"Proxmox refused the request: {text}")
 
     def _task(self, request, what: str, vmid: int | None = None, state: str | None = None) -> None:

@@ -44,11 +44,11 @@ from proximity.sandbox.layout import (
     SandboxError,
     validate_name,
 )
-from proximity.sandbox.lifecycle import create, destroy, load
+from proximity.sandbox.lifecycle import create, destroy, load, names
 from proximity.sandbox.pve_host import INTERFACES_TEMPLATE
 
 __all__ = [
     "CLIENTS_DIR", "HOST_UPLINK_ADDR", "INTERFACES_TEMPLATE", "INTERNET_HOST", "INTERNET_NAME", "LAN_GATEWAY",
     "SANDBOX_ROOT", "UPLINK", "Client", "Sandbox", "SandboxError", "attach_client", "clients", "create",
-    "apply_pending", "destroy", "detach_client", "load", "ns_run", "validate_name",
+    "apply_pending", "destroy", "detach_client", "load", "names", "ns_run", "validate_name",
 ]

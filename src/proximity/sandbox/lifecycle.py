@@ -17,6 +17,7 @@ from proximity.sandbox.commands import delete_ns
 from proximity.sandbox.layout import (
     NoSuchSandbox,
     HOST_NIC,
+    SANDBOX_ROOT,
     INTERNET_NIC,
     INTERNET_NIC_PEER,
     LAN_NIC,
@@ -109,6 +110,13 @@ def create(name: str) -> Sandbox:
     return sb
 
 
+def names() -> list[str]:
+    """The sandboxes on this machine (those with a record), by name."""
+    if not SANDBOX_ROOT.is_dir():
+        return []
+    return sorted(path.name for path in SANDBOX_ROOT.iterdir() if sandbox_named(path.name).meta_file.is_file())
+
+
 def load(name: str) -> Sandbox:
     """The existing sandbox ``name``; SandboxError if it does not exist or is incomplete."""
     validate_name(name)
@@ -161,15 +169,19 @@ def _namespaces(sb: Sandbox, meta: dict[str, Any]) -> list[str]:
     return namespaces
 
 
-def destroy(name: str) -> None:
+def destroy(name: str, missing_ok: bool = True) -> None:
     """Stop every process and remove every namespace, /etc/netns entry and file of the sandbox.
 
-    Idempotent. Refuses (SandboxError) to touch a namespace ``name`` that is not a sandbox.
+    Idempotent with ``missing_ok``; without, a sandbox of which nothing is left is NoSuchSandbox.
+    Refuses (SandboxError) to touch a namespace ``name`` that is not a sandbox.
     """
     validate_name(name)
     sb = sandbox_named(name)
     host = Host()
     meta = read_json(sb.meta_file)
+    if meta is None and not missing_ok and not (sb.root.exists() or ns_exists(name) or (ETC_NETNS / name).exists()):
+        raise NoSuchSandbox(f"sandbox {name} does not exist: nothing was destroyed",
+                            fix="see `proximity sandbox list`, or pass --if-exists to accept that")
     if meta is None:
         if ns_exists(name):
             raise SandboxError(
