@@ -189,6 +189,8 @@ class FakeHost(Host):
         elif cmd == "ifup":
             self._apply_interfaces(argv[1])
         elif cmd == "ip" and argv[1:3] == ["link", "delete"]:
+            if argv[3] not in self.links:
+                raise CommandError(argv, 1, f'Cannot find device "{argv[3]}"')
             self._delete_link(argv[3])
         elif cmd == "ip" and argv[1:3] == ["link", "add"]:  # the probe's veth; its peer is in its namespace
             self.add_link(argv[3], kind="veth")
