@@ -223,7 +223,8 @@ class Host:
         if self.netns and pattern.startswith("/etc/"):
             first, _, rest = pattern[len("/etc/"):].partition("/")
             over = ETC_NETNS / self.netns / first
-            if first and (over.exists() or over.is_symlink()):
+            if first and over.exists():
+                over = Path(os.path.realpath(over))  # name the files where the admin edits them
                 pattern = str(over / rest) if rest else str(over)
         return sorted(Path(p) for p in _glob.glob(pattern))
 
