@@ -209,3 +209,15 @@ def test_a_delete_that_fails_while_the_thing_is_still_there_is_an_error():
     host.fail = lambda argv: argv[0] == "iptables" and "-D" in argv
     with pytest.raises(HostError, match="injected failure"):
         DeleteRule(host.rules[0]).apply(Env(host, SETTINGS, None))
+
+
+def test_a_killed_writers_temp_file_of_another_name_is_removed_by_the_next_write(tmp_path):
+    """A backup has a new name each time: kill -9 during one left its temp file forever (test_kill saw it)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".interfaces.20261202T053328.338275Z.{dead.pid}-{dead.pid}.proximity-tmp"
+    leftover.write_text("half a backup")
+    alive = tmp_path / f".interfaces.20261202T053329.0Z.{os.getpid()}-1.proximity-tmp"
+    alive.write_text("being written")
+    Host().write_text(tmp_path / "interfaces.20261202T053330.0Z", "a backup\n")
+    assert not leftover.exists() and alive.exists()

@@ -385,13 +385,14 @@ def _remove_dead_temp_files(path: Path) -> None:
     """Temp files of writers that were killed (kill -9 between create and rename) are removed.
 
     A temp file is named for its target and the writer's pid and thread, so only a dead writer's goes.
+    Every such file in the directory goes, not only the target's: a backup has a new name each time,
+    so a backup's temp file would otherwise stay forever.
     """
-    prefix = f".{path.name}."
     with os.scandir(path.parent) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(prefix) and name.endswith(TEMP_SUFFIX):
-                pid = name[len(prefix):-len(TEMP_SUFFIX)].split("-")[0]
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                pid = name[:-len(TEMP_SUFFIX)].rsplit(".", 1)[-1].split("-")[0]
                 if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
