@@ -199,7 +199,13 @@ def test_a_rule_or_link_gone_between_check_and_delete_is_converged():
     host.query = vanish_after_check
     DeleteRule(rule).apply(env)  # iptables -D says "Bad rule": already converged
     real_ip_json = host.ip_json
-    host.ip_json = lambda *args: (result := real_ip_json(*args), host._delete_link(SETTINGS.bridge))[0]
+
+    def vanish_after_listing(*args):  # ... and the bridge right after Proximity saw it
+        links = real_ip_json(*args)
+        host._delete_link(SETTINGS.bridge)
+        return links
+
+    host.ip_json = vanish_after_listing
     DeleteLink(SETTINGS.bridge).apply(env)
     assert SETTINGS.bridge not in host.links
 
