@@ -99,6 +99,9 @@ def test_a_stanza_added_under_interfaces_d_after_up_is_named_and_down_leaves_the
     code, st = status(sb)
     assert st["health_status"] == "unhealthy", st
     assert any(f"{admin} line 2" in r for r in st["reasons"]) and any("eno2" in r for r in st["reasons"]), st
+    doctor = proximity("doctor", "--sandbox", sb.name, "--json", check=False)
+    failed = [check["detail"] for check in json.loads(doctor.stdout) if not check["ok"]]
+    assert doctor.returncode != 0 and any(f"{admin} line 2" in detail for detail in failed), failed
     result = up(sb, check=False)
     assert result.returncode == 2 and f"{admin} line 2" in result.stdout + result.stderr
     proximity("down", "--sandbox", sb.name)

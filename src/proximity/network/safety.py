@@ -50,5 +50,6 @@ def refusals(settings: Settings, obs: Observation) -> list[str]:
     reasons = declared_elsewhere(settings, obs)
     ports = physical_ports(settings, obs)
     if ports:
-        reasons.append(physical_port_reason(settings, ports))
+        running = "; dnsmasq runs on it now and answers DHCP there: `proximity down` stops it" if obs.dns else ""
+        reasons.append(physical_port_reason(settings, ports) + running)
     return reasons
