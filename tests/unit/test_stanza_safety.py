@@ -227,3 +227,12 @@ def test_a_killed_writers_temp_file_of_another_name_is_removed_by_the_next_write
     alive.write_text("being written")
     Host().write_text(tmp_path / "interfaces.20261202T053330.0Z", "a backup\n")
     assert not leftover.exists() and alive.exists()
+
+
+def test_down_also_removes_the_inet6_stanza_from_pending_gui_changes(pve_rewrite):
+    host = converged_host()
+    pending = str(SETTINGS.pending_interfaces_file)
+    host.files[pending] = _with_ipv6(host.files[str(SETTINGS.interfaces_file)], pve_rewrite)
+    assert not plan_of(host)  # the pending file already has Proximity's stanza, and the GUI's inet6 one
+    NetworkManager(SETTINGS, host=host).down()
+    assert "prox-net" not in host.files[pending]

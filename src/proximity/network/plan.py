@@ -153,7 +153,8 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
     changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
     pending = obs.file(s.pending_interfaces_file)
     if pending is not None and interfaces.remove_block(pending) != pending:
-        changes.append(WriteFile(s.pending_interfaces_file, interfaces.remove_block(pending), pending))
+        changes.append(WriteFile(s.pending_interfaces_file,
+                                 interfaces.remove_stanzas(interfaces.remove_block(pending), s.bridge), pending))
     new_text = interfaces.remove_block(text)
     if new_text != text:  # Proximity's bridge: no stanza of it stays (Proxmox's GUI adds IPv6 as its own)
         new_text = interfaces.remove_stanzas(new_text, s.bridge)
