@@ -16,7 +16,7 @@ from proximity.network.changes import DeleteLink, DeleteRule, Env, WriteFile
 from proximity.network.health import health
 from proximity.network.plan import plan_down
 from proximity.network.reconciler import NetworkManager
-from proximity.settings import RESERVED_HOSTNAMES
+from proximity.settings import RESERVED_HOSTNAMES, SettingsError
 from tests.unit.pve_rewrite import PveRewrite
 from tests.unit.test_plan import SETTINGS, converged_host, fresh_host, make_settings, plan_of
 
@@ -236,3 +236,10 @@ def test_down_also_removes_the_inet6_stanza_from_pending_gui_changes(pve_rewrite
     assert not plan_of(host)  # the pending file already has Proximity's stanza, and the GUI's inet6 one
     NetworkManager(SETTINGS, host=host).down()
     assert "prox-net" not in host.files[pending]
+
+
+def test_an_address_in_the_subnet_declared_in_a_sourced_file_is_a_clash():
+    host = fresh_host()
+    host.files["/etc/network/interfaces.d/lab"] = "auto vmbr1\niface vmbr1 inet static\n\taddress 10.10.0.5/24\n"
+    with pytest.raises(SettingsError, match="address 10.10.0.5/24 declared for vmbr1 in /etc/network/interfaces.d/lab"):
+        plan_of(host)

@@ -187,15 +187,16 @@ def _stanza_addresses(stanza: Stanza) -> list[_Address]:
     return result
 
 
-def declared_addresses(text: str) -> list[tuple[str, str]]:
+def declared_addresses(text: str, marked: bool = True) -> list[tuple[str, str]]:
     """``(iface, "A.B.C.D/len")`` of all IPv4 addresses outside Proximity's block.
 
     Used to detect subnet clashes with addresses the admin configured. Values
     that are not IPv4 addresses (IPv6, template variables) are skipped.
+    ``marked``: as for :func:`parse_stanzas` (False for a sourced file).
     """
     return [
         (stanza.name, str(addr.cidr))
-        for stanza in parse_stanzas(text)
+        for stanza in parse_stanzas(text, marked)
         if not stanza.managed
         for addr in _stanza_addresses(stanza)
         if addr.cidr is not None
