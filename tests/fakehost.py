@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import ipaddress
 import json
 import shlex
@@ -91,6 +92,12 @@ class FakeHost(Host):
     def mkdir(self, path: Path) -> None:
         pass
 
+    def glob(self, pattern: str) -> list[Path]:
+        """Files and their directories, matched like glob.glob (``*`` stops at ``/``)."""
+        names = set(self.files) | {str(Path(p).parent) for p in self.files}
+        depth = pattern.count("/")
+        return sorted(Path(n) for n in names if n.count("/") == depth and fnmatch.fnmatchcase(n, pattern))
+
     @contextlib.contextmanager
     def lock(self, path: Path, timeout: float = 60, what: str = "") -> Iterator[None]:
         yield
@@ -152,7 +159,15 @@ class FakeHost(Host):
             return self.run(argv)
         return self._ok(argv)
 
-    def run(self, argv: list[str], timeout: float = 30, input: str | None = None) -> Result:
+    def run(self, argv: list[str], timeout: float = 30, check: bool = True, input: str | None = None) -> Result:
+        try:
+            return self._run(argv)
+        except CommandError as exc:
+            if check:
+                raise
+            return Result(argv, exc.returncode or 1, "", exc.stderr)
+
+    def _run(self, argv: list[str]) -> Result:
         self._mutate(argv)
         cmd = argv[0].rsplit("/", 1)[-1]
         if cmd == "iptables":
@@ -174,6 +189,8 @@ class FakeHost(Host):
         elif cmd == "ifup":
             self._apply_interfaces(argv[1])
         elif cmd == "ip" and argv[1:3] == ["link", "delete"]:
+            if argv[3] not in self.links:
+                raise CommandError(argv, 1, f'Cannot find device "{argv[3]}"')
             self._delete_link(argv[3])
         elif cmd == "ip" and argv[1:3] == ["link", "add"]:  # the probe's veth; its peer is in its namespace
             self.add_link(argv[3], kind="veth")

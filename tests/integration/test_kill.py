@@ -12,7 +12,11 @@ import sys
 import time
 
 from proximity import sandbox as sandboxes
+from proximity.host import pid_cmdline, wait_for
+from proximity.sandbox.processes import ns_ids, pids_in_ns
 from tests.integration.tools import proximity
+
+IFUPDOWN = ("ifreload", "ifup", "ifdown", "ifquery")
 
 
 def own_rules(sb) -> list[str]:
@@ -47,6 +51,26 @@ def run_killed(sb, verb: str, after: float) -> None:
         proc.wait()
 
 
+def orphans(sb) -> list[int]:
+    """ifupdown2 runs the killed command left behind: Proximity starts each command in a session of
+    its own (so that a timeout can kill it whole), so `kill -9` of its group does not reach them."""
+    found = []
+    for pid in pids_in_ns(ns_ids([sb.name])):
+        argv = pid_cmdline(pid) or []
+        if any(os.path.basename(arg) in IFUPDOWN for arg in argv[:3]):
+            found.append(pid)
+    return found
+
+
+def settled(sb) -> None:
+    """Wait until the killed run's orphans have finished, so that the checks see the end state.
+
+    The command run again right after the kill is NOT made to wait: it races the orphans on purpose
+    (an orphan's post-down line deletes a rule between Proximity's check and its `iptables -D`, which
+    used to fail `down` with "Bad rule"); deleting what is already gone must be converged."""
+    assert wait_for(lambda: not orphans(sb), 60), f"ifupdown2 still running after 60 s: {orphans(sb)}"
+
+
 def timed(sb, verb: str) -> float:
     start = time.monotonic()
     proximity(verb, "--sandbox", sb.name)
@@ -62,6 +86,7 @@ def test_kill_9_at_random_points_of_up_and_down(sandbox):
         for _ in range(4):
             run_killed(sb, "up", rng.uniform(0.1, up_time))
             proximity("up", "--sandbox", sb.name)
+            settled(sb)
             status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
             assert status["health_status"] == "healthy", status["reasons"]
             assert sb.interfaces_file.read_text().count("iface prox-net inet static") == 1
@@ -73,6 +98,7 @@ def test_kill_9_at_random_points_of_up_and_down(sandbox):
 
             run_killed(sb, "down", rng.uniform(0.1, down_time))
             proximity("down", "--sandbox", sb.name)
+            settled(sb)
             assert sb.interfaces_file.read_bytes() == original
             assert sandboxes.ns_run(sb.name, ["ip", "link", "show", "prox-net"], check=False).returncode != 0
             assert own_rules(sb) == [] and dnsmasqs(sb) == [] and temp_files(sb) == []

@@ -12,6 +12,7 @@ There is one subprocess runner (``_run_argv``), one atomic writer
 from __future__ import annotations
 
 import contextlib
+import glob as _glob
 import ctypes
 import errno
 import fcntl
@@ -181,6 +182,9 @@ class Host:
             raise HostError(f"cannot write {path}: {exc.strerror or exc}; {hint}. The old file is unchanged.") from None
 
     def _write_atomic(self, path: Path, text: str, mode: int) -> None:
+        # A symlinked file (configuration management links /etc/network/interfaces) stays a link:
+        # the target is replaced, atomically, in the target's own directory.
+        path = Path(os.path.realpath(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             st = path.stat()
@@ -212,6 +216,17 @@ class Host:
     def remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+    def glob(self, pattern: str) -> list[Path]:
+        """The paths a glob matches as programs in this namespace see them: ``ip netns exec NAME``
+        mounts ``/etc/netns/NAME/X`` over ``/etc/X`` (ifreload runs that way in a sandbox)."""
+        if self.netns and pattern.startswith("/etc/"):
+            first, _, rest = pattern[len("/etc/"):].partition("/")
+            over = ETC_NETNS / self.netns / first
+            if first and over.exists():
+                over = Path(os.path.realpath(over))  # name the files where the admin edits them
+                pattern = str(over / rest) if rest else str(over)
+        return sorted(Path(p) for p in _glob.glob(pattern))
 
     def mkdir(self, path: Path, mode: int | None = None, exist_ok: bool = True) -> None:
         """Create ``path`` and its parents; ``mode`` is set exactly (no umask).
@@ -370,13 +385,14 @@ def _remove_dead_temp_files(path: Path) -> None:
     """Temp files of writers that were killed (kill -9 between create and rename) are removed.
 
     A temp file is named for its target and the writer's pid and thread, so only a dead writer's goes.
+    Every such file in the directory goes, not only the target's: a backup has a new name each time,
+    so a backup's temp file would otherwise stay forever.
     """
-    prefix = f".{path.name}."
     with os.scandir(path.parent) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(prefix) and name.endswith(TEMP_SUFFIX):
-                pid = name[len(prefix):-len(TEMP_SUFFIX)].split("-")[0]
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                pid = name[:-len(TEMP_SUFFIX)].rsplit(".", 1)[-1].split("-")[0]
                 if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)

@@ -21,6 +21,7 @@ from proximity.network.dnsmasq import DnsService, ServiceError, port_holders
 from proximity.network.render import dnsmasq_binary
 from proximity.network.firewall import Rule, parse_own_rules
 from proximity.network.pvefirewall import PveFirewallApi, PveRule
+from proximity.network.safety import is_guest_port, physical_port_reason
 from proximity.settings import Settings
 
 IFUPDOWN_RUN_DIR = Path("/run/network")
@@ -119,11 +120,13 @@ class BridgeState:
         if link is None:
             return
         if not self.exists:
-            env.host.run(["ip", "link", "delete", bridge])
+            delete_link(env, bridge)
             return
         for a in link.get("addr_info", []):
             if a.get("family") == "inet" and f"{a['local']}/{a['prefixlen']}" not in self.addresses:
-                env.host.run(["ip", "address", "del", f"{a['local']}/{a['prefixlen']}", "dev", bridge])
+                cidr = f"{a['local']}/{a['prefixlen']}"
+                delete(env, ["ip", "address", "del", cidr, "dev", bridge],
+                       lambda: _has_address(env, bridge, cidr))
         if not self.up and "UP" in link.get("flags", []):
             env.host.run(["ip", "link", "set", "dev", bridge, "down"])
         for port in self.ports:  # a re-created bridge has lost them
@@ -179,7 +182,7 @@ class ApplyInterfaces(Change):
             self.bridge_before.restore(env, self.bridge)
             live = parse_own_rules(env.host.query(["iptables-save"]).stdout, env.settings)
             for rule in set(live) - set(self.rules_before):
-                env.host.run(rule.argv("-D"))
+                delete_rule(env, rule)
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,8 @@ class DeleteLink(Change):
         return f"delete the link {self.name}"
 
     def apply(self, env: Env) -> None:
-        if env.host.dry_run or any(link["ifname"] == self.name for link in env.host.ip_json("link", "show")):
-            env.host.run(["ip", "link", "delete", self.name])
+        if env.host.dry_run or _link_exists(env, self.name):
+            delete_link(env, self.name)
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ class AddRule(Change):
 
     def undo(self, env: Env) -> None:
         if env.host.query(self.rule.argv("-C")).ok:
-            env.host.run(self.rule.argv("-D"))
+            delete_rule(env, self.rule)
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ class DeleteRule(Change):
 
     def apply(self, env: Env) -> None:
         if env.host.dry_run or env.host.query(self.rule.argv("-C")).ok:  # a post-down line may have removed it
-            env.host.run(self.rule.argv("-D"))
+            delete_rule(env, self.rule)
 
     def undo(self, env: Env) -> None:
         live = parse_own_rules(env.host.query(["iptables-save"]).stdout, env.settings).count(self.rule)
@@ -309,6 +312,7 @@ class StartDns(Change):
                 "dnsmasq cannot bind its ports on the gateway: " + "; ".join(map(str, holders))
                 + f". Stop that process or make it bind elsewhere (for a system dnsmasq: `bind-interfaces` "
                 f"with `except-interface={s.bridge}`), then run `proximity up` again.")
+        refuse_physical_ports(env)
         env.dns.enable()
         env.dns.start()
 
@@ -324,6 +328,7 @@ class RestartDns(Change):
         return f"restart dnsmasq ({self.why})"
 
     def apply(self, env: Env) -> None:
+        refuse_physical_ports(env)
         env.dns.restart()
 
     def undo(self, env: Env) -> None:
@@ -362,6 +367,47 @@ class StopDns(Change):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def delete(env: Env, argv: list[str], still_there) -> None:
+    """Delete something; if the command fails because it is already gone, that is converged.
+
+    Another process (an ``ifreload`` left running by a killed run, a post-down line, an admin) can
+    remove it between the check and the delete: ``iptables -D`` then says "Bad rule" and ``ip link
+    delete`` "Cannot find device". Only a delete that fails while the thing is still there is an error.
+    """
+    result = env.host.run(argv, check=False)
+    if not result.ok and not env.host.dry_run and still_there():
+        raise CommandError(result.argv, result.returncode, result.stderr or result.stdout)
+
+
+def delete_rule(env: Env, rule: Rule) -> None:
+    delete(env, rule.argv("-D"), lambda: env.host.query(rule.argv("-C")).ok)
+
+
+def delete_link(env: Env, name: str) -> None:
+    delete(env, ["ip", "link", "delete", name], lambda: _link_exists(env, name))
+
+
+def refuse_physical_ports(env: Env) -> None:
+    """dnsmasq is never started on a bridge with a port to a network Proximity does not own (checked
+    live: ``ifreload`` may just have merged an admin's stanza from another file)."""
+    if env.host.dry_run:
+        return
+    bridge = env.settings.bridge
+    ports = [link["ifname"] for link in env.host.ip_json("link", "show")
+             if link.get("master") == bridge and not is_guest_port(link["ifname"])]
+    if ports:
+        raise ServiceError(f"dnsmasq was not started: {physical_port_reason(env.settings, ports)}")
+
+
+def _link_exists(env: Env, name: str) -> bool:
+    return any(link["ifname"] == name for link in env.host.ip_json("link", "show"))
+
+
+def _has_address(env: Env, name: str, cidr: str) -> bool:
+    return any(f"{a['local']}/{a['prefixlen']}" == cidr for link in env.host.ip_json("address", "show")
+               if link["ifname"] == name for a in link.get("addr_info", []))
+
+
 def _retry_locked(env: Env, argv: list[str]) -> None:
     """Run an ifupdown2 command, waiting while another run holds its machine-wide lock."""
 

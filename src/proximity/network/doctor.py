@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from proximity.network import interfaces
+from proximity.network import interfaces, safety
 from proximity.network.health import health
 from proximity.network.reconciler import Check, NetworkManager
 
@@ -42,6 +42,10 @@ def network_checks(manager: NetworkManager, sandbox_name: str | None = None) -> 
               f"{st.container_ports} managed container port(s)"
               + (f"; not on {s.bridge}: {', '.join(st.detached_ports)}" if st.detached_ports else ""), up_cmd),
     ]
+    refused = safety.refusals(s, obs)  # a stanza of the bridge in another file, a port to another network
+    checks.append(Check("bridge is Proximity's alone", not refused,
+                        "; ".join(refused) or f"no other file declares {s.bridge}, and no port of it leads elsewhere",
+                        f"delete that stanza or port (see the message), then {up_cmd}"))
     checks.append(_probe_check(manager, st))
     checks.append(_leases_check(manager))
     checks += _port_checks(manager, obs)

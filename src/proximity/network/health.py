@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from proximity.network import render
+from proximity.network import render, safety
 from proximity.network.dnsmasq import content_hash
 from proximity.network.firewall import firewall_rules
 from proximity.network.observe import Observation
@@ -65,6 +65,7 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
     detached = [a.port for a in obs.attachments if a.master != s.bridge]
 
     problems: list[tuple[bool, str]] = []  # (fatal, reason)
+    problems += [(True, reason) for reason in safety.refusals(s, obs)]  # not Proximity's bridge alone
     if link is None:
         problems.append((True, f"bridge {s.bridge} does not exist: run `proximity up`"))
     elif not link.up:

@@ -37,6 +37,7 @@ __all__ = [
     "merge_block",
     "parse_stanzas",
     "remove_block",
+    "remove_stanzas",
     "render_block",
 ]
 
@@ -426,6 +427,29 @@ def remove_block(text: str) -> str:
     if block is None:
         return text
     return _edit(text, [(block.start, block.end, ""), *((s, e, "") for s, e in block.stale)])
+
+
+def remove_stanzas(text: str, name: str) -> str:
+    """Delete every stanza of ``name`` (any family), as Proxmox's reader delimits them, with the
+    ``auto`` lines that name only it and one blank line next to it; every other byte stays.
+
+    ``down`` uses it after :func:`remove_block` for what Proxmox's GUI adds to the bridge as a
+    stanza of its own (``iface prox-net inet6 static`` when IPv6 is set on it).
+    """
+    lines = _split_lines(text)
+    edits: list[tuple[int, int, str]] = []
+    done = 0  # end of the last edit: blank lines are not taken twice
+    for run in _runs(lines):
+        if run.name != name:
+            continue
+        start, end = lines[run.first].offset, lines[run.last].end
+        if run.last + 1 < len(lines) and not lines[run.last + 1].body.strip():
+            end = lines[run.last + 1].end
+        elif run.first > 0 and not lines[run.first - 1].body.strip():
+            start = max(lines[run.first - 1].offset, done)
+        edits.append((start, end, ""))
+        done = end
+    return _edit(text, edits)
 
 
 # The stanza reader lives in its own module; its names stay importable from here.

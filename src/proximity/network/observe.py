@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from proximity.errors import HostError
 from proximity.host import Host
 from proximity.network import render
 from proximity.network.dnsmasq import DnsProcess, DnsService, PortHolder, port_holders
@@ -23,6 +24,7 @@ from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
 from proximity.network.reservations import Reservation, Reservations
+from proximity.network.stanzas import SourcedFile, sourced_files
 from proximity.settings import Settings
 
 SYSCTLS = ("net.ipv4.ip_forward",)
@@ -87,6 +89,7 @@ class Observation:
     lease_warnings: tuple[str, ...] = ()
     probes: Probes | None = None  # read with probe=True
     last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
+    sourced: tuple[SourcedFile, ...] = ()  # the files the interfaces file sources, as ifupdown2 reads them
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -128,14 +131,16 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         if port is not None:
             attachments.append(Attachment(r.vmid, r.hostname, port.name, port.master))
     dns_process = dns.process()
+    files = {path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}
     pve_on = pve_firewall_on(host, settings)
     pve_rules, pve_error = _pve_rules(settings) if pve_on else (None, None)
     obs = Observation(
         links=tuple(links), addresses=tuple(addresses), routes=routes, rules=rules,
         sysctls=MappingProxyType({key: host.read_sysctl(key) for key in SYSCTLS}),
-        files=MappingProxyType({path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}),
+        files=MappingProxyType(files),
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
+        sourced=read_sourced(host, settings.interfaces_file, files.get(settings.interfaces_file)),
     )
     if not probe:
         return obs
@@ -148,6 +153,17 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
                           "probes": probes, "last_probe": load_probe(host, settings)})
+
+
+def read_sourced(host: Host, path: Path, text: str | None) -> tuple[SourcedFile, ...]:
+    """The files ifupdown2 reads because ``path`` sources them (an unreadable one has no text)."""
+    def read(file: Path) -> str | None:
+        try:
+            return host.read_text(file)
+        except HostError:  # a directory, not UTF-8, no permission: ifupdown2 skips it with a warning
+            return None
+
+    return tuple(sourced_files(path, text, read, host.glob)) if text else ()
 
 
 def _pve_rules(settings: Settings) -> tuple[tuple[Mapping[str, Any], ...] | None, str | None]:

@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proximity.network import interfaces, render
+from proximity.errors import ConflictError
+from proximity.network import interfaces, render, safety
 from proximity.network.changes import (
     AddRule, ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, ReloadDns, RemoveFile, RestartDns,
     SetSysctl, StartDns, StopDns, WriteDnsConfig, WriteFile, AddPveRule, DeletePveRule,
@@ -52,6 +53,9 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
                             "point --interfaces-file at the host's interfaces file")
     uplink = resolve_uplink(s, obs)
     check_subnet_free(s, obs, interfaces.remove_block(text))
+    refused = safety.refusals(s, obs)
+    if refused:
+        raise ConflictError(f"Proximity will not run {s.bridge} (nothing was changed):\n  " + "\n  ".join(refused))
     warnings: list[str] = []
     changes: list[Change] = []
 
@@ -149,12 +153,15 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
     changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
     pending = obs.file(s.pending_interfaces_file)
     if pending is not None and interfaces.remove_block(pending) != pending:
-        changes.append(WriteFile(s.pending_interfaces_file, interfaces.remove_block(pending), pending))
+        changes.append(WriteFile(s.pending_interfaces_file,
+                                 interfaces.remove_stanzas(interfaces.remove_block(pending), s.bridge), pending))
     new_text = interfaces.remove_block(text)
-    if new_text != text:
+    if new_text != text:  # Proximity's bridge: no stanza of it stays (Proxmox's GUI adds IPv6 as its own)
+        new_text = interfaces.remove_stanzas(new_text, s.bridge)
         changes.append(ApplyInterfaces(s.interfaces_file, new_text, text, s.bridge, _bridge_state(s, obs),
                                        obs.rules, check_bridge=False))
-    if _stanza(s, new_text) is None and obs.link(s.bridge) is not None:
+    mine = _stanza(s, new_text) is None and not safety.declared_elsewhere(s, obs)
+    if mine and obs.link(s.bridge) is not None:
         changes.append(DeleteLink(s.bridge))
     changes += [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules]
     warnings: list[str] = []
@@ -179,7 +186,10 @@ def _stanza(settings: Settings, text: str) -> interfaces.Stanza | None:
 def _declared(settings: Settings, text: str, uplink: str, pve_firewall: bool, warnings: list[str]) -> str:
     """The interfaces file with the bridge declared: Proximity's stanza, or the admin's own if it matches."""
     s = settings
-    hand = next((st for st in interfaces.parse_stanzas(text) if st.name == s.bridge and not st.managed), None)
+    # Only the inet stanza is compared: an inet6 one beside it (what Proxmox's GUI writes when IPv6 is
+    # added to the bridge) is the admin's, kept as it is and merged by ifupdown2.
+    hand = next((st for st in interfaces.parse_stanzas(text)
+                 if st.name == s.bridge and not st.managed and st.family != "inet6"), None)
     if hand is None:
         return interfaces.merge_block(text, render.bridge_stanza(s, uplink, pve_firewall))
     differences = interfaces.compare_bridge(hand, render.bridge_options(s), str(s.interfaces_file))

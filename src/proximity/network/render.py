@@ -7,7 +7,7 @@ import shlex
 import shutil
 
 from proximity.network.firewall import firewall_rules
-from proximity.settings import Settings
+from proximity.settings import RESERVED_HOSTNAMES, Settings
 
 HEADER = "# Managed by Proximity: 'proximity up' rewrites this file from its settings.\n"
 
@@ -92,7 +92,19 @@ dhcp-leasefile={s.leases_file}
 dhcp-hostsfile={s.dhcp_hosts_file}
 addn-hosts={s.addn_hosts_file}
 """
+        + reserved_names_conf()
     )
+
+
+RESERVED_TAG = "reserved_name"
+
+
+def reserved_names_conf() -> str:
+    """Reserved names never reach DNS: a client that asks for one (``wpad``, ``gateway``, ...) still
+    gets a lease, but its name is ignored, as ``ct create`` refuses them (dnsmasq compares names
+    without case)."""
+    names = "".join(f"dhcp-name-match=set:{RESERVED_TAG},{name}\n" for name in sorted(RESERVED_HOSTNAMES))
+    return f"# Reserved names: a lease, but never a name in DNS.\n{names}dhcp-ignore-names=tag:{RESERVED_TAG}\n"
 
 
 def dnsmasq_argv(settings: Settings, dnsmasq: str, *, foreground: bool) -> list[str]:

@@ -4,7 +4,11 @@ whether a hand-written bridge stanza says what Proximity's settings say (pure, n
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 _TRUE = frozenset({"on", "yes", "1", "true"})
 _FALSE = frozenset({"off", "no", "0", "false"})
@@ -72,9 +76,13 @@ def _logical_lines(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def parse_stanzas(text: str) -> list[Stanza]:
-    """Parse ``iface`` stanzas the way ifupdown does: only keywords end a stanza."""
-    block = _editor()._locate(text)
+def parse_stanzas(text: str, marked: bool = True) -> list[Stanza]:
+    """Parse ``iface`` stanzas the way ifupdown does: only keywords end a stanza.
+
+    ``marked``: the file is the one Proximity writes, so its marker makes a stanza ``managed``
+    (a sourced file never holds Proximity's stanza: its markers mean nothing).
+    """
+    block = _editor()._locate(text) if marked else None
     stanzas: list[Stanza] = []
     header: list[str] | None = None  # the words of the current iface line
     first_line = last_line = 0
@@ -179,15 +187,16 @@ def _stanza_addresses(stanza: Stanza) -> list[_Address]:
     return result
 
 
-def declared_addresses(text: str) -> list[tuple[str, str]]:
+def declared_addresses(text: str, marked: bool = True) -> list[tuple[str, str]]:
     """``(iface, "A.B.C.D/len")`` of all IPv4 addresses outside Proximity's block.
 
     Used to detect subnet clashes with addresses the admin configured. Values
     that are not IPv4 addresses (IPv6, template variables) are skipped.
+    ``marked``: as for :func:`parse_stanzas` (False for a sourced file).
     """
     return [
         (stanza.name, str(addr.cidr))
-        for stanza in parse_stanzas(text)
+        for stanza in parse_stanzas(text, marked)
         if not stanza.managed
         for addr in _stanza_addresses(stanza)
         if addr.cidr is not None
@@ -272,3 +281,69 @@ def compare_bridge(
                 f"{key} is '{value}' in {path} line {line}, Proximity needs '{want}'"
             )
     return diffs
+
+
+# --------------------------------------------------------------------------- sourced files
+
+# ifupdown2's source-directory reads only files whose whole name matches this (interfaces(5)).
+SOURCE_DIRECTORY_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class SourcedFile:
+    """A file ifupdown2 reads because the interfaces file (or a file it sources) says so."""
+
+    path: Path
+    text: str | None  # None: it could not be read (a directory, not UTF-8, gone)
+    via: Path  # the file with the source line
+    line: int  # that line
+
+
+def source_lines(text: str) -> list[tuple[str, str, int]]:
+    """``(keyword, argument, line)`` of each ``source``/``source-directory`` line."""
+    out = []
+    for first, _, content in _logical_lines(text):
+        words = content.split()
+        if len(words) >= 2 and words[0] in ("source", "source-directory"):
+            out.append((words[0], words[1], first))
+    return out
+
+
+def sourced_files(
+    path: Path, text: str, read: Callable[[Path], str | None], glob: Callable[[str], list[Path]]
+) -> list[SourcedFile]:
+    """Every file ifupdown2 reads besides ``path``, in its order, each once.
+
+    ``source PATTERN`` reads the files the glob matches, sorted; ``source-directory DIR`` (DIR may
+    be a glob) reads the files in it whose names match :data:`SOURCE_DIRECTORY_NAME`. A relative
+    path is relative to the directory of the file it is written in (interfaces(5)). Files are read
+    recursively; a file seen before is not read again (ifupdown2 itself would recurse forever).
+    """
+    seen = {os.path.realpath(path)}
+    found: list[SourcedFile] = []
+
+    def walk(current: Path, current_text: str) -> None:
+        for keyword, argument, line in source_lines(current_text):
+            pattern = argument if argument.startswith("/") else str(current.parent / argument)
+            if keyword == "source":
+                files = sorted(glob(pattern))
+            else:
+                files = [f for d in sorted(glob(pattern)) for f in sorted(glob(os.path.join(str(d), "*")))
+                         if SOURCE_DIRECTORY_NAME.fullmatch(f.name)]
+            for file in files:
+                key = os.path.realpath(file)
+                if key in seen:
+                    continue
+                seen.add(key)
+                file_text = read(file)
+                found.append(SourcedFile(file, file_text, current, line))
+                if file_text:
+                    walk(file, file_text)
+
+    walk(path, text)
+    return found
+
+
+def declared_in(sourced: list[SourcedFile] | tuple[SourcedFile, ...], name: str) -> list[tuple[SourcedFile, Stanza]]:
+    """The stanzas of ``name`` (any family) in the sourced files."""
+    return [(f, st) for f in sourced if f.text for st in parse_stanzas(f.text, marked=False) if st.name == name]

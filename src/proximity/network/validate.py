@@ -44,6 +44,10 @@ def check_subnet_free(settings: Settings, net: Observation, interfaces_text: str
     for link, cidr in interfaces.declared_addresses(interfaces_text):
         if link != settings.bridge and ipaddress.IPv4Interface(cidr).network.overlaps(subnet):
             clashes.append(f"address {cidr} declared for {link} in {settings.interfaces_file}")
+    for sourced in net.sourced:  # what ifupdown2 reads besides the file: interfaces.d and the like
+        for link, cidr in interfaces.declared_addresses(sourced.text or "", marked=False):
+            if link != settings.bridge and ipaddress.IPv4Interface(cidr).network.overlaps(subnet):
+                clashes.append(f"address {cidr} declared for {link} in {sourced.path}")
     if clashes:
         raise SettingsError(
             f"setting 'gateway': the subnet {subnet} overlaps "
