@@ -59,12 +59,14 @@ def error_of(result) -> dict:
 
 
 # -- version and exit codes ----------------------------------------------------------
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_version_flag_prints_the_package_version():
     for flag in ("--version", "-V"):
         result = run(flag)
         assert result.exit_code == 0 and result.stdout == f"proximity {dist_version('proximity')}\n", result.output
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_the_api_says_its_version(local):
     from proximity.api.app import Context, create_app
 
@@ -76,6 +78,7 @@ def test_the_api_says_its_version(local):
         assert answer.json() == {"data": {"version": dist_version("proximity")}}
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_top_level_help_documents_the_exit_codes():
     shown = run("--help").stdout
     assert "Exit codes:" in shown
@@ -84,6 +87,7 @@ def test_top_level_help_documents_the_exit_codes():
         assert line in shown, shown
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_not_found_is_exit_2_with_the_lxc_backend(local):
     for args in (["migrate", "999"], ["migrate", "nosuch-01"], ["ct", "show", "999"], ["ct", "start", "999"],
                  ["ct", "stop", "nosuch-01"], ["ct", "destroy", "999"]):
@@ -92,6 +96,7 @@ def test_not_found_is_exit_2_with_the_lxc_backend(local):
         assert error_of(result)["code"] == "not_found", (args, result.output)
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_not_found_is_exit_2_with_the_proxmox_backend(local, monkeypatch):
     """Today's `migrate 999` on Proxmox: Proxmox's 500 "Configuration file ... does not exist" is not found."""
     from tests.pve_double.server import MemoryRealizer, PveDouble
@@ -110,6 +115,7 @@ def test_not_found_is_exit_2_with_the_proxmox_backend(local, monkeypatch):
 
 
 # -- --json, and errors as JSON ------------------------------------------------------
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_every_command_takes_json_and_api_where_the_service_has_it():
     found = commands()
     for words, command in found.items():
@@ -119,6 +125,7 @@ def test_every_command_takes_json_and_api_where_the_service_has_it():
             assert "--api" in options(command), words
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_an_error_under_json_is_json_on_stdout_with_a_stable_code(local):
     result = run("ct", "start", "nosuch-01", "--json")
     assert result.exit_code == 2 and result.stderr == ""
@@ -132,6 +139,7 @@ def test_an_error_under_json_is_json_on_stdout_with_a_stable_code(local):
     assert "error: no container with id or hostname 'nosuch-01': see `proximity ct list`" in plain.stderr
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_codes_are_stable_per_error_class():
     from proximity import errors
 
@@ -142,6 +150,7 @@ def test_codes_are_stable_per_error_class():
 
 
 # -- the commands people look for ------------------------------------------------------
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_aliases_are_hidden_and_do_what_they_alias(local):
     assert "ls" not in run("ct", "--help").stdout and " rm " not in run("ct", "--help").stdout
     assert json.loads(run("ct", "ls", "--json").stdout) == json.loads(run("ct", "list", "--json").stdout) == []
@@ -153,6 +162,7 @@ def test_aliases_are_hidden_and_do_what_they_alias(local):
     assert run("sandbox", "ls", "--json").exit_code == 0
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_every_argument_has_help_text():
     for words, command in commands().items():
         for param in command.params:
@@ -161,6 +171,7 @@ def test_every_argument_has_help_text():
     assert "HOST|ID" in run("migrate", "--help").stdout
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_shell_completion_of_container_names(local):
     """From the reservations file only: cheap, and no backend is asked."""
     state = local / "state"
@@ -177,6 +188,7 @@ def test_shell_completion_of_container_names(local):
 
 
 # -- read-only commands write nothing; token create --------------------------------------
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_token_show_writes_nothing_and_token_create_is_idempotent(local):
     token_file = local / "etc/api-token"
     missing = run("token", "show")
@@ -194,6 +206,7 @@ def test_token_show_writes_nothing_and_token_create_is_idempotent(local):
 
 
 # -- sandboxes ---------------------------------------------------------------------------
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_sandbox_destroy_of_a_missing_sandbox_is_not_found():
     result = run("sandbox", "destroy", "nosuchsb9")
     assert result.exit_code == 2 and "does not exist" in result.stderr and "--if-exists" in result.stderr
@@ -208,6 +221,7 @@ def as_nobody(*args: str, env: dict | None = None) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, cwd="/")
 
 
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_a_command_that_needs_root_says_so(tmp_path):
     os.chmod(tmp_path, 0o755)  # nobody may read the settings' directories, not write them
     (tmp_path / "etc").mkdir(mode=0o755)
