@@ -72,7 +72,7 @@ def test_the_api_says_its_version(local):
 
     context = Context(load_settings())
     with TestClient(create_app(context, start_background=False)) as client:
-        assert client.get("/healthz").json() == {"status": "ok", "version": dist_version("proximity")}
+        assert client.get("/healthz").json() == {"status": "ok", "version": dist_version("proximity"), "sandbox": None}
         assert client.get("/api/v1/version").status_code == 401
         answer = client.get("/api/v1/version", headers={"Authorization": f"Bearer {context.tokens.read()}"})
         assert answer.json() == {"data": {"version": dist_version("proximity")}}
