@@ -144,6 +144,7 @@ class Settings:
     pve_cluster_firewall: Path = Path("/etc/pve/firewall/cluster.fw")  # "auto" reads `enable: 1` here
     ifreload_timeout: float = 60.0
     netns: str | None = None  # set by the sandbox: act inside this network namespace
+    target_host: str | None = None  # a machine without /etc/pve that Proximity may change anyway (its hostname)
 
     # Containers. "auto": the lxc backend on a sandbox host, proxmox otherwise.
     backend: Literal["auto", "proxmox", "lxc"] = "auto"

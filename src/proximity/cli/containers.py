@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, InsecureHttpOpt, JsonOpt, SandboxOpt, Table, TokenOpt,
-                                  app, ct_app, err, friendly, manager_for, out, print_json, remote)
+                                  app, changes_host, ct_app, err, friendly, manager_for, out, print_json, remote)
 from proximity.containers.base import BackendError
 from proximity.settings import check_hostname
 
@@ -44,6 +44,7 @@ def show_containers(found: list[ContainerInfo], as_json: bool) -> None:
 
 @ct_app.command("create")
 @friendly
+@changes_host("ct create")
 def ct_create(hostname: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
               template: Annotated[str | None, typer.Option(help="Proxmox template volume id.")] = None,
               memory: Annotated[int, typer.Option(min=16, help="Memory in MiB.")] = 256,
@@ -104,6 +105,7 @@ def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool) -> None:
 
 @ct_app.command("start")
 @friendly
+@changes_host("ct start")
 def ct_start(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
     """Start a container (by id or hostname)."""
     _ct_action("start", ref, sandbox, dry_run)
@@ -111,6 +113,7 @@ def ct_start(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -
 
 @ct_app.command("stop")
 @friendly
+@changes_host("ct stop")
 def ct_stop(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
     """Shut a container down cleanly (by id or hostname)."""
     _ct_action("stop", ref, sandbox, dry_run)
@@ -118,6 +121,7 @@ def ct_stop(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) ->
 
 @ct_app.command("destroy")
 @friendly
+@changes_host("ct destroy")
 def ct_destroy(ref: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
     """Destroy a container and release its reservation and lease."""
     _ct_action("destroy", ref, sandbox, dry_run)
@@ -138,6 +142,7 @@ def ct_exec(ref: str, command: Annotated[list[str], typer.Argument()], sandbox: 
 
 @app.command()
 @friendly
+@changes_host("gc")
 def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Repair orphans: free reservations no container holds, link or adopt containers, remove half-built ones."""
     manager = containers_for(sandbox, recover=False)
@@ -157,6 +162,7 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
 
 @app.command()
 @friendly
+@changes_host("migrate")
 def migrate(vmid: int, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
             api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, err, friendly, out, print_json,
+from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, changes_host, err, friendly, out, print_json,
                                   settings_for, show_report, token_app)
 from proximity.network.reconciler import Report
 from proximity.settings import Settings, SettingsError
 
 @app.command()
 @friendly
+@changes_host("serve")
 def serve(sandbox: SandboxOpt = None,
           host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN: then HTTPS).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
@@ -93,6 +94,7 @@ def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
 
 @token_app.command("rotate")
 @friendly
+@changes_host("token rotate")
 def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False) -> None:
     """Replace the API token; the old one stops working at once."""
     from proximity.api.auth import TokenStore

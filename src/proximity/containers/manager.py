@@ -87,6 +87,7 @@ class ContainerManager:
     def plan_create(self, hostname: str) -> tuple[Reservation, str]:
         """What ``create`` would reserve and send, after the same admission checks; changes nothing."""
         base_net0 = self.network.get_container_network_config(hostname)
+        self.network.require_up()  # before `proximity up`, a create could only fail after making the container
         if any(c.hostname.lower() == hostname.lower() for c in self.backend.list()):  # DNS ignores case
             raise AdmissionError(f"a container named {hostname!r} already exists: pick another hostname")
         reservation = self.reservations.reserve(hostname, self.network.leases()[0], save=False)

@@ -19,6 +19,8 @@ from proximity.host import Host
 from proximity.network import render
 from proximity.network.dnsmasq import DnsProcess, DnsService, PortHolder, port_holders
 from proximity.network.firewall import Rule, parse_own_rules
+from proximity.network.intent import Intent
+from proximity.network.intent import read as read_intent
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
@@ -87,6 +89,7 @@ class Observation:
     lease_warnings: tuple[str, ...] = ()
     probes: Probes | None = None  # read with probe=True
     last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
+    intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -136,6 +139,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         files=MappingProxyType({path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}),
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
+        intent=read_intent(host, settings),
     )
     if not probe:
         return obs
