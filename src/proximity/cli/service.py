@@ -61,7 +61,7 @@ def serve(sandbox: SandboxOpt = None,
 
     from proximity.api.app import Context, create_app
 
-    context = Context(settings)
+    context = Context(settings, reconcile_every=settings.heal_interval)
     if pid_file:
         with open(pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
