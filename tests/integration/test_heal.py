@@ -29,7 +29,7 @@ def settings_of(sb, **overrides):
 
 
 def status(sb, env=None) -> dict:
-    return json.loads(proximity("status", "--sandbox", sb.name, "--json", env=env).stdout)
+    return json.loads(proximity("status", "--sandbox", sb.name, "--json", env=env, check=False).stdout)
 
 
 @pytest.fixture
