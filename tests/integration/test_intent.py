@@ -112,6 +112,29 @@ def test_up_records_what_it_was_given_and_a_second_up_writes_nothing(sb):
     assert record(sb)["state"] == "up" and bridge_exists(sb)
 
 
+def masquerades(sb) -> list[str]:
+    saved = sandboxes.ns_run(sb.name, ["iptables-save", "-t", "nat"]).stdout
+    return [line for line in saved.splitlines() if "MASQUERADE" in line]
+
+
+def test_the_service_heals_toward_what_up_was_given(sb):
+    sandboxes.ns_run(sb.name, ["ip", "link", "add", "upl1", "type", "veth", "peer", "name", "upl1p"])
+    try:
+        proximity("up", "--uplink", "upl1", "--sandbox", sb.name)
+        service = NetworkManager(settings_of(sb))  # the service's settings name no uplink
+        assert service.heal().actions == [] and [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
+        rule = masquerades(sb)[0]
+        sandboxes.ns_run(sb.name, ["iptables", "-t", "nat", *rule.replace("-A", "-D", 1).replace('"', "").split()])
+        healed = service.heal()
+        assert len(healed.actions) == 1 and "-o upl1" in healed.actions[0], healed.actions
+        assert [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
+        code, st = status(sb)  # status, too, judges by the uplink `up` was given
+        assert st["uplink"] == "upl1" and "NAT" not in " ".join(st["reasons"]), st
+    finally:
+        proximity("down", "--sandbox", sb.name, check=False)
+        sandboxes.ns_run(sb.name, ["ip", "link", "delete", "upl1"], check=False)
+
+
 def test_a_host_without_a_record_reads_its_stanza(sb):
     """A host upgraded from a release without the record: the stanza means up, its absence down."""
     settings = settings_of(sb)
@@ -313,6 +336,19 @@ def test_ct_create_before_up_refuses_before_it_creates_anything(sb):
     refused = proximity("ct", "create", "web-01", "--sandbox", sb.name, check=False)
     assert refused.returncode == 2 and "prox-net does not exist" in refused.stderr, refused.stderr
     assert lxc.list() == [] and Reservations(settings, Host(settings.netns)).all() == []
+
+
+@needs_lxc
+def test_migrate_before_up_refuses_before_it_touches_the_container(sb):
+    from proximity.containers.base import ContainerSpec
+
+    lxc = LxcBackend(sb.name, sb.state_dir / "lxc")
+    old = lxc.create(ContainerSpec("legacy-09", "name=eth0,bridge=vmbr0,ip=198.51.100.69/24,gw=198.51.100.1"))
+    lxc.start(old.vmid)
+    for args in (["--dry-run"], []):
+        refused = proximity("migrate", str(old.vmid), *args, "--sandbox", sb.name, check=False)
+        assert refused.returncode == 2 and "run `proximity up` first" in refused.stderr, refused.stderr
+    assert lxc.get_net0(old.vmid).startswith("name=eth0,bridge=vmbr0") and lxc.status(old.vmid).state == "running"
 
 
 def test_ct_create_before_up_makes_no_proxmox_call(sb):

@@ -332,6 +332,7 @@ class ContainerManager:
             raise SettingsError(f"CT {vmid} ({container.hostname}) is already on {self.settings.bridge}")
         name = dns_label(container.hostname)  # Proxmox allows an FQDN hostname; DNS on the bridge uses its first label
         self.network.get_container_network_config(name)  # an RFC 1123 name or refuse
+        self.network.require_up()  # before `proximity up` the move could only fail and roll back
         can_snapshot = self.backend.can_snapshot(vmid)
         snapshot = f"proximity_premigrate_{time.strftime('%Y%m%d%H%M%S')}" if can_snapshot else None
         was_running = container.state == "running"
