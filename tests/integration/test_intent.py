@@ -130,6 +130,17 @@ def test_the_service_heals_toward_what_up_was_given(sb):
         assert [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
         code, st = status(sb)  # status, too, judges by the uplink `up` was given
         assert st["uplink"] == "upl1" and "NAT" not in " ".join(st["reasons"]), st
+        # down keeps what up was given: the API's converge (the dashboard's button) brings the same network up.
+        proximity("down", "--sandbox", sb.name)
+        assert record(sb)["state"] == "down" and record(sb)["uplink"] == "upl1" and masquerades(sb) == []
+        from proximity.api.app import Context
+
+        context = Context(settings_of(sb))
+        try:
+            context.converge()
+        finally:
+            context.stop()
+        assert record(sb)["state"] == "up" and [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
     finally:
         proximity("down", "--sandbox", sb.name, check=False)
         sandboxes.ns_run(sb.name, ["ip", "link", "delete", "upl1"], check=False)

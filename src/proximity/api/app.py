@@ -108,7 +108,8 @@ class Context:
     def _reconcile(self, kind: str, job: Job | None = None) -> dict:
         with self._converge_lock:
             try:
-                report = self.network.up() if kind == "up" else self.network.heal()
+                # up: the last `up` again, with what it was given (the dashboard's "Re-run converge")
+                report = self.network.toward_intent().up() if kind == "up" else self.network.heal()
                 self.last_converge = {"ok": True, "time": time.time(), "error": None, "kind": kind,
                                       "actions": report.actions, "skipped": report.skipped}
                 if job:
@@ -340,7 +341,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
               responses=DRY_RUN)
     def network_initialize(body: Initialize | None = None) -> Any:
         if body is not None and body.dry_run:
-            plan = NetworkManager(context.settings, dry_run=True).up()
+            plan = NetworkManager(context.settings, dry_run=True).toward_intent().up()
             return JSONResponse({"data": plan.as_dict()}, status_code=200)
         job = context.jobs.submit("initialize", context.settings.bridge, lambda job: context.converge(job))
         return {"job": job.public()}

@@ -76,11 +76,11 @@ def read(host: Host, settings: Settings) -> Intent:
 
 
 def record(host: Host, settings: Settings, state: str) -> bool:
-    """Record ``state`` (with the uplink and interfaces file of ``settings`` for up), atomically.
-    False when the record already says so (nothing written: a second `up` writes no file)."""
+    """Record ``state`` with the uplink and interfaces file of ``settings``, atomically (`down` keeps
+    them too: the dashboard's converge brings the same network up again). False when the record
+    already says so (nothing written: a second `up` writes no file)."""
     old = read(host, settings)
-    new = Intent(state, "record", settings.uplink if state == UP else None,
-                 str(settings.interfaces_file) if state == UP else None)
+    new = Intent(state, "record", settings.uplink, str(settings.interfaces_file))
     if old.source == "record" and (old.state, old.uplink, old.interfaces_file) == (
             new.state, new.uplink, new.interfaces_file):
         return False
