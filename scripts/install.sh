@@ -256,12 +256,13 @@ network_down() {
     fi
     # down: prox-net's stanza out of the interfaces file, the bridge, its NAT and firewall
     # rules, dnsmasq and the proximity-dns unit. If it fails, keep everything: the program
-    # that can undo the network must stay.
+    # that can undo the network must stay. --force: an uninstall means it, containers still on
+    # prox-net included (`down` names them).
     say "proximity down: removing prox-net, its NAT and firewall rules, dnsmasq and the proximity-dns unit"
     if [ -n "$dry_run" ]; then
-        "$command" down --dry-run || die "\`proximity down --dry-run\` failed; nothing was removed"
+        "$command" down --force --dry-run || die "\`proximity down --dry-run\` failed; nothing was removed"
     else
-        "$command" down || die "\`proximity down\` failed; nothing was removed. Fix what it says, or pass --keep-network"
+        "$command" down --force || die "\`proximity down\` failed; nothing was removed. Fix what it says, or pass --keep-network"
     fi
 }
 

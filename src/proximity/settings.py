@@ -147,6 +147,8 @@ class Settings:
     pve_cluster_firewall: Path = Path("/etc/pve/firewall/cluster.fw")  # "auto" reads `enable: 1` here
     ifreload_timeout: float = 60.0
     netns: str | None = None  # set by the sandbox: act inside this network namespace
+    target_host: str | None = None  # a machine without /etc/pve that Proximity may change anyway (its hostname)
+    heal_interval: float = 30.0  # seconds: the service re-checks a healthy host this often (events come sooner)
 
     # Containers. "auto": the lxc backend on a sandbox host, proxmox otherwise.
     backend: Literal["auto", "proxmox", "lxc"] = "auto"
@@ -173,6 +175,20 @@ class Settings:
                 f"{value!r} is not a usable Linux interface name: use 1 to 15 letters, digits, "
                 "'-' or '_', starting with a letter (for example 'prox-net')"
             )
+        return value
+
+    @_check("heal_interval")
+    @staticmethod
+    def _heal_interval(value: float) -> float:
+        if not 0.1 <= value <= 86400:
+            raise ValueError(f"{value!r} is not between 0.1 and 86400 seconds: use for example 30")
+        return value
+
+    @_check("target_host")
+    @staticmethod
+    def _target_host(value: str | None) -> str | None:
+        if value is not None and not is_dns_name(value):
+            raise ValueError(f"{value!r} is not a hostname: write this machine's name, as `hostname` prints it")
         return value
 
     @_check("uplink")

@@ -27,7 +27,8 @@ def sandbox():
 
 @pytest.fixture(scope="module")
 def network(sandbox):
-    """The sandbox host with Proximity's network up (`proximity up`), taken down with --purge after."""
+    """The sandbox host with Proximity's network up (`proximity up`), taken down with --purge after
+    (--force: a test that failed may leave a container on the bridge)."""
     proximity("up", "--sandbox", sandbox.name)
     yield sandbox
-    proximity("down", "--purge", "--sandbox", sandbox.name, check=False)
+    proximity("down", "--purge", "--force", "--sandbox", sandbox.name, check=False)

@@ -13,7 +13,8 @@ from proximity import sandbox as sandboxes
 from proximity.api.app import Context, create_app
 from proximity.containers.base import ContainerSpec
 from proximity.containers.lxc import LxcBackend
-from proximity.host import wait_for
+from proximity.host import Host, wait_for
+from proximity.network import intent as intents
 from proximity.settings import load_settings
 from tests.integration.tools import proximity, resolve
 
@@ -23,7 +24,8 @@ SEED_KEYS = {"bridge_name", "bridge_ip", "subnet", "dhcp_range", "dns_domain", "
 
 @pytest.fixture(scope="module")
 def api(sandbox):
-    """The service as `proximity serve` builds it: it converges the network itself at start-up."""
+    """The service as `proximity serve` builds it, after `proximity up` (it heals only what `up` set up)."""
+    proximity("up", "--sandbox", sandbox.name)
     context = Context(load_settings(**sandbox.settings_overrides()), retry_every=1)
     with TestClient(create_app(context)) as client:
         client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
@@ -206,16 +208,23 @@ def test_rotated_token_takes_effect_at_once(api):
 
 def test_service_starts_when_the_network_cannot_be_set_up(sandbox):
     """A converge that fails leaves the service up, unhealthy with the reason, and retrying."""
-    context = Context(load_settings(**sandbox.settings_overrides(), uplink="nope0"), retry_every=0.2)
-    with TestClient(create_app(context)) as client:
-        client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
-        assert wait_for(lambda: context.last_converge["ok"] is False, timeout=30)
-        first = context.last_converge["time"]
-        assert client.get("/healthz").status_code == 200
-        body = client.get("/api/v1/system/network/status").json()
-        assert body["data"]["health_status"] == "unhealthy"
-        assert "converge failed" in body["message"] and "nope0" in body["message"]
-        assert wait_for(lambda: context.last_converge["time"] != first, timeout=10)  # it keeps retrying
+    settings = load_settings(**sandbox.settings_overrides(), uplink="nope0")
+    host, before = Host(settings.netns), intents.intent_file(settings).read_text() \
+        if intents.intent_file(settings).exists() else None
+    intents.record(host, settings, intents.UP)  # `up --uplink nope0` was asked for
+    context = Context(settings, retry_every=0.2)
+    try:
+        with TestClient(create_app(context)) as client:
+            client.headers["Authorization"] = f"Bearer {context.tokens.ensure()}"
+            assert wait_for(lambda: context.last_converge["ok"] is False, timeout=30)
+            first = context.last_converge["time"]
+            assert client.get("/healthz").status_code == 200
+            body = client.get("/api/v1/system/network/status").json()
+            assert body["data"]["health_status"] == "unhealthy"
+            assert "converge failed" in body["message"] and "nope0" in body["message"]
+            assert wait_for(lambda: context.last_converge["time"] != first, timeout=10)  # it keeps retrying
+    finally:
+        intents.restore(host, settings, before)  # the module's service heals toward its own settings again
 
 
 def test_cli_follows_a_job_of_the_running_service(api, sandbox):

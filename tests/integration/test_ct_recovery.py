@@ -122,7 +122,7 @@ def assert_converged(sb, backend: LxcBackend, name: str) -> dict:
     code, checks = doctor(sb)
     assert checks["orphans"]["ok"] and not [n for n in checks if n.startswith("orphan: ")], checks
     assert code == 0, {n: c for n, c in checks.items() if not c["ok"] and not c["warning"]}
-    status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+    status = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
     assert status["health_status"] == "healthy", status["reasons"]
     assert resolve(sb.name, info["dns_name"], GATEWAY) == [info["ip"]]
     return info

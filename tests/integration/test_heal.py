@@ -14,6 +14,7 @@ from proximity import sandbox as sandboxes
 from proximity.api.app import Context, create_app
 from proximity.containers.lxc import LxcBackend
 from proximity.host import wait_for
+from proximity.network import intent as intents
 from proximity.network import render
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import Reservations
@@ -28,7 +29,7 @@ def settings_of(sb, **overrides):
 
 
 def status(sb, env=None) -> dict:
-    return json.loads(proximity("status", "--sandbox", sb.name, "--json", env=env).stdout)
+    return json.loads(proximity("status", "--sandbox", sb.name, "--json", env=env, check=False).stdout)
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def host(sandbox):
     lxc = LxcBackend(sandbox.name, sandbox.state_dir / "lxc")
     for container in lxc.list():
         proximity("ct", "destroy", str(container.vmid), "--force", "--sandbox", sandbox.name, check=False)
-    proximity("down", "--purge", "--sandbox", sandbox.name)
+    proximity("down", "--purge", "--force", "--sandbox", sandbox.name)
 
 
 def test_a_deleted_bridge_is_recovered_by_up(host):
@@ -82,8 +83,8 @@ def test_down_then_up_reattaches_running_containers(host):
     proximity("up", "--sandbox", sb.name)
     assert wait_for(pings_gateway, timeout=30)
 
-    # down + up: the container keeps running, and up puts its port back on the new bridge.
-    proximity("down", "--sandbox", sb.name)
+    # down --force + up: the container keeps running, and up puts its port back on the new bridge.
+    proximity("down", "--force", "--sandbox", sb.name)
     assert backend.status(vmid).state == "running"
     report = json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)
     assert f"attach {port} (CT {vmid} web-01) to prox-net" in report["actions"], report["actions"]
@@ -142,7 +143,9 @@ def test_doctor_without_a_bridge_prints_no_stray_errors(host):
 
 def test_the_service_heals_a_killed_dnsmasq_and_a_repaired_host(sandbox):
     sb = sandbox
-    context = Context(settings_of(sb, uplink="upl0"), retry_every=0.2, reconcile_every=0.5)
+    settings = settings_of(sb, uplink="upl0")
+    intents.record(NetworkManager(settings).host, settings, intents.UP)  # as `proximity up --uplink upl0` would
+    context = Context(settings, retry_every=0.2, reconcile_every=0.5)
     try:
         with TestClient(create_app(context)):
             # The uplink does not exist yet: every reconcile fails, and status says so.

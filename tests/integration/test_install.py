@@ -146,7 +146,7 @@ def test_uninstall_takes_the_network_down_first_and_leaves_nothing_behind(instal
     command = str(root / "usr/local/bin/proximity")
     subprocess.run([command, "up", "--sandbox", sandbox.name], capture_output=True, text=True, timeout=180, check=True)
     status = json.loads(subprocess.run([command, "status", "--sandbox", sandbox.name, "--json"], capture_output=True,
-                                       text=True, timeout=60, check=True).stdout)
+                                       text=True, timeout=60).stdout)  # exit 1 when degraded: the JSON says
     assert (status["bridge_up"], status["nat_configured"], status["dhcp_service_running"]) == (True, True, True)
 
     installed_tree = tree(root)
@@ -157,7 +157,7 @@ def test_uninstall_takes_the_network_down_first_and_leaves_nothing_behind(instal
     result = install("--uninstall", "--root", str(root), sandbox=sandbox.name)
     assert "proximity down" in result.stdout
     assert "iface prox-net" not in sandbox.interfaces_file.read_text()
-    status = json.loads(proximity("status", "--sandbox", sandbox.name, "--json").stdout)
+    status = json.loads(proximity("status", "--sandbox", sandbox.name, "--json", check=False).stdout)
     assert not status["bridge_up"] and not status["dhcp_service_running"]
     for removed in ("opt/proximity", "usr/local/bin/proximity", "etc/systemd/system/proximity-api.service",
                     "etc/proximity"):

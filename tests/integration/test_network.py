@@ -64,7 +64,7 @@ def test_up_builds_the_seed_network_and_down_restores_the_file(host):
     text = sb.interfaces_file.read_text()
     assert interfaces.remove_block(text) == original.decode() and "iface prox-net inet static" in text
     assert sandboxes.ns_run(sb.name, ["ifquery", "-a", "--check"]).returncode == 0
-    status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+    status = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
     assert status["health_status"] == "healthy", status["reasons"]
     assert (status["bridge_up"], status["nat_configured"], status["dhcp_service_running"]) == (True, True, True)
     assert status["dhcp_range"] == "10.10.0.100-10.10.0.250" and status["uplink"] == "vmbr0"
@@ -126,7 +126,7 @@ def test_up_builds_the_seed_network_and_down_restores_the_file(host):
     again = json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)
     assert again["changed"] is False and again["actions"] == []
     assert [path.stat().st_mtime_ns for path in watched] == mtimes
-    assert json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)["dns_pid"] == pid
+    assert json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)["dns_pid"] == pid
     plan = json.loads(proximity("up", "--sandbox", sb.name, "--json", "--dry-run").stdout)
     assert plan["files"] == [] and plan["commands"] == []
     assert len([r for r in own_rules(sb) if "MASQUERADE" in r]) == 1
@@ -211,7 +211,7 @@ def test_killed_mid_up_then_up_again_converges(host):
         victim.wait()
     slow.unlink()
     proximity("up", "--sandbox", sb.name)
-    status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+    status = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
     assert status["health_status"] == "healthy", status["reasons"]
     assert sb.interfaces_file.read_text().count(interfaces.MARKER) == 1
 
@@ -292,7 +292,7 @@ def test_doctor_finds_drift_and_up_repairs_only_that(host):
         failed = {c["name"]: c for c in json.loads(result.stdout) if not c["ok"]}
         assert "proximity up" in failed["NAT rule"]["fix"]
         assert "DROP" in failed["FORWARD policy"]["detail"]
-        status = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+        status = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
         assert status["health_status"] == "degraded" and any("NAT" in r for r in status["reasons"])
 
         repair = json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)

@@ -19,7 +19,7 @@ TOKEN = ("root@pam!proximity", "5f6e7d8c-0000-4000-8000-000000000009")
 
 
 def status(sb, env=None) -> dict:
-    return json.loads(proximity("status", "--sandbox", sb.name, "--json", env=env).stdout)
+    return json.loads(proximity("status", "--sandbox", sb.name, "--json", env=env, check=False).stdout)
 
 
 def stanzas(text: str) -> int:

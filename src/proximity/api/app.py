@@ -4,7 +4,9 @@ The service reconciles the network continuously: at start, whenever the status s
 drift (netlink, inotify and pidfd events), and on a timer. It heals with targeted changes only
 (``ifup BRIDGE``, dnsmasq, rules, ports); a whole-file ``ifreload -a`` happens only when an admin
 asks (``POST /initialize``, ``proximity up``). A failed reconcile does not stop the service: it
-reports ``unhealthy`` with the reason and retries.
+reports ``unhealthy`` with the reason and retries. It heals only while the admin's intent is up
+(``proximity up``, or ``/initialize``, which is ``up``): after ``proximity down`` it leaves the
+network down, and starting the service never sets the network up by itself.
 """
 
 from __future__ import annotations
@@ -80,12 +82,13 @@ class Context:
         if rendered is None or rendered[0] is not st or rendered[1] is not converge:
             data = st.as_dict()
             data["last_converge"] = converge
-            if converge["ok"] is False:  # the service could not set the network up: say so
+            if converge["ok"] is False and data["intent"] == "up":  # the service could not set it up: say so
                 data["health_status"] = "unhealthy"
                 data["reasons"] = [f"converge failed (retrying every {self.retry_every:g} s): "
                                    f"{converge['error']}", *data["reasons"]]
             healthy = data["health_status"] == "healthy"
-            message = "Network infrastructure operational" if healthy else (
+            message = "Network infrastructure operational" if healthy else "Network down as requested" if data[
+                "health_status"] == "down" else (
                 f"Network {data['health_status']}: " + "; ".join(data["reasons"] or ["unknown"]))
             body = json.dumps({"message": message, "data": data}, separators=(",", ":")).encode()
             rendered = self._status_json = (st, converge, body)
@@ -110,9 +113,10 @@ class Context:
     def _reconcile(self, kind: str, job: Job | None = None) -> dict:
         with self._converge_lock:
             try:
-                report = self.network.up() if kind == "up" else self.network.heal()
+                # up: the last `up` again, with what it was given (the dashboard's "Re-run converge")
+                report = self.network.toward_intent().up() if kind == "up" else self.network.heal()
                 self.last_converge = {"ok": True, "time": time.time(), "error": None, "kind": kind,
-                                      "actions": report.actions}
+                                      "actions": report.actions, "skipped": report.skipped}
                 if job:
                     for action in report.actions or ["nothing to do: the host already matches the settings"]:
                         job.step(action)
@@ -130,7 +134,7 @@ class Context:
 
     def start_background(self) -> None:
         """Reconcile now, then whenever the status snapshot sees drift, and on a timer; never crash."""
-        self.status.on_change = lambda status: status.health_status != "healthy" and self.wake()
+        self.status.on_change = lambda status: status.health_status not in ("healthy", "down") and self.wake()
 
         def loop() -> None:
             while not self._stop.is_set():
@@ -166,7 +170,8 @@ class Context:
             return
         last = load_probe(self.network.host, self.settings)
         every = self.probe_every if last is None or last.ok else self.reconcile_every
-        if now - self._last_probe < every or self.status.peek() is None or not self.status.peek().bridge_exists:
+        st = self.status.peek()
+        if now - self._last_probe < every or st is None or not st.bridge_exists or st.intent != "up":
             return
         self._last_probe = now
         try:
@@ -357,7 +362,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
               responses=DRY_RUN)
     def network_initialize(body: Initialize | None = None) -> Any:
         if body is not None and body.dry_run:
-            plan = NetworkManager(context.settings, dry_run=True).up()
+            plan = NetworkManager(context.settings, dry_run=True).toward_intent().up()
             return JSONResponse({"data": plan.as_dict()}, status_code=200)
         job = context.jobs.submit("initialize", context.settings.bridge, lambda job: context.converge(job))
         return {"job": job.public()}

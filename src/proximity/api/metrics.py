@@ -116,8 +116,17 @@ class ProximityCollector(Collector):
         yield gauge("proximity_leases_free", "Free addresses in the DHCP range.",
                     max(0, st.pool_size - st.leases_in_use))
         yield gauge("proximity_dnsmasq_up", "1 when dnsmasq runs.", int(st.dhcp_service_running))
-        yield gauge("proximity_healthy", "1 healthy, 0.5 degraded, 0 unhealthy.",
-                    {"healthy": 1, "degraded": 0.5}.get(st.health_status, 0))
+        # Down as requested (`proximity down`) is as the admin asked: 1, so an alert on < 1 stays quiet;
+        # proximity_network_state and proximity_network_up_requested tell it apart from healthy.
+        yield gauge("proximity_healthy", "1 healthy (or down as requested), 0.5 degraded, 0 unhealthy.",
+                    {"healthy": 1, "down": 1, "degraded": 0.5}.get(st.health_status, 0))
+        state = GaugeMetricFamily("proximity_network_state", "1 for the network's state: healthy, degraded, "
+                                  "unhealthy, or down (as requested by `proximity down`).", labels=["state"])
+        for name in ("healthy", "degraded", "unhealthy", "down"):
+            state.add_metric([name], int(st.health_status == name))
+        yield state
+        yield gauge("proximity_network_up_requested", "1 when the admin's intent is up (`proximity up`), 0 when "
+                    "down: the service heals only while it is 1.", int(st.intent == "up"))
         yield gauge("proximity_last_converge_success", "1 when the last converge succeeded.",
                     int(bool(converge.get("ok"))))
         yield gauge("proximity_last_converge_timestamp_seconds", "When the last converge ended (Unix time).",

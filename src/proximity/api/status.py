@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from proximity.host import NETNS_RUN_DIR, inside_netns
 from proximity.network.health import NetworkStatus, health, unknown_status
+from proximity.network.intent import intent_file
 from proximity.network.observe import Observation
 from proximity.network.reconciler import NetworkManager
 
@@ -283,7 +284,7 @@ class StatusSnapshot:
                         if self.on_change is not None:
                             self.on_change(status)
                         if full:  # a failed probe or a sick host is looked at again sooner
-                            settled = ok and status.health_status == "healthy"
+                            settled = ok and status.health_status in ("healthy", "down")
                             next_full = time.monotonic() + (self.full_every if settled else min(self.full_every,
                                                                                                 self.recheck_every))
                         self._follow_pid(status.dns_pid)
@@ -360,7 +361,7 @@ class StatusSnapshot:
         if self._inotify is None:
             s = self.network.settings
             names: dict[Path, set[str]] = {}
-            for path in (s.leases_file, s.dns_pid_file):
+            for path in (s.leases_file, s.dns_pid_file, intent_file(s)):  # `up` and `down` write the intent
                 names.setdefault(path.parent, set()).add(path.name)
             try:
                 self._inotify = _Inotify(names)

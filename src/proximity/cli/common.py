@@ -136,6 +136,25 @@ def _needs_root(exc: BaseException) -> NeedsRoot | None:
     return NeedsRoot(f"this command needs root ({exc})", fix=f"run it as root: {shlex.join(argv)}")
 
 
+def changes_host(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a command that changes the host (its --dry-run too): it runs only on a target host
+    (Proxmox VE, a sandbox, or the settings' target_host; see proximity.target). ``--api`` asks a
+    service instead, which was checked when it started."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("api"):
+                from proximity.target import check_target
+
+                check_target(kwargs.get("sandbox"), command)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def settings_for(sandbox: str | None, **overrides: Any) -> Settings:
     """Settings for the machine, or for a sandbox host; flags given on the command line win."""
     overrides = {key: value for key, value in overrides.items() if value is not None}

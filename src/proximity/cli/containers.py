@@ -9,7 +9,7 @@ from urllib.parse import quote
 import typer
 
 from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, JsonOpt, SandboxOpt, Table,
-                                  TokenOpt, app, ct_app, err, friendly, hostnames, manager_for, out, print_json, remote,
+                                  TokenOpt, app, changes_host, ct_app, err, friendly, hostnames, manager_for, out, print_json, remote,
                                   remote_call)
 from proximity.containers.base import BackendError
 from proximity.errors import ConflictError, NotFoundError
@@ -47,6 +47,7 @@ def show_containers(found: list[ContainerInfo], as_json: bool) -> None:
 
 @ct_app.command("create")
 @friendly
+@changes_host("ct create")
 def ct_create(hostname: Annotated[str, typer.Argument(help="The new container's hostname (RFC 1123 label, e.g. "
                                                                 "nginx-01): its DNS name is HOSTNAME.DOMAIN.")],
               sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
@@ -175,6 +176,7 @@ def _ct_action(verb: str, ref: str, sandbox: str | None, dry_run: bool, as_json:
 
 @ct_app.command("start")
 @friendly
+@changes_host("ct start")
 def ct_start(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
              api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
              insecure_http: InsecureHttpOpt = False) -> None:
@@ -184,6 +186,7 @@ def ct_start(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False
 
 @ct_app.command("stop")
 @friendly
+@changes_host("ct stop")
 def ct_stop(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
             insecure_http: InsecureHttpOpt = False) -> None:
@@ -193,6 +196,7 @@ def ct_stop(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False,
 
 @ct_app.command("destroy")
 @friendly
+@changes_host("ct destroy")
 def ct_destroy(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
                force: ForceOpt = False, api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,
                insecure_http: InsecureHttpOpt = False) -> None:
@@ -221,6 +225,7 @@ def ct_exec(ref: RefArg, command: Annotated[list[str], typer.Argument(
 
 @app.command()
 @friendly
+@changes_host("gc")
 def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Repair orphans: free reservations no container holds, link or adopt containers, remove half-built ones."""
     manager = containers_for(sandbox, recover=False)
@@ -240,6 +245,7 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
 
 @app.command()
 @friendly
+@changes_host("migrate")
 def migrate(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             timeout: Annotated[float, typer.Option(help="Seconds to wait for a lease and the DNS name.")] = 60,
             api: ApiOpt = None, token: TokenOpt = None, api_ca: ApiCaOpt = None,

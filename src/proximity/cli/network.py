@@ -9,16 +9,20 @@ import typer
 
 from proximity import sandbox as sandboxes
 from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, InterfacesOpt, JsonOpt,
-                                  SandboxOpt, Table, TokenOpt, UplinkOpt, app, err, friendly, manager_for, out,
-                                  print_json, remote, remote_call, show_report)
+                                  SandboxOpt, Table, TokenOpt, UplinkOpt, app, changes_host, err, friendly,
+                                  manager_for, out, print_json, remote, remote_call, show_report)
 from proximity.network.reconciler import NetworkManager
 
 @app.command()
 @friendly
+@changes_host("up")
 def up(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
        interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None, api: ApiOpt = None,
        token: TokenOpt = None, api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
-    """Converge the host: bridge, NAT and forwarding, dnsmasq. Safe to run again."""
+    """Converge the host: bridge, NAT and forwarding, dnsmasq. Safe to run again.
+
+    Records the intent "up" (with --uplink and --interfaces-file): the service keeps the network up.
+    """
     if api:
         result = remote(api, token, sandbox, "POST", "/api/v1/system/network/initialize", {"dry_run": dry_run},
                         api_ca, insecure_http)
@@ -33,24 +37,46 @@ def up(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
 
 @app.command()
 @friendly
+@changes_host("down")
 def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
          interfaces_file: InterfacesOpt = None, uplink: UplinkOpt = None,
-         purge: Annotated[bool, typer.Option("--purge", help="Also delete the leases file.")] = False) -> None:
-    """Remove the managed block, rules, service and config (leases are kept unless --purge)."""
-    report = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink).down(purge=purge)
+         purge: Annotated[bool, typer.Option("--purge", help="Also delete the leases file.")] = False,
+         force: Annotated[bool, typer.Option(
+             "--force", help="Go ahead while managed containers use the bridge: they are cut off (and named).")] = False,
+         ) -> None:
+    """Remove the managed block, rules, service and config (leases are kept unless --purge).
+
+    Records the intent "down": the service leaves the network down until `proximity up`. Refused while
+    managed containers use the bridge, unless --force.
+    """
+    manager = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink)
+    if interfaces_file is None and uplink is None:
+        manager = manager.toward_intent()  # the file the last `up` was given
+    report = manager.down(purge=purge, force=force)
     show_report(report, as_json, "down")
+    if not dry_run and not as_json:
+        out.print("The network is down as requested: the service (`proximity serve`) leaves it down until "
+                  "`proximity up`.", highlight=False)
+
+
+STATUS_EXIT = {"healthy": 0, "degraded": 1, "unhealthy": 1, "down": 3}
 
 
 @app.command()
 @friendly
 def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
            api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
-    """Show whether the managed network is healthy, read from netlink and /proc."""
+    """Show whether the managed network is healthy, read from netlink and /proc.
+
+    Exit status (with --json too), as `systemctl is-active` tells inactive from failed: 0 healthy,
+    1 degraded or unhealthy, 3 down as requested (`proximity down`), 2 refused input.
+    """
     if api:
         data = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/status", api_ca, insecure_http)
-        show_status(RemoteStatus(data), as_json)
-        return
-    show_status(manager_for(sandbox), as_json, reprobe=True)
+        st = show_status(RemoteStatus(data), as_json)
+    else:
+        st = show_status(manager_for(sandbox), as_json, reprobe=True)
+    raise typer.Exit(STATUS_EXIT[st.health_status])
 
 
 class RemoteStatus:
@@ -63,12 +89,12 @@ class RemoteStatus:
         return Fetched(self.data)
 
 
-def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False) -> None:
+def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
     st = manager.status(reprobe=reprobe)
     if as_json:
         print_json(st.as_dict())
-        return
-    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[st.health_status]
+        return st
+    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "down": "cyan"}[st.health_status]
     table = Table(title=f"{st.bridge_name} status: [{colour}]{st.health_status}[/]", show_header=False)
     yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
     for key, value in [
@@ -80,11 +106,14 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False) -
         ("DNS answering", yes(st.dns_answering)), ("DHCP served", yes(st.dhcp_served)),
         ("DHCP range", st.dhcp_range), ("DNS domain", st.dns_domain),
         ("leases in use", f"{st.leases_in_use} of {st.pool_size}"),
+        ("intent", st.intent + {"legacy": " (no record: read from the interfaces file)",
+                                "damaged": " (the record is damaged)"}.get(st.intent_source, "")),
     ]:
         table.add_row(key, value)
     out.print(table)
     for reason in st.reasons:
         out.print(f"[{colour}]•[/] {reason}", highlight=False)
+    return st
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, err, friendly, out, print_json,
+from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, changes_host, err, friendly, out, print_json,
                                   settings_for, show_report, token_app)
 from proximity.errors import NotFoundError
 from proximity.network.reconciler import Report
@@ -15,6 +15,7 @@ from proximity.settings import Settings, SettingsError
 
 @app.command()
 @friendly
+@changes_host("serve")
 def serve(sandbox: SandboxOpt = None,
           host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the LAN: then HTTPS).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
@@ -61,7 +62,7 @@ def serve(sandbox: SandboxOpt = None,
 
     from proximity.api.app import Context, create_app
 
-    context = Context(settings)
+    context = Context(settings, reconcile_every=settings.heal_interval)
     if pid_file:
         with open(pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
@@ -121,6 +122,7 @@ def token_create(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json
 
 @token_app.command("rotate")
 @friendly
+@changes_host("token rotate")
 def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Replace the API token; the old one stops working at once."""
     from proximity.api.auth import TokenStore

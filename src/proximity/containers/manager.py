@@ -87,6 +87,7 @@ class ContainerManager:
     def plan_create(self, hostname: str) -> tuple[Reservation, str]:
         """What ``create`` would reserve and send, after the same admission checks; changes nothing."""
         base_net0 = self.network.get_container_network_config(hostname)
+        self.network.require_up()  # before `proximity up`, a create could only fail after making the container
         if any(c.hostname.lower() == hostname.lower() for c in self.backend.list()):  # DNS ignores case
             raise AdmissionError(f"a container named {hostname!r} already exists: pick another hostname")
         reservation = self.reservations.reserve(hostname, self.network.leases()[0], save=False)
@@ -331,6 +332,7 @@ class ContainerManager:
             raise SettingsError(f"CT {vmid} ({container.hostname}) is already on {self.settings.bridge}")
         name = dns_label(container.hostname)  # Proxmox allows an FQDN hostname; DNS on the bridge uses its first label
         self.network.get_container_network_config(name)  # an RFC 1123 name or refuse
+        self.network.require_up()  # before `proximity up` the move could only fail and roll back
         can_snapshot = self.backend.can_snapshot(vmid)
         snapshot = f"proximity_premigrate_{time.strftime('%Y%m%d%H%M%S')}" if can_snapshot else None
         was_running = container.state == "running"

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from proximity.network import render, safety
 from proximity.network.dnsmasq import content_hash
 from proximity.network.firewall import firewall_rules
+from proximity.network.intent import Intent
+from proximity.network.intent import reason as intent_reason
 from proximity.network.observe import Observation
 from proximity.settings import Settings
 
@@ -25,7 +27,7 @@ class NetworkStatus:
     bridge_up: bool
     nat_configured: bool
     dhcp_service_running: bool
-    health_status: str  # healthy, degraded or unhealthy
+    health_status: str  # healthy, degraded, unhealthy, or down (as requested: `proximity down`)
     reasons: list[str]
     uplink: str | None
     bridge_exists: bool
@@ -40,14 +42,19 @@ class NetworkStatus:
     leases_in_use: int
     container_ports: int  # managed containers' ports that exist
     detached_ports: list[str]  # ... and are not on the bridge
+    intent: str = "up"  # the admin's last word: up or down (a damaged record reads as down)
+    intent_source: str = "record"  # record, legacy (no record: read from the stanza) or damaged
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def health(settings: Settings, obs: Observation) -> NetworkStatus:
-    """The verdict and its reasons; probes that were not taken (``obs.probes`` None) count as passed."""
-    s = settings
+    """The verdict and its reasons; probes that were not taken (``obs.probes`` None) count as passed.
+
+    While the admin's intent is down, the verdict is ``down`` (a damaged record: ``unhealthy``, named)."""
+    intent = obs.intent
+    s = intent.settings(settings) if intent is not None else settings  # the uplink `up` was given
     uplink = s.uplink or obs.default_route_link()
     link = obs.link(s.bridge)
     gateway_assigned = (s.bridge, s.gateway) in obs.addresses
@@ -101,6 +108,8 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
     verdict = "healthy"
     if problems:
         verdict = "unhealthy" if any(fatal for fatal, _ in problems) else "degraded"
+    if intent is not None and not intent.up:
+        verdict, problems = _down(s, intent, link is not None, dns is not None, bool(obs.rules))
     return NetworkStatus(
         bridge_name=s.bridge, bridge_ip=str(s.gateway.ip), subnet=str(s.subnet),
         dhcp_range=f"{s.dhcp_start}-{s.dhcp_end}", dns_domain=s.domain, bridge_up=bool(link and link.up),
@@ -110,7 +119,19 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         dns_answering=answering, dhcp_served=served, dns_pid=dns.pid if dns else None, dns_config_current=current,
         pool_size=s.pool_size, leases_in_use=sum(1 for lease in obs.leases if ":" not in lease.ip),
         container_ports=len(obs.attachments), detached_ports=detached,
+        intent=intent.state if intent else "up", intent_source=intent.source if intent else "record",
     )
+
+
+def _down(s: Settings, intent: Intent, bridge: bool, dns: bool, rules: bool) -> tuple[str, list[tuple[bool, str]]]:
+    """The verdict while the intent is down: ``down``, or ``unhealthy`` for a damaged record."""
+    problems = [(intent.source == "damaged", intent_reason(intent) or "")]
+    left = [what for what, there in ((f"bridge {s.bridge}", bridge), ("dnsmasq", dns), ("Proximity's rules", rules))
+            if there]
+    if left:
+        problems.append((False, f"{', '.join(left)} still there: `proximity down` removes them, "
+                                "`proximity up` brings the network up"))
+    return ("unhealthy" if intent.source == "damaged" else "down"), problems
 
 
 def unknown_status(settings: Settings, reason: str) -> NetworkStatus:

@@ -20,6 +20,8 @@ from proximity.host import Host
 from proximity.network import render
 from proximity.network.dnsmasq import DnsProcess, DnsService, PortHolder, port_holders
 from proximity.network.firewall import Rule, parse_own_rules
+from proximity.network.intent import Intent
+from proximity.network.intent import read as read_intent
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
@@ -90,6 +92,7 @@ class Observation:
     probes: Probes | None = None  # read with probe=True
     last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
     sourced: tuple[SourcedFile, ...] = ()  # the files the interfaces file sources, as ifupdown2 reads them
+    intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -141,6 +144,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
         sourced=read_sourced(host, settings.interfaces_file, files.get(settings.interfaces_file)),
+        intent=read_intent(host, settings),
     )
     if not probe:
         return obs

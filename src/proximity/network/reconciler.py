@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from proximity.errors import HostError, ProximityError
+from proximity.errors import ConflictError, HostError, ProximityError
 from proximity.host import DryRunHost, Host
+from proximity.network import intent as intents
 from proximity.network import render
 from proximity.network.changes import Env
 from proximity.network.dnsmasq import dns_service
@@ -40,6 +41,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     files: list[dict[str, str]] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
+    skipped: str | None = None  # a heal that did nothing because the admin's intent is down: why
 
     @property
     def changed(self) -> bool:
@@ -115,50 +117,106 @@ class NetworkManager:
     initialize = up  # the seed's name
 
     def heal(self) -> Report:
-        """Converge with targeted changes only (``ifup BRIDGE``, never ``ifreload -a``), for the service."""
-        return self._converge("heal")
+        """Converge with targeted changes only (``ifup BRIDGE``, never ``ifreload -a``), for the service.
 
-    def down(self, purge: bool = False) -> Report:
+        Only while the admin's intent is up, and toward what `up` was given. The intent is read under
+        the host lock: a heal queued behind `down` finds ``down`` and does nothing."""
+        with self._locked():
+            intent = intents.read(self.host, self.settings)
+            if not intent.up:
+                return Report(dry_run=self.host.dry_run, skipped=intents.reason(intent))
+            wanted = intent.settings(self.settings)
+            target = self if wanted == self.settings else NetworkManager(wanted, host=self.host)
+            report = target._converge_locked("heal")
+        if report.changed:
+            target._probe_after(report)
+        return target._finish(report)
+
+    def down(self, purge: bool = False, force: bool = False) -> Report:
+        """Remove Proximity from the host and record the intent down. Refused while managed containers
+        use the bridge, unless ``force`` (then the report names what was cut off)."""
         report = Report(dry_run=self.host.dry_run)
         with self._locked():
             with Reverter() as revert:
                 try:
-                    plan = plan_down(self.settings, self.observe(), purge)
+                    obs = self.observe()
+                    users = [f"CT {a.vmid} {a.hostname} ({a.port})" for a in obs.attachments]
+                    if users and not force:
+                        raise ConflictError(
+                            f"managed containers use {self.settings.bridge}: {', '.join(users)}. `down` would cut "
+                            "them off. Stop or destroy them first (`proximity ct stop NAME`), or pass --force to "
+                            "cut them off; nothing was changed")
+                    plan = plan_down(self.settings, obs, purge)
+                    self._record_intent(intents.DOWN, revert, report)
                     report.warnings += plan.warnings
                     self._apply(plan, revert, report)
+                    if users:
+                        report.warnings.append(f"--force: cut off from {self.settings.bridge}: {', '.join(users)}")
                 except Exception as exc:
                     self._fail("down", exc, revert, report)
                 revert.success()
         return self._finish(report)
 
+    def require_up(self) -> None:
+        """Refuse (before anything is created) when the network is not up: the intent down, or no bridge."""
+        intent = intents.read(self.host, self.settings)
+        if not intent.up:
+            why = intent.error or "`proximity down`, or `up` never ran"
+            raise intents.NetworkDown(f"the managed network is down ({why}): run `proximity up` first; nothing "
+                                      "was created")
+        if not any(link.get("ifname") == self.settings.bridge for link in self.host.ip_json("link", "show")):
+            raise intents.NetworkDown(f"bridge {self.settings.bridge} does not exist: run `proximity up` first; "
+                                      "nothing was created")
+
+    def toward_intent(self) -> NetworkManager:
+        """This manager with what the last `up` was given (its uplink and interfaces file)."""
+        wanted = intents.read(self.host, self.settings).settings(self.settings)
+        return self if wanted == self.settings else NetworkManager(wanted, host=self.host)
+
+    def _record_intent(self, state: str, revert: Reverter, report: Report) -> None:
+        try:
+            old = self.host.read_text(intents.intent_file(self.settings))
+        except HostError:  # a damaged record (not UTF-8): an undo removes it
+            old = None
+        if intents.record(self.host, self.settings, state):
+            revert.add("restore the intent record", lambda: intents.restore(self.host, self.settings, old))
+            report.actions.append(f"record the intent: {state} (the service "
+                                  + ("keeps the network up)" if state == intents.UP else "leaves the network down)"))
+
     def _converge(self, mode: Mode) -> Report:
-        """Plan and apply until the plan is empty. ``up`` is all or nothing; ``heal`` keeps what it
-        restored when a later step fails (undoing a restored bridge would cut containers off again)."""
-        report = Report(dry_run=self.host.dry_run)
         with self._locked():
-            with Reverter() as revert:
-                try:
-                    for _round in range(1 if self.host.dry_run else MAX_ROUNDS):
-                        plan = plan_up(self.settings, self.observe(), mode)
-                        report.warnings += [w for w in plan.warnings if w not in report.warnings]
-                        if not plan:
-                            break
-                        self._apply(plan, revert, report)
-                    else:
-                        if not self.host.dry_run:
-                            raise ConvergeError("the host did not converge: it still differs after "
-                                                f"{MAX_ROUNDS} rounds: " + "; ".join(plan_up(
-                                                    self.settings, self.observe(), mode).describe()))
-                    if report.changed and not self.host.dry_run:
-                        self._verify()
-                except Exception as exc:
-                    if mode == "heal":
-                        revert.success()
-                    self._fail(mode, exc, revert, report)
-                revert.success()
+            report = self._converge_locked(mode)
         if report.changed and not self.host.dry_run:
             self._probe_after(report)
         return self._finish(report)
+
+    def _converge_locked(self, mode: Mode) -> Report:
+        """Plan and apply until the plan is empty. ``up`` is all or nothing; ``heal`` keeps what it
+        restored when a later step fails (undoing a restored bridge would cut containers off again)."""
+        report = Report(dry_run=self.host.dry_run)
+        with Reverter() as revert:
+            try:
+                for _round in range(1 if self.host.dry_run else MAX_ROUNDS):
+                    plan = plan_up(self.settings, self.observe(), mode)
+                    if mode == "up" and _round == 0:  # after the first plan: a refusal changes nothing
+                        self._record_intent(intents.UP, revert, report)
+                    report.warnings += [w for w in plan.warnings if w not in report.warnings]
+                    if not plan:
+                        break
+                    self._apply(plan, revert, report)
+                else:
+                    if not self.host.dry_run:
+                        raise ConvergeError("the host did not converge: it still differs after "
+                                            f"{MAX_ROUNDS} rounds: " + "; ".join(plan_up(
+                                                self.settings, self.observe(), mode).describe()))
+                if report.changed and not self.host.dry_run:
+                    self._verify()
+            except Exception as exc:
+                if mode == "heal":
+                    revert.success()
+                self._fail(mode, exc, revert, report)
+            revert.success()
+        return report
 
     def _apply(self, plan: Plan, revert: Reverter, report: Report) -> None:
         for change in plan.changes:
