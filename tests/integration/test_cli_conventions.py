@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -41,7 +42,9 @@ def local(tmp_path, monkeypatch):
     env = {"PROXIMITY_CONFIG": str(tmp_path / "none.toml"), "PROXIMITY_STATE_DIR": str(tmp_path / "state"),
            "PROXIMITY_DNSMASQ_CONF": str(tmp_path / "etc/dnsmasq.conf"),
            "PROXIMITY_LEASES_FILE": str(tmp_path / "state/dnsmasq.leases"), "PROXIMITY_RUN_DIR": str(tmp_path / "run"),
-           "PROXIMITY_INTERFACES_FILE": str(tmp_path / "interfaces"), "PROXIMITY_BACKEND": "lxc"}
+           "PROXIMITY_INTERFACES_FILE": str(tmp_path / "interfaces"), "PROXIMITY_BACKEND": "lxc",
+           # Every file is in tmp_path, so this machine may be named as the target host.
+           "PROXIMITY_TARGET_HOST": socket.gethostname()}
     (tmp_path / "etc").mkdir()
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -144,7 +144,7 @@ def test_the_guis_inet6_stanza_is_kept_by_up_and_removed_by_down(pve_rewrite):
     manager = NetworkManager(SETTINGS, host=host)
     assert not plan_of(host)  # up is a no-op with it
     assert manager.up().actions == []
-    manager.down()
+    manager.down(force=True)  # the fake host runs web-01: cut off on purpose
     assert "prox-net" not in host.files[path]
     assert "iface vmbr0 inet static" in host.files[path] and "source /etc/network/interfaces.d/*" in host.files[path]
 
@@ -234,7 +234,7 @@ def test_down_also_removes_the_inet6_stanza_from_pending_gui_changes(pve_rewrite
     pending = str(SETTINGS.pending_interfaces_file)
     host.files[pending] = _with_ipv6(host.files[str(SETTINGS.interfaces_file)], pve_rewrite)
     assert not plan_of(host)  # the pending file already has Proximity's stanza, and the GUI's inet6 one
-    NetworkManager(SETTINGS, host=host).down()
+    NetworkManager(SETTINGS, host=host).down(force=True)  # web-01 runs in the fake host
     assert "prox-net" not in host.files[pending]
 
 
