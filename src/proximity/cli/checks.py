@@ -40,7 +40,7 @@ def render_doctor(checks: Sequence[Check], console: Any, title: str = "proximity
         word, style = _result(check)
         console.print(Text.assemble(f"[{number}] ", (word, f"bold {style}"), f" {check.name} ({check.id})"),
                       soft_wrap=False)
-        console.print(Padding(Text(check.observed), (0, 0, 0, 4)), soft_wrap=False)
+        console.print(Padding(Text(check.observed), (0, 0, 0, 4), expand=False), soft_wrap=False)
         if check.fix:
             console.print(Text.assemble("    ", ("fix: ", "bold"), check.fix), soft_wrap=True)
 
