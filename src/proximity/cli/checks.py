@@ -51,4 +51,6 @@ def render_problems(checks: Sequence[Check], style: str, console: Any) -> None:
 
     for check in checks:
         if not check.ok:
-            console.print(Text.assemble(("• ", style), check.reason), soft_wrap=True)
+            console.print(Text.assemble(("• ", style), check.observed), soft_wrap=True)
+            if check.fix:
+                console.print(Text.assemble("  ", ("fix: ", "bold"), check.fix), soft_wrap=True)

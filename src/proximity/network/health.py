@@ -40,7 +40,7 @@ class Check:
 
     @property
     def reason(self) -> str:
-        return f"{self.observed}: {self.fix}" if self.fix else self.observed
+        return f"{self.observed}; fix: {self.fix}" if self.fix else self.observed
 
 
 @dataclass(frozen=True)
