@@ -91,6 +91,10 @@ def test_the_service_probes_again_when_the_rules_change(network):
         assert load_probe(Host(), context.settings).time == before.time  # same rules: no new probe
         drop_dns_and_dhcp(sb)
         try:
+            context.status.invalidate()  # what GET /api/v1/system/network/status serves: unverified at once
+            served = json.loads(context.status_json(wait=True))["data"]
+            assert served["health_status"] == "degraded", served["reasons"]
+            assert "unverified" in checks_of(served)["end_to_end_probe"]["observed"]
             context._probe_when_due(changed=False)
             after = load_probe(Host(), context.settings)
             assert after.time > before.time and not after.ok and after.cause == "firewall_drop", after
