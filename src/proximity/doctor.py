@@ -10,28 +10,77 @@ container directories; `proximity gc` repairs them).
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+from proximity.containers.base import Net0
 from proximity.containers.lxc import LxcBackend
 from proximity.containers.manager import ContainerManager
 from proximity.containers.recovery import ADOPT
 from proximity.errors import ProximityError
 from proximity.network.doctor import network_checks
-from proximity.network.reconciler import Check, NetworkManager
+from proximity.network.health import Check
+from proximity.network.reconciler import NetworkManager
+
+PVE_LXC_DIR = Path("/etc/pve/lxc")  # Proxmox's own container configs, VMID.conf (pmxcfs)
+NET_KEY = re.compile(r"net\d+")
 
 
 def run_doctor(network: NetworkManager, sandbox=None,
                containers: Callable[[], ContainerManager] | None = None) -> list[Check]:
     """All checks. ``containers`` builds the container manager (default: the settings' backend)."""
-    name = sandbox.name if sandbox is not None else None
-    return [*network_checks(network, name), *_resolv_conf_checks(network, sandbox),
-            *_orphan_checks(network, name, containers)]
+    return [*network_checks(network), *_resolv_conf_checks(network, sandbox),
+            *_orphan_checks(network, containers)]
 
 
-def _orphan_checks(network: NetworkManager, sandbox_name: str | None,
-                   containers: Callable[[], ContainerManager] | None) -> list[Check]:
-    gc = "proximity gc" + (f" --sandbox {sandbox_name}" if sandbox_name else "")
+def doctor_dict(check: Check) -> dict:
+    """A check as doctor's JSON and the API give it: the status shape, with the older keys kept."""
+    return {**check.as_dict(), "detail": check.observed, "warning": check.severity == "warning"}
+
+
+def pve_config(text: str) -> dict[str, str]:
+    """The current section of a Proxmox guest config (``key: value`` lines; snapshots and pending
+    changes follow in ``[sections]`` and are not the running config)."""
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("["):
+            break
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            config[key.strip()] = value.strip()
+    return config
+
+
+def on_bridge(config: dict[str, str], bridge: str) -> bool:
+    """Whether any of the guest's NICs (net0, net1, ...) is on ``bridge`` (exactly: not ``prox-net2``)."""
+    for key, value in config.items():
+        if NET_KEY.fullmatch(key):
+            try:
+                if Net0.parse(value).get("bridge") == bridge:
+                    return True
+            except ProximityError:  # a damaged property string is not on our bridge
+                continue
+    return False
+
+
+def pve_containers_on_bridge(bridge: str, conf_dir: Path = PVE_LXC_DIR) -> list[tuple[int, str]]:
+    """(vmid, hostname) of each Proxmox container with a NIC on ``bridge``, from Proxmox's own configs."""
+    found = []
+    for path in sorted(conf_dir.glob("*.conf"), key=lambda p: (len(p.stem), p.stem)):
+        if not path.stem.isdigit():
+            continue
+        try:
+            config = pve_config(path.read_text(errors="replace"))
+        except OSError:
+            continue
+        if on_bridge(config, bridge):
+            found.append((int(path.stem), config.get("hostname") or f"CT {path.stem}"))
+    return found
+
+
+def _orphan_checks(network: NetworkManager, containers: Callable[[], ContainerManager] | None) -> list[Check]:
+    gc = network.settings.command("gc")
     try:
         if containers is None:
             from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
@@ -41,12 +90,13 @@ def _orphan_checks(network: NetworkManager, sandbox_name: str | None,
             manager = containers()
         repairs = manager.plan_repairs()
     except ProximityError as exc:
-        return [Check("orphans", False, f"cannot look for orphans: {exc}", "see the message", warning=True)]
+        return [Check("orphans", "orphans", False, f"cannot look for orphans: {exc}", "see the message", "warning")]
     if not repairs:
-        return [Check("orphans", True, f"every reservation has its container and every container on "
-                                       f"{network.settings.bridge} its reservation; no half-built container")]
-    return [Check(f"orphan: {repair.subject}", False, repair.orphan, f"{gc}  (it would {repair.describe()})",
-                  warning=repair.kind == ADOPT) for repair in repairs]
+        return [Check("orphans", "orphans", True, f"every reservation has its container and every container on "
+                                                  f"{network.settings.bridge} its reservation; no half-built container")]
+    return [Check("orphan", f"orphan: {repair.subject}", False, repair.orphan,
+                  f"run `{gc}` (it would {repair.describe()})", "warning" if repair.kind == ADOPT else "error")
+            for repair in repairs]
 
 
 def _resolv_conf_checks(manager: NetworkManager, sandbox) -> list[Check]:
@@ -62,14 +112,11 @@ def _resolv_conf_checks(manager: NetworkManager, sandbox) -> list[Check]:
             backend = LxcBackend(sandbox.name, lxcpath)
             for container in backend.list():
                 pid = backend.container_pid(container.vmid) if container.state == "running" else None
-                if pid and f"bridge={manager.settings.bridge}" in container.net0:
+                if pid and on_bridge({"net0": container.net0 or ""}, manager.settings.bridge):
                     files.append((container.hostname, Path(f"/proc/{pid}/root/etc/resolv.conf")))
     else:
-        for config in sorted(glob.glob("/var/lib/lxc/*/config")):
-            if f"link = {manager.settings.bridge}" not in Path(config).read_text(errors="replace"):
-                continue
-            name = Path(config).parent.name
-            result = manager.host.query(["lxc-info", "-n", name, "-p", "-H"])
+        for vmid, name in pve_containers_on_bridge(manager.settings.bridge):
+            result = manager.host.query(["lxc-info", "-n", str(vmid), "-p", "-H"])  # Proxmox names LXC by VMID
             if result.ok and result.stdout.strip().isdigit():
                 files.append((name, Path(f"/proc/{result.stdout.strip()}/root/etc/resolv.conf")))
     checks = []
@@ -79,7 +126,7 @@ def _resolv_conf_checks(manager: NetworkManager, sandbox) -> list[Check]:
         except OSError:
             continue
         ok = any(line.split() == want.split() for line in text.splitlines())
-        checks.append(Check(f"resolv.conf of {name}", ok,
+        checks.append(Check("container_resolv_conf", f"resolv.conf of {name}", ok,
                             f"{path} " + ("uses" if ok else "does not use") + f" {manager.settings.gateway.ip}",
-                            "renew the container's DHCP lease (or restart it)"))
+                            "" if ok else "renew the container's DHCP lease (or restart it)"))
     return checks

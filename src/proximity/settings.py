@@ -374,6 +374,15 @@ class Settings:
     def unit_file(self) -> Path:
         return self.systemd_dir / f"{self.service_name}.service"
 
+    # Fixes name the host they are about: a sandbox by name, the machine as it is.
+    def command(self, args: str) -> str:
+        """A ``proximity`` command line for this host (``proximity up --sandbox NAME`` on a sandbox)."""
+        return f"proximity {args}" + (f" --sandbox {self.netns}" if self.netns else "")
+
+    def host_command(self, *commands: str) -> str:
+        """Shell commands for this host: on a sandbox, inside its namespace (``ip netns exec NAME ...``)."""
+        return "; ".join(f"ip netns exec {self.netns} {c}" if self.netns else c for c in commands)
+
 
 def load_settings(defaults: dict[str, Any] | None = None, **overrides: Any) -> Settings:
     """Build settings; one message per wrong setting, naming it, where it is set, and the fix.

@@ -33,7 +33,7 @@ from proximity.api.info import sentence, system_info
 from proximity.api.jobs import Job, JobRunner
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
-from proximity.doctor import run_doctor
+from proximity.doctor import doctor_dict, run_doctor
 from proximity.errors import ProximityError, http_status
 from proximity.network.health import NetworkStatus
 from proximity.network.probe import load as load_probe
@@ -84,8 +84,10 @@ class Context:
             data["last_converge"] = converge
             if converge["ok"] is False and data["intent"] == "up":  # the service could not set it up: say so
                 data["health_status"] = "unhealthy"
-                data["reasons"] = [f"converge failed (retrying every {self.retry_every:g} s): "
-                                   f"{converge['error']}", *data["reasons"]]
+                failed = f"converge failed (retrying every {self.retry_every:g} s): {converge['error']}"
+                data["reasons"] = [failed, *data["reasons"]]
+                data["checks"] = [{"id": "converge", "name": "converge", "ok": False, "observed": failed,
+                                   "fix": "see the service's log", "severity": "error"}, *data["checks"]]
             healthy = data["health_status"] == "healthy"
             message = "Network infrastructure operational" if healthy else "Network down as requested" if data[
                 "health_status"] == "down" else (
@@ -171,7 +173,11 @@ class Context:
         last = load_probe(self.network.host, self.settings)
         every = self.probe_every if last is None or last.ok else self.reconcile_every
         st = self.status.peek()
-        if now - self._last_probe < every or st is None or not st.bridge_exists or st.intent != "up":
+        if st is None or not st.bridge_exists or st.intent != "up":
+            return
+        # A passing probe taken under other firewall rules proves nothing: probe again now (at most every 2 s).
+        stale = last is not None and last.ok and now - self._last_probe >= 2 and self.network.probe_due()
+        if now - self._last_probe < every and not stale:
             return
         self._last_probe = now
         try:
@@ -356,7 +362,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     @app.get("/api/v1/system/network/doctor", tags=["network"], dependencies=auth)
     def network_doctor() -> dict[str, Any]:
         checks = run_doctor(context.network, containers=lambda: context.containers)
-        return {"data": [check.__dict__ for check in checks]}
+        return {"data": [doctor_dict(check) for check in checks]}
 
     @app.post("/api/v1/system/network/initialize", tags=["network"], dependencies=auth, status_code=202,
               responses=DRY_RUN)

@@ -94,9 +94,9 @@ class _Refresher:
     def refresh(self, full: bool) -> NetworkStatus:
         last = None if full else self._last
         obs = self.network.observe(probe=True, rules=last.rules if last else None,
-                                   probes=last.probes if last else None)
+                                   probes=last.probes if last else None, digest=last.rules_digest if last else None)
         if last is not None and (obs.dns and obs.dns.pid) != (last.dns and last.dns.pid):
-            obs = self.network.observe(probe=True, rules=last.rules)
+            obs = self.network.observe(probe=True, rules=last.rules, digest=last.rules_digest)
         if full:
             self._last = obs
         return health(self.network.settings, obs)

@@ -111,8 +111,9 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
     ]:
         table.add_row(key, value)
     out.print(table)
-    for reason in st.reasons:
-        out.print(f"[{colour}]•[/] {reason}", highlight=False)
+    from proximity.cli.checks import render_problems
+
+    render_problems(st.checks, colour, out)
     return st
 
 
@@ -148,7 +149,7 @@ def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = N
 def doctor(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
            api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """Run every troubleshooting check, orphans included; each failure comes with the exact fix."""
-    from proximity.doctor import run_doctor
+    from proximity.doctor import doctor_dict, run_doctor
 
     if api:
         checks = [Fetched(check) for check in remote_call(api, token, sandbox, "GET", "/api/v1/system/network/doctor",
@@ -156,14 +157,10 @@ def doctor(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = N
     else:
         checks = run_doctor(manager_for(sandbox), sandboxes.load(sandbox) if sandbox else None)
     if as_json:
-        print_json([check.as_dict() if api else check.__dict__ for check in checks])
+        print_json([check.as_dict() if api else doctor_dict(check) for check in checks])
     else:
-        table = Table(title="proximity doctor")
-        for column in ("check", "result", "detail", "fix"):
-            table.add_column(column)
-        for check in checks:
-            result = "[green]pass[/]" if check.ok else ("[yellow]warn[/]" if check.warning else "[red]FAIL[/]")
-            table.add_row(check.name, result, check.detail, "" if check.ok else check.fix)
-        out.print(table)
-    if any(not check.ok and not check.warning for check in checks):
+        from proximity.cli.checks import render_doctor
+
+        render_doctor(checks, out)
+    if any(not check.ok and check.severity == "error" for check in checks):
         raise typer.Exit(1)

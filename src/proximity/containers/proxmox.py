@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import itertools
 import re
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
-from requests.adapters import HTTPAdapter
 from requests.exceptions import SSLError
-from urllib3.util.ssl_ import create_urllib3_context
 
 from proximity.containers.base import (BackendError, Container, ContainerLocked, ContainerNotFound, ContainerSpec, Net0,
                                       StillRunning)
 from proximity.errors import InputError, ProxmoxError
+from proximity.proxmox_client import connect, split_token_id, system_trust_store, tls_hint  # noqa: F401
 
 ROLE_HINT = "grant them with the role commands in the README (section 'Proxmox permissions')"
 # What Proximity needs, as (path, privileges); "{storage}" and "{bridge}" are filled in.
@@ -101,42 +98,14 @@ class ProxmoxConfig:
     poll_retries: int = 10  # failed task polls in a row (pveproxy restarting), then give up
 
 
-class SystemTrustAdapter(HTTPAdapter):
-    """HTTPS that trusts the system store as well as the CA file requests is given (``verify=path``).
-
-    Proxmox's own self-signed certificate chains to the CA file; a custom or ACME one to the
-    system store (requests alone would trust only one of them, and certifi's bundle, not the system's).
-    """
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        context = create_urllib3_context()
-        context.load_default_certs()
-        super().init_poolmanager(*args, **kwargs, ssl_context=context)
-
-
-def system_trust_store() -> str:
-    paths = ssl.get_default_verify_paths()
-    return paths.cafile or paths.capath or paths.openssl_capath
-
-
 class ProxmoxBackend:
     name = "proxmox"
 
     def __init__(self, config: ProxmoxConfig, api: Any | None = None):
         self.config = config
-        user, sep, token_name = config.token_id.partition("!")
-        if not sep:
-            raise InputError(
-                f"proxmox token id {config.token_id!r} must look like 'user@realm!tokenname' "
-                "(Datacenter > Permissions > API Tokens)"
-            )
-        verify: bool | str = config.ca_file if (config.verify_tls and config.ca_file) else config.verify_tls
-        self.api = api or ProxmoxAPI(
-            config.host, port=config.port, user=user, token_name=token_name,
-            token_value=config.token_secret, verify_ssl=verify, timeout=30,
-        )
-        if api is None and config.verify_tls:  # proxmoxer keeps its requests session in _store
-            self.api._store["session"].mount("https://", SystemTrustAdapter())
+        split_token_id(config.token_id)  # a wrong token id is refused even with an api given
+        self.api = api or connect(config.host, config.port, config.token_id, config.token_secret,
+                                  verify_tls=config.verify_tls, ca_file=config.ca_file, timeout=30)
         self.node = self.api.nodes(config.node)
         self._rights_checked = False
 
@@ -290,12 +259,7 @@ class ProxmoxBackend:
     def _error(self, exc: Exception, vmid: int | None) -> Exception:
         """Proximity's error for a failed request, in Proxmox's words and with what to do."""
         if isinstance(exc, SSLError):
-            return ProxmoxBackendError(
-                f"cannot verify the TLS certificate of Proxmox at {self.config.host}:{self.config.port}: {exc}. "
-                f"Trusted were {self.config.ca_file or 'no CA file'} and the system trust store "
-                f"({system_trust_store()}); set proxmox_ca_file (PROXIMITY_PROXMOX_CA_FILE) to the CA that "
-                "signed Proxmox's certificate"
-            )
+            return ProxmoxBackendError(tls_hint(self.config.host, self.config.port, self.config.ca_file, exc))
         if not isinstance(exc, ResourceException):  # connection, TLS, timeout: say where we tried to go
             return ProxmoxBackendError(
                 f"cannot talk to Proxmox at {self.config.host}:{self.config.port}: {exc}. Check the host, "

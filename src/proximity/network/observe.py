@@ -25,6 +25,7 @@ from proximity.network.intent import read as read_intent
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
+from proximity.network.probe import rules_digest
 from proximity.network.reservations import Reservation, Reservations
 from proximity.network.stanzas import SourcedFile, sourced_files
 from proximity.settings import Settings
@@ -93,6 +94,7 @@ class Observation:
     last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
     sourced: tuple[SourcedFile, ...] = ()  # the files the interfaces file sources, as ifupdown2 reads them
     intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
+    rules_digest: str | None = None  # of the host's firewall rules now (read with probe=True)
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -111,9 +113,10 @@ def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
 
 
 def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
-            rules: tuple[Rule, ...] | None = None, probes: Probes | None = None) -> Observation:
+            rules: tuple[Rule, ...] | None = None, probes: Probes | None = None,
+            digest: str | None = None) -> Observation:
     """Read the host. ``probe`` adds the leases and the probes that status needs (a DNS query, ``ss``);
-    ``rules`` and ``probes`` reuse earlier readings (the status snapshot's quick refresh)."""
+    ``rules`` (with their ``digest``) and ``probes`` reuse earlier readings (the snapshot's quick refresh)."""
     links, addresses = [], []
     for item in host.ip_json("-details", "address", "show"):
         links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
@@ -125,7 +128,9 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
          ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False), r.get("gateway"))
         for r in host.ip_json("-4", "route", "show", "table", "main"))
     if rules is None:
-        rules = parse_own_rules(host.query(["iptables-save"]).stdout, settings)
+        saved = host.query(["iptables-save"]).stdout
+        rules = parse_own_rules(saved, settings)
+        digest = rules_digest(host, saved) if probe else None
     reservations = tuple(Reservations(settings, host).all())
     by_name = {link.name: link for link in links}
     attachments = []
@@ -156,7 +161,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
                                       str(settings.gateway.ip)) is not None)
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
-                          "probes": probes, "last_probe": load_probe(host, settings)})
+                          "probes": probes, "last_probe": load_probe(host, settings), "rules_digest": digest})
 
 
 def read_sourced(host: Host, path: Path, text: str | None) -> tuple[SourcedFile, ...]:

@@ -9,12 +9,14 @@ dropped it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
 from dataclasses import asdict, dataclass
 
+from proximity.errors import HostError, ProximityError
 from proximity.host import Host
 from proximity.network.dnsmasq import port_holders
 from proximity.network.render import stable_mac
@@ -24,6 +26,8 @@ PROBE_HOSTNAME = "proximity-probe"
 LEASE_RE = re.compile(r"lease of (\d+\.\d+\.\d+\.\d+) obtained")
 COUNTED = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*-j (?:DROP|REJECT).*)$")
 POLICY = re.compile(r"^:(\S+) (DROP|REJECT) \[(\d+):\d+\]$")
+# What changes in a ruleset listing without a rule changing: counters, timeouts, comments.
+VOLATILE = re.compile(r"\[\d+:\d+\]|\b(?:packets|bytes) \d+|\bexpires \S+|\bused \d+ \S+")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class ProbeResult:
     resolved: bool  # the gateway answered its DNS query
     reason: str = ""  # what blocks it, naming the layer
     fix: str = ""
+    cause: str = ""  # a stable id of what blocked it: dnsmasq_down, firewall_drop, pool_full, ...
+    rules_digest: str = ""  # the host's firewall rules it was taken under (see rules_digest())
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +50,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     s = settings
     ns, veth = f"pxprobe-{os.getpid()}", f"pxp{os.getpid()}"
     root, client = host.sibling(None), host.sibling(ns)
+    digest = rules_digest(host)
     before = _drop_counters(host)
     _remove_stale_probes(root)
     root.run(["ip", "netns", "add", ns])
@@ -52,7 +59,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
         host.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         host.run(["ip", "link", "set", "dev", veth, "master", s.bridge, "up"])
         client.run(["ip", "link", "set", "dev", "lo", "up"])
-        client.run(["ip", "link", "set", "dev", "eth0", "address", _mac(s), "up"])
+        client.run(["ip", "link", "set", "dev", "eth0", "address", client_mac(s), "up"])
         tries = max(1, int(timeout // 2))
         result = client.query(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", str(tries), "-T", "1",
                                "-A", "1", "-x", f"hostname:{PROBE_HOSTNAME}", "-s", "/bin/true"], timeout=timeout + 5)
@@ -65,11 +72,34 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     finally:
         root.query(["ip", "netns", "delete", ns])  # takes both ends of the veth with it
         if lease:
-            host.query(["dhcp_release", s.bridge, lease, _mac(s)])
+            host.query(["dhcp_release", s.bridge, lease, client_mac(s)])
     if lease and resolved:
-        return ProbeResult(True, time.time(), lease, True)
-    reason, fix = _blocker(host, s, before, "DHCP (udp 67)" if not lease else "DNS (port 53)")
-    return ProbeResult(False, time.time(), lease, resolved, reason, fix)
+        return ProbeResult(True, time.time(), lease, True, rules_digest=digest)
+    cause, reason, fix = _blocker(host, s, before, "DHCP (udp 67)" if not lease else "DNS (port 53)", bool(lease))
+    return ProbeResult(False, time.time(), lease, resolved, reason, fix, cause, digest)
+
+
+def rules_digest(host: Host, iptables_save: str | None = None) -> str:
+    """A digest of every firewall rule of the host (iptables and nftables), without counters: a probe
+    taken under other rules says nothing about these (``iptables_save``: its output, if read already)."""
+    listings = [iptables_save if iptables_save is not None else _listing(host, ["iptables-save"]),
+                _listing(host, ["nft", "list", "ruleset"])]
+    lines = (VOLATILE.sub("", line).rstrip() for text in listings for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def _listing(host: Host, argv: list[str]) -> str:
+    try:
+        result = host.query(argv)
+    except HostError:  # no nft on this host: its rules are the iptables ones
+        return ""
+    return result.stdout if result.ok else ""
+
+
+def is_stale(result: ProbeResult | None, digest: str | None) -> bool:
+    """A probe that passed under other firewall rules than the host's now (None digest: not read)."""
+    return result is not None and digest is not None and result.rules_digest != digest
 
 
 def _remove_stale_probes(root: Host) -> None:
@@ -81,7 +111,8 @@ def _remove_stale_probes(root: Host) -> None:
             root.query(["ip", "netns", "delete", name])
 
 
-def _mac(settings: Settings) -> str:
+def client_mac(settings: Settings) -> str:
+    """The probe client's fixed MAC (it reuses one lease)."""
     return stable_mac(f"probe:{settings.bridge}")
 
 
@@ -96,28 +127,42 @@ def _drop_counters(host: Host) -> dict[str, int]:
     return counters
 
 
-def _blocker(host: Host, s: Settings, before: dict[str, int], what: str) -> tuple[str, str]:
-    """Name the layer that blocked the probe, and the fix."""
+def _blocker(host: Host, s: Settings, before: dict[str, int], what: str, leased: bool) -> tuple[str, str, str]:
+    """Name the layer that blocked the probe (a stable cause id, what was seen) and the fix."""
     from proximity.network.dnsmasq import dns_service
+    from proximity.network.leases import parse_leases
+    from proximity.network.pool import pool_usage
+    from proximity.network.reservations import Reservations
 
     if dns_service(host, s).running_pid() is None:
-        return f"dnsmasq is not running, so nothing answers {what}", "run `proximity up`"
+        return "dnsmasq_down", f"dnsmasq is not running, so nothing answers {what}", f"run `{s.command('up')}`"
     grown = [key for key, count in _drop_counters(host).items() if count > before.get(key, 0)]
     if grown:
         rule = grown[0]
-        pve = "PVEFW-" in rule
-        fix = ("the Proxmox firewall drops it: set the API token and run `proximity up` (it adds host firewall "
-               "rules for DHCP and DNS, see the README), or add them by hand with the pvesh commands `up` prints"
-               if pve else
-               f"allow DHCP and DNS from the containers: iptables -I INPUT -i {s.bridge} -p udp -m multiport "
-               f"--dports 53,67 -j ACCEPT; iptables -I INPUT -i {s.bridge} -p tcp --dport 53 -j ACCEPT "
-               f"(with ufw: ufw allow in on {s.bridge} to any port 67,53 proto udp)")
-        return f"the host firewall drops {what} from the containers: rule `{rule}`", fix
+        if "PVEFW-" in rule:
+            return ("pve_firewall_drop", f"the Proxmox firewall drops {what} from the containers: rule `{rule}`",
+                    f"set the Proxmox API token and run `{s.command('up')}` (it adds host firewall rules for DHCP "
+                    f"and DNS, see the README), or add them by hand with the pvesh commands `up` prints")
+        allow = s.host_command(f"iptables -I INPUT -i {s.bridge} -p udp -m multiport --dports 53,67 -j ACCEPT",
+                               f"iptables -I INPUT -i {s.bridge} -p tcp --dport 53 -j ACCEPT")
+        return ("firewall_drop", f"the host firewall drops {what} from the containers: rule `{rule}`",
+                f"allow DHCP and DNS from the containers: `{allow}` (with ufw: "
+                f"`{s.host_command(f'ufw allow in on {s.bridge} to any port 67,53 proto udp')}`)")
     others = [h for h in port_holders(host, s) if h.process != "dnsmasq"]
     if others:
-        return f"another process holds the port: {others[0]}", "stop it, or make it bind elsewhere"
-    return (f"no answer to {what} from {s.gateway.ip}, and no firewall rule counted a drop",
-            f"see the dnsmasq log and `proximity doctor`")
+        return "port_taken", f"another process holds the port: {others[0]}", "stop it, or make it bind elsewhere"
+    if not leased:
+        try:
+            usage = pool_usage(s, Reservations(s, host).all(),
+                               parse_leases(host.read_text(s.leases_file) or "")[0], client_mac=client_mac(s))
+        except ProximityError:  # a damaged record: say what the probe saw
+            usage = None
+        if usage is not None and usage.free == 0:
+            return ("pool_full", f"the probe's client (it has no reservation) got no address: "
+                    f"{usage.full_message(s)}", usage.fix(s))
+    logs = f"`journalctl -u {s.service_name} -n 50`" if host.has_systemd else f"`tail -n 50 {s.dns_log_file}`"
+    return ("no_answer", f"dnsmasq (running) did not answer {what} from {s.gateway.ip}, and no firewall rule "
+            f"counted a drop", f"read the dnsmasq log: {logs}")
 
 
 def save(host: Host, settings: Settings, result: ProbeResult) -> None:

@@ -79,16 +79,11 @@ class PveFirewallApi:
     """The node's host-firewall rules through the Proxmox API (proxmoxer, imported when used)."""
 
     def __init__(self, settings: Settings):
-        from proxmoxer import ProxmoxAPI
+        from proximity.proxmox_client import connect_settings  # the container backend's client, its CAs
 
-        user, _, token_name = (settings.proxmox_token_id or "").partition("!")
-        verify: bool | str = settings.proxmox_verify_tls
-        if verify and settings.proxmox_ca_file:
-            verify = str(settings.proxmox_ca_file)
+        self.settings = settings
         self.node = node_name(settings)
-        self._rules = ProxmoxAPI(settings.proxmox_host, port=settings.proxmox_port, user=user,
-                                 token_name=token_name, token_value=settings.proxmox_token_secret,
-                                 verify_ssl=verify, timeout=15).nodes(self.node).firewall.rules
+        self._rules = connect_settings(settings, timeout=15).nodes(self.node).firewall.rules
 
     def rules(self) -> list[dict[str, Any]]:
         return self._call("read the host firewall rules", lambda: self._rules.get())
@@ -114,4 +109,12 @@ class PveFirewallApi:
                     if exc.status_code == 403 else "")
             raise ProxmoxError(f"Proxmox refused to {what}: {exc}{hint}") from None
         except Exception as exc:  # connection refused, TLS, timeouts: requests' many errors
+            from requests.exceptions import SSLError
+
+            from proximity.proxmox_client import tls_hint
+
+            s = self.settings
+            if isinstance(exc, SSLError):
+                raise ProxmoxError(f"cannot {what}: " + tls_hint(s.proxmox_host, s.proxmox_port,
+                                   str(s.proxmox_ca) if s.proxmox_ca else None, exc)) from None
             raise ProxmoxError(f"cannot {what} through the Proxmox API: {exc}") from None

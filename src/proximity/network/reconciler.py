@@ -16,11 +16,12 @@ from proximity.network import intent as intents
 from proximity.network import render
 from proximity.network.changes import Env
 from proximity.network.dnsmasq import dns_service
-from proximity.network.health import NetworkStatus, health
+from proximity.network.health import Check, NetworkStatus, health  # noqa: F401 (Check: its old home)
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.observe import Observation, Probes, observe
 from proximity.network.plan import Mode, Plan, plan_down, plan_up
-from proximity.network.probe import ProbeResult, probe
+from proximity.network.probe import ProbeResult, is_stale, probe, rules_digest
+from proximity.network.probe import load as load_probe
 from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
 from proximity.settings import Settings, SettingsError, check_hostname
@@ -51,15 +52,6 @@ class Report:
         return {"dry_run": self.dry_run, "changed": self.changed, **asdict(self)}
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    warning: bool = False  # a finding that does not break the network by itself
-
-
 class NetworkManager:
     def __init__(self, settings: Settings, *, dry_run: bool = False, host: Host | None = None):
         self.settings = settings
@@ -69,17 +61,25 @@ class NetworkManager:
         self._leases_cache: tuple[tuple[int, int, int], tuple[list[Lease], list[str]]] | None = None
 
     # -- reading ----------------------------------------------------------------------------
-    def observe(self, probe: bool = False, probes: Probes | None = None, rules=None) -> Observation:
-        return observe(self.host, self.settings, self.dns, probe=probe, probes=probes, rules=rules)
+    def observe(self, probe: bool = False, probes: Probes | None = None, rules=None,
+                digest: str | None = None) -> Observation:
+        return observe(self.host, self.settings, self.dns, probe=probe, probes=probes, rules=rules, digest=digest)
 
     def status(self, reprobe: bool = False) -> NetworkStatus:
-        """The health verdict. With ``reprobe``, a failed end-to-end probe is run again first (it may
-        be fixed by now; the CLI does this, the service probes on its own schedule)."""
+        """The health verdict. With ``reprobe``, a failed end-to-end probe, or one taken under other
+        firewall rules than now, is run again first (the CLI does this; the service probes on its own)."""
         obs = self.observe(probe=True)
-        if reprobe and obs.last_probe is not None and not obs.last_probe.ok and obs.link(self.settings.bridge):
+        last = obs.last_probe
+        if reprobe and last is not None and (not last.ok or is_stale(last, obs.rules_digest)) \
+                and obs.link(self.settings.bridge):
             self.run_probe()
-            obs = self.observe(probe=True, probes=obs.probes, rules=obs.rules)
+            obs = self.observe(probe=True, probes=obs.probes, rules=obs.rules, digest=obs.rules_digest)
         return health(self.settings, obs)
+
+    def probe_due(self) -> bool:
+        """The last end-to-end probe failed, or was taken under other firewall rules than the host's now."""
+        last = load_probe(self.host, self.settings)
+        return last is not None and (not last.ok or is_stale(last, rules_digest(self.host)))
 
     def run_probe(self) -> ProbeResult:
         """The end-to-end probe (a throwaway client asks for a lease and a name); its result is kept."""
@@ -186,7 +186,7 @@ class NetworkManager:
     def _converge(self, mode: Mode) -> Report:
         with self._locked():
             report = self._converge_locked(mode)
-        if report.changed and not self.host.dry_run:
+        if not self.host.dry_run and (report.changed or (mode == "up" and self.probe_due())):
             self._probe_after(report)
         return self._finish(report)
 
