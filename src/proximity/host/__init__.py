@@ -158,9 +158,11 @@ class Host:
         return self._wrap(argv)
 
     # -- files ----------------------------------------------------------------
-    def read_text(self, path: Path) -> str | None:
+    def read_text(self, path: Path, errors: str = "strict") -> str | None:
+        """The file's text, None if it is missing. ``errors="replace"`` reads a damaged file (bad bytes
+        become U+FFFD) instead of raising, for caches whose bad lines are skipped."""
         try:
-            with open(path, encoding="utf-8", newline="") as fh:
+            with open(path, encoding="utf-8", errors=errors, newline="") as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
@@ -463,10 +465,10 @@ class DryRunHost(Host):
             self._written[str(path)] = None
             self.files.append({"path": str(path), "before": before, "after": ""})
 
-    def read_text(self, path: Path) -> str | None:
+    def read_text(self, path: Path, errors: str = "strict") -> str | None:
         if str(path) in self._written:
             return self._written[str(path)]
-        return super().read_text(path)
+        return super().read_text(path, errors)
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self.commands.append(["kill", f"-{signal.Signals(sig).name.removeprefix('SIG')}", str(pid)])

@@ -110,7 +110,7 @@ class DnsService:
             return None
         try:
             record = json.loads(self.host.read_text(self.record_file) or "{}")
-        except ValueError:
+        except (ValueError, HostError):  # damaged (not JSON, not UTF-8): stale, so `up` restarts and rewrites it
             record = {}
         if not isinstance(record, dict) or record.get("pid") != pid:
             return DnsProcess(pid, None, None, None)

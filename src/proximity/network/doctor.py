@@ -63,7 +63,7 @@ def _probe_check(manager: NetworkManager, st) -> Check:
 
 def _leases_check(manager: NetworkManager) -> Check:
     path = manager.settings.leases_file
-    if manager.host.read_text(path) is None:
+    if not path.exists():
         return Check("leases", False, f"{path} does not exist yet (no DHCP client has asked)", "", warning=True)
     leases, warnings = manager.leases()
     detail = f"{len(leases)} lease(s) in {path}"

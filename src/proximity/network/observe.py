@@ -101,7 +101,14 @@ class Observation:
 def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
     s = settings
     return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
-            s.leases_file, *render.dns_unit_files(s, systemd))
+            s.reservations_db.with_name(s.reservations_db.name + ".bak"), s.leases_file, *render.dns_unit_files(s, systemd))
+
+
+def _read(host: Host, settings: Settings, path: Path) -> str | None:
+    """A watched file; dnsmasq's lease cache is read even with a bad byte (its bad lines are skipped)."""
+    if path in (settings.leases_file, settings.reservations_db.with_name(settings.reservations_db.name + ".bak")):
+        return host.read_text(path, errors="replace")
+    return host.read_text(path)
 
 
 def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
@@ -133,7 +140,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
     obs = Observation(
         links=tuple(links), addresses=tuple(addresses), routes=routes, rules=rules,
         sysctls=MappingProxyType({key: host.read_sysctl(key) for key in SYSCTLS}),
-        files=MappingProxyType({path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}),
+        files=MappingProxyType({path: _read(host, settings, path) for path in watched_files(settings, host.has_systemd)}),
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
     )

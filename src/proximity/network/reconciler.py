@@ -98,7 +98,7 @@ class NetworkManager:
             return [], []
         cached = self._leases_cache
         if cached is None or cached[0] != key:
-            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path) or "", str(path)))
+            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path, errors="replace") or "", str(path)))
         leases, warnings = cached[1]
         return list(leases), list(warnings)
 
