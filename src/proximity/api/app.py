@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -310,6 +311,12 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     async def proximity_error(request: Request, exc: ProximityError) -> JSONResponse:
         """Every error Proximity raises, with its status from one place (proximity.errors)."""
         return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each field; without the input echoed back, which JSON cannot carry when it is NaN."""
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                                         "type": str(e.get("type", ""))} for e in exc.errors()]}, status_code=422)
 
     # -- system ----------------------------------------------------------------------
     @app.get("/healthz", tags=["system"])

@@ -182,8 +182,30 @@ class Host:
                     errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, "check the path and its permissions")
             raise HostError(f"cannot write {path}: {exc.strerror or exc}; {hint}. The old file is unchanged.") from None
 
+    # Bytes left free after any write: a full disk must never be reached by Proximity's own writes, so
+    # dnsmasq can still record its leases (a truncated leases file hands addresses out twice).
+    write_spare = 1 << 20
+
+    def free_space(self, path: Path) -> int | None:
+        """Bytes an unprivileged writer (dnsmasq) can still use where ``path`` is; 0 when no inode is left;
+        None when unknown (no such directory)."""
+        for directory in (path, *path.parents):
+            if directory.is_dir():
+                try:
+                    st = os.statvfs(directory)
+                except OSError:
+                    return None
+                return 0 if st.f_files and not st.f_favail else st.f_bavail * st.f_frsize
+        return None
+
     def _write_atomic(self, path: Path, text: str, mode: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        data = text.encode("utf-8")
+        free = self.free_space(path.parent)
+        if free is not None and free < len(data) + self.write_spare:
+            raise HostError(f"cannot write {path}: its file system has {free // 1024} KiB free, and Proximity keeps "
+                            f"{self.write_spare // 1024} KiB spare so dnsmasq can still record its leases. Free some "
+                            "space there (`df -h` shows it), then try again. The old file is unchanged.")
         try:
             st = path.stat()
             mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
@@ -193,8 +215,8 @@ class Host:
         tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_native_id()}{TEMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, mode)

@@ -44,6 +44,9 @@ def network_checks(manager: NetworkManager, sandbox_name: str | None = None) -> 
     ]
     checks.append(_probe_check(manager, st))
     checks.append(_leases_check(manager))
+    checks += [Check("disk space", False, f"the file system of {d} is full ({free // 1024} KiB free): dnsmasq cannot "
+                     "record its leases", f"free some space there (`df -h {d}`), then `{up_cmd}`")
+               for d, free in obs.full_disks] or [Check("disk space", True, "room to spare for the state and the leases")]
     checks += _port_checks(manager, obs)
     checks += _firewall_policy_checks(manager, st.isolation_configured)
     checks += _interfaces_file_checks(manager)

@@ -94,6 +94,10 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         problems.append((False, f"dnsmasq does not answer DNS on {s.gateway.ip}:53"))
     if dns is not None and not served:
         problems.append((False, f"dnsmasq does not serve DHCP on {s.bridge} (udp port 67)"))
+    for directory, free in obs.full_disks:
+        problems.append((False, f"the file system of {directory} is full ({free // 1024} KiB free): dnsmasq cannot "
+                                "record its leases and Proximity refuses to write there; free some space (`df -h "
+                                f"{directory}`)"))
     if obs.last_probe is not None and not obs.last_probe.ok:
         problems.append((False, f"containers cannot get a lease or a name: {obs.last_probe.reason}; fix: "
                                 f"{obs.last_probe.fix} (the end-to-end probe; `proximity doctor` runs it again)"))

@@ -87,6 +87,7 @@ class Observation:
     lease_warnings: tuple[str, ...] = ()
     probes: Probes | None = None  # read with probe=True
     last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
+    full_disks: tuple[tuple[str, int], ...] = ()  # (directory, bytes free): Proximity's state with no room left
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -143,6 +144,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         files=MappingProxyType({path: _read(host, settings, path) for path in watched_files(settings, host.has_systemd)}),
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
+        full_disks=full_disks(host, settings),
     )
     if not probe:
         return obs
@@ -155,6 +157,16 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
                           "probes": probes, "last_probe": load_probe(host, settings)})
+
+
+def full_disks(host: Host, settings: Settings) -> tuple[tuple[str, int], ...]:
+    """The directories of Proximity's state and dnsmasq's leases whose file system has no room to spare."""
+    found = []
+    for directory in dict.fromkeys((settings.leases_file.parent, settings.state_dir, settings.run_dir)):
+        free = host.free_space(directory)
+        if free is not None and free < host.write_spare:
+            found.append((str(directory), free))
+    return tuple(found)
 
 
 def _pve_rules(settings: Settings) -> tuple[tuple[Mapping[str, Any], ...] | None, str | None]:

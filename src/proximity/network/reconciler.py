@@ -136,6 +136,7 @@ class NetworkManager:
         restored when a later step fails (undoing a restored bridge would cut containers off again)."""
         report = Report(dry_run=self.host.dry_run)
         with self._locked():
+            self.dns.note_leases()  # what dnsmasq holds now, so a restart can tell a truncated leases file
             with Reverter() as revert:
                 try:
                     for _round in range(1 if self.host.dry_run else MAX_ROUNDS):

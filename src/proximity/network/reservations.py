@@ -264,6 +264,25 @@ class Reservations:
             s.addn_hosts_file: render_addn_hosts(reservations, s.domain),
         }
 
+    def replace_all(self, reservations: list[Reservation]) -> str | None:
+        """Write ``reservations`` over whatever the file holds (``gc --rebuild``); call with the lock held.
+
+        A good file becomes the backup; a damaged one is kept beside it as ``PATH.damaged-STAMP``,
+        whose path is returned, so nothing is lost.
+        """
+        db = self.settings.reservations_db
+        text = self.host.read_text(db, errors="replace")
+        try:
+            parse_reservations(text or "[]")
+        except ValueError:
+            kept = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%d%H%M%S')}")
+            self.host.write_text(kept, text or "", mode=0o600)
+            self.host.remove(db)  # so _save does not take it for a good copy
+            self._save(reservations)
+            return str(kept)
+        self._save(reservations)
+        return None
+
     def _save(self, reservations: list[Reservation]) -> None:
         """Write the database (its previous good copy kept as the backup), then dnsmasq's files,
         reloading dnsmasq only when those changed."""
