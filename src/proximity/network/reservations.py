@@ -273,7 +273,7 @@ class Reservations:
         db = self.settings.reservations_db
         text = self.host.read_text(db, errors="replace")
         try:
-            parse_reservations(text or "[]")
+            parse_reservations(text if text is not None else "[]")
         except ValueError:
             kept = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%d%H%M%S')}")
             self.host.write_text(kept, text or "", mode=0o600)
@@ -289,7 +289,10 @@ class Reservations:
         s = self.settings
         before = self.host.read_text(s.reservations_db)
         if before is not None:
-            parse_reservations(before)  # only a good copy becomes the backup (callers read it first)
+            try:
+                parse_reservations(before)  # only a good copy becomes the backup (callers read it first)
+            except ValueError as exc:
+                raise self._damaged(str(exc)) from None
             self.host.write_text(self.backup, before, mode=0o600)
         self.host.write_text(s.reservations_db, json.dumps([asdict(r) for r in reservations]) + "\n")
         changed = False
