@@ -146,7 +146,7 @@ def test_a_full_disk_never_hands_an_address_out_twice(sb, db):
         status = run(sb, "status")
         assert f"{s.state_dir} is full" in status.stdout + status.stderr, status.stdout
         doctor = run(sb, "doctor", "--json")
-        assert any(c["name"] == "disk space" and not c["ok"] for c in json.loads(doctor.stdout)), doctor.stdout
+        assert any(c["name"] == "disk space" and not c["ok"] for c in json.loads(doctor.stdout)), doctor.stderr
 
         s.leases_file.write_text("")  # what dnsmasq leaves when it cannot rewrite the file on a full disk
         pid = dns_pid(sb)

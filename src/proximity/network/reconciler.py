@@ -8,6 +8,7 @@ restarted. ``heal`` does the same with targeted changes only, for the service.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, replace
 
 from proximity.errors import HostError, ProximityError
@@ -24,6 +25,7 @@ from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
 from proximity.settings import Settings, SettingsError, check_hostname
 
+log = logging.getLogger(__name__)
 MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
 
 
@@ -82,7 +84,10 @@ class NetworkManager:
     def run_probe(self) -> ProbeResult:
         """The end-to-end probe (a throwaway client asks for a lease and a name); its result is kept."""
         result = probe(self.host, self.settings)
-        save_probe(self.host, self.settings, result)
+        try:
+            save_probe(self.host, self.settings, result)
+        except HostError as exc:  # a full disk: the result is still told; status and doctor name the disk
+            log.warning("the probe's result was not kept: %s", exc)
         return result
 
     def plan(self, mode: Mode = "up") -> Plan:
