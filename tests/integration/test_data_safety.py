@@ -72,7 +72,8 @@ def db(sb):
     with reservations.locked():
         reservations.reserve("web-01", [])
     yield reservations
-    for path in (reservations.settings.reservations_db, reservations.backup):
+    db = reservations.settings.reservations_db
+    for path in (db, db.with_name(db.name + ".bak")):
         path.unlink(missing_ok=True)
     reservations.settings.reservations_db.write_text("[]\n")
     run(sb, "up")
