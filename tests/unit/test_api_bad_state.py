@@ -39,3 +39,16 @@ def test_reservations_of_the_wrong_shape_give_a_json_error_with_the_message(clie
     settings.reservations_db.write_text(text)
     r = c.get("/api/v1/containers")
     assert r.status_code == 500 and "is damaged" in r.json()["detail"] and "gc --rebuild" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"short", b"two words here, long enough"])
+def test_a_damaged_token_file_is_a_clear_error_and_lets_nobody_in(tmp_path, raw):
+    from proximity.api.auth import TokenStore
+    from proximity.errors import HostError
+
+    store = TokenStore(load_settings(state_dir=str(tmp_path), dnsmasq_conf=str(tmp_path / "dnsmasq.conf")))
+    store.path.write_bytes(raw)
+    with pytest.raises(HostError, match="token file .* is damaged.*proximity token rotate"):
+        store.read()
+    assert store.check(raw.decode(errors="replace")) is False
+    assert store.check(store.rotate()) is True

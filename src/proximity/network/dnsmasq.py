@@ -241,8 +241,8 @@ class SupervisedDns(DnsService):
         return render.dns_unit_files(self.settings, systemd=False)
 
     def running_pid(self) -> int | None:
-        text = self.host.read_text(self.settings.dns_pid_file)
-        if not text or not text.strip().isdigit():
+        text = self.host.read_text(self.settings.dns_pid_file, errors="replace")  # a damaged one: not running
+        if not text or not text.strip().isascii() or not text.strip().isdigit() or len(text.strip()) > 10:
             return None
         pid = int(text.strip())
         cmdline = self.host.pid_cmdline(pid)
