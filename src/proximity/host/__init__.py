@@ -203,9 +203,9 @@ class Host:
         data = text.encode("utf-8")
         free = self.free_space(path.parent)
         if free is not None and free < len(data) + self.write_spare:
-            raise HostError(f"cannot write {path}: its file system has {free // 1024} KiB free, and Proximity keeps "
-                            f"{self.write_spare // 1024} KiB spare so dnsmasq can still record its leases. Free some "
-                            "space there (`df -h` shows it), then try again. The old file is unchanged.")
+            raise HostError(f"cannot write {path}: No space left on device ({free // 1024} KiB free; Proximity keeps "
+                            f"{self.write_spare // 1024} KiB spare so dnsmasq can still record its leases); free some "
+                            "space on that file system (`df -h` shows it). The old file is unchanged.")
         try:
             st = path.stat()
             mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
