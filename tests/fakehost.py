@@ -78,7 +78,7 @@ class FakeHost(Host):
         return self  # one in-memory world: the probe's namespace is modelled by its links
 
     # -- Host: files, locks, sysctls ------------------------------------------------------------
-    def read_text(self, path: Path) -> str | None:
+    def read_text(self, path: Path, errors: str = "strict") -> str | None:
         return self.files.get(str(path))
 
     def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:

@@ -331,7 +331,7 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """422 as FastAPI shapes it (``loc``, ``type``), each ``msg`` a sentence naming its field."""
-        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": sentence(e)}
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "type": str(e.get("type", "")), "msg": sentence(e)}
                                         for e in exc.errors()]}, status_code=422)
 
     # -- system ----------------------------------------------------------------------

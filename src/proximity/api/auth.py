@@ -9,6 +9,7 @@ import secrets
 from fastapi import HTTPException, Request
 from fastapi.security.utils import get_authorization_scheme_param
 
+from proximity.errors import HostError
 from proximity.host import Host
 from proximity.settings import Settings
 
@@ -34,8 +35,18 @@ class TokenStore:
             return None
         key = (st.st_ino, st.st_mtime_ns)
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self.path.read_text().strip() or None)
+            self._cached = (key, self._parse(self.path.read_bytes()))
         return self._cached[1]
+
+    def _parse(self, raw: bytes) -> str | None:
+        """The token in the file; a damaged one (not printable ASCII, too short to be ours) is an error."""
+        token = raw.strip()
+        if not token:
+            return None
+        if not (token.isascii() and token.decode().isprintable() and len(token) >= 16 and b" " not in token):
+            raise HostError(f"the API token file {self.path} is damaged (not a token Proximity made): make a new "
+                            "one with `proximity token rotate` and give it to the API's clients")
+        return token.decode()
 
     def rotate(self) -> str:
         token = secrets.token_urlsafe(32)
@@ -44,7 +55,10 @@ class TokenStore:
         return token
 
     def check(self, presented: str) -> bool:
-        expected = self.read()
+        try:
+            expected = self.read()
+        except HostError:  # a damaged token file lets nobody in
+            return False
         return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 

@@ -77,8 +77,8 @@ def Table(*args: Any, **kwargs: Any):  # noqa: N802 (Rich's name, imported when 
     return RichTable(*args, **kwargs)
 
 
-out = _Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = _Console(stderr=True, soft_wrap=True)
+out = _Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160, emoji=False)  # a MAC :cd: is no emoji
+err = _Console(stderr=True, soft_wrap=True, emoji=False)
 
 SandboxOpt = Annotated[str | None, typer.Option("--sandbox", envvar="PROXIMITY_SANDBOX",
                                                 help="Act on this sandbox host instead of the machine.")]

@@ -226,20 +226,45 @@ def ct_exec(ref: RefArg, command: Annotated[list[str], typer.Argument(
 @app.command()
 @friendly
 @changes_host("gc")
-def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+       rebuild: Annotated[bool, typer.Option(
+           "--rebuild", help="Rebuild a lost or damaged reservations file from dnsmasq's hosts files and the "
+                             "containers (their MACs and configs).")] = False) -> None:
     """Repair orphans: free reservations no container holds, link or adopt containers, remove half-built ones."""
+    from proximity.containers.recovery import RepairFailure
+
     manager = containers_for(sandbox, recover=False)
-    actions = [repair.describe() for repair in manager.plan_repairs()] if dry_run else manager.collect_garbage()
-    if as_json:
-        print_json({"dry_run": dry_run, "actions": actions})
+    if rebuild:
+        result = manager.rebuild_reservations(dry_run=dry_run)
+        if as_json:
+            print_json({"dry_run": dry_run, **result.as_dict()})
+            return
+        verb = "would reserve" if dry_run else "reserved"
+        for r in result.reservations:
+            out.print(f"[cyan]{verb}:[/] {r.hostname} {r.ip} {r.mac}" + (f" (CT {r.vmid})" if r.vmid else ""),
+                      highlight=False)
+        for note in result.notes:
+            out.print(f"  note: {note}", highlight=False)
+        out.print(f"Dry run: nothing was changed; {len(result.reservations)} reservation(s) would be written to "
+                  f"{manager.settings.reservations_db}." if dry_run else
+                  f"{len(result.reservations)} reservation(s) written to {manager.settings.reservations_db}.",
+                  highlight=False)
         return
-    for action in actions:
-        out.print(f"[cyan]would:[/] {action}" if dry_run else f"[green]✓[/] {action}", highlight=False)
-    if not actions:
-        out.print("Nothing to do: no orphans.")
-    elif dry_run:
-        out.print("Dry run: nothing was changed.")
-    if not dry_run and any(action.startswith("could not ") for action in actions):
+    done = [repair.describe() for repair in manager.plan_repairs()] if dry_run else manager.collect_garbage()
+    actions = [a for a in done if not isinstance(a, RepairFailure)]
+    failures = [a for a in done if isinstance(a, RepairFailure)]
+    if as_json:
+        print_json({"dry_run": dry_run, "actions": actions, "failures": failures})
+    else:
+        for action in actions:
+            out.print(f"[cyan]would:[/] {action}" if dry_run else f"[green]✓[/] {action}", highlight=False)
+        for failure in failures:
+            err.print(f"[red]✗ failed:[/] {failure}", highlight=False)
+        if not done:
+            out.print("Nothing to do: no orphans.")
+        elif dry_run:
+            out.print("Dry run: nothing was changed.")
+    if failures:
         raise typer.Exit(1)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -138,7 +137,7 @@ def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = N
     for column in ("DNS name", "IP", "MAC", "expires"):
         table.add_column(column, no_wrap=True)
     for lease in found:
-        expires = "never" if lease.expiry == 0 else datetime.fromtimestamp(lease.expiry).strftime("%Y-%m-%d %H:%M")
+        expires = lease.expires_text()
         name = f"{lease.hostname}.{manager.settings.domain}" if lease.hostname else "-"
         table.add_row(name, lease.ip, lease.mac, expires)
     out.print(table)

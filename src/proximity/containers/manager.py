@@ -24,8 +24,9 @@ from proximity.containers.base import (
     StillRunning,
     dns_label,
 )
-from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEASE, REMOVE, Repair, mac_of,
+from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEASE, REMOVE, Repair, RepairFailure, mac_of,
                                           plan_repairs)
+from proximity.containers.rebuild import Rebuilt, rebuild
 from proximity.errors import HostError, NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.reconciler import NetworkManager
@@ -276,6 +277,19 @@ class ContainerManager:
         """Repair every orphan: `proximity gc`. Returns what was done (and what could not be)."""
         return self._repair(interrupted_only=False)
 
+    def rebuild_reservations(self, dry_run: bool = False) -> Rebuilt:
+        """`gc --rebuild`: the reservations from dnsmasq's hosts files and the containers (see rebuild.py)."""
+        s, host = self.settings, self.network.host
+        with self.reservations.locked():
+            result = rebuild(s, host.read_text(s.dhcp_hosts_file, errors="replace"),
+                             host.read_text(s.addn_hosts_file, errors="replace"),
+                             self._with_net0(self.backend.list()), self.network.leases()[0])
+            if not dry_run:
+                kept = self.reservations.replace_all(result.reservations)
+                result.notes.append(f"the damaged file is kept as {kept}" if kept else
+                                    f"the previous file is kept as {self.reservations.backup}")
+        return result
+
     def _repair(self, interrupted_only: bool) -> list[str]:
         done, to_start = [], []
         with self.reservations.locked():  # planned and applied under the lock: no other create runs meanwhile
@@ -285,12 +299,12 @@ class ContainerManager:
                         to_start.append(repair.container)
                     done.append(repair.describe())
                 except ProximityError as exc:
-                    done.append(f"could not {repair.describe()}: {exc}")
+                    done.append(RepairFailure(f"could not {repair.describe()}: {exc}"))
         for container in to_start:
             try:
                 self.backend.start(container.vmid)
             except ProximityError as exc:
-                done.append(f"could not start CT {container.vmid} ({container.hostname}): {exc}")
+                done.append(RepairFailure(f"could not start CT {container.vmid} ({container.hostname}): {exc}"))
         return done
 
     def _apply(self, repair: Repair) -> bool:
@@ -353,10 +367,10 @@ class ContainerManager:
             notes.append(f"CT {vmid}'s storage cannot snapshot (dir, NFS raw, or bind mounts): on failure the "
                          "rollback is config-only (the old net0 is written back; files are not rolled back)")
 
-        if dry_run:
-            mac = old.get("hwaddr") or "(reserved at migration)"
-            report.new_net0 = self._migrated_net0(old, mac)
-            for text in [*notes, f"snapshot CT {vmid} as {snapshot}" if snapshot else "take no snapshot",
+        if dry_run:  # the same admission the real run makes (name or address in use, a full pool), saving nothing
+            planned = self.reservations.reserve(name, self.network.leases()[0], old.get("hwaddr"), save=False)
+            report.new_net0 = self._migrated_net0(old, planned.mac)
+            for text in [*notes, f"reserve {planned.ip} and the name {name} for MAC {planned.mac}", f"snapshot CT {vmid} as {snapshot}" if snapshot else "take no snapshot",
                          f"shut down CT {vmid} (stop by force if it takes over 30 s)" if was_running
                          else f"CT {vmid} is stopped", f"set net0 to {report.new_net0}", f"start CT {vmid}",
                          f"verify a lease and {name}.{self.settings.domain} within {timeout:.0f} s"]:

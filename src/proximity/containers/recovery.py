@@ -30,6 +30,10 @@ LINK, RELEASE, KEEP, ADOPT, REMOVE = "link", "release", "keep", "adopt", "remove
 OPERATIONS = ("create", "destroy")  # the operations whose interruption recovery settles
 
 
+class RepairFailure(str):
+    """A repair that could not be made: its text says what and why (a ``str``, so it prints as one)."""
+
+
 @dataclass(frozen=True)
 class Repair:
     kind: str  # one of LINK, RELEASE, KEEP, ADOPT, REMOVE
@@ -117,4 +121,5 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
     return repairs
 
 
-__all__ = ["ADOPT", "KEEP", "LINK", "OPERATIONS", "RELEASE", "REMOVE", "Repair", "mac_of", "plan_repairs"]
+__all__ = ["ADOPT", "KEEP", "LINK", "OPERATIONS", "RELEASE", "REMOVE", "Repair", "RepairFailure", "mac_of",
+           "plan_repairs"]

@@ -159,9 +159,11 @@ class Host:
         return self._wrap(argv)
 
     # -- files ----------------------------------------------------------------
-    def read_text(self, path: Path) -> str | None:
+    def read_text(self, path: Path, errors: str = "strict") -> str | None:
+        """The file's text, None if it is missing. ``errors="replace"`` reads a damaged file (bad bytes
+        become U+FFFD) instead of raising, for caches whose bad lines are skipped."""
         try:
-            with open(path, encoding="utf-8", newline="") as fh:
+            with open(path, encoding="utf-8", errors=errors, newline="") as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
@@ -181,11 +183,33 @@ class Host:
                     errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, "check the path and its permissions")
             raise HostError(f"cannot write {path}: {exc.strerror or exc}; {hint}. The old file is unchanged.") from None
 
+    # Bytes left free after any write: a full disk must never be reached by Proximity's own writes, so
+    # dnsmasq can still record its leases (a truncated leases file hands addresses out twice).
+    write_spare = 1 << 20
+
+    def free_space(self, path: Path) -> int | None:
+        """Bytes an unprivileged writer (dnsmasq) can still use where ``path`` is; 0 when no inode is left;
+        None when unknown (no such directory)."""
+        for directory in (path, *path.parents):
+            if directory.is_dir():
+                try:
+                    st = os.statvfs(directory)
+                except OSError:
+                    return None
+                return 0 if st.f_files and not st.f_favail else st.f_bavail * st.f_frsize
+        return None
+
     def _write_atomic(self, path: Path, text: str, mode: int) -> None:
         # A symlinked file (configuration management links /etc/network/interfaces) stays a link:
         # the target is replaced, atomically, in the target's own directory.
         path = Path(os.path.realpath(path))
         path.parent.mkdir(parents=True, exist_ok=True)
+        data = text.encode("utf-8")
+        free = self.free_space(path.parent)
+        if free is not None and free < len(data) + self.write_spare:
+            raise HostError(f"cannot write {path}: No space left on device ({free // 1024} KiB free; Proximity keeps "
+                            f"{self.write_spare // 1024} KiB spare so dnsmasq can still record its leases); free some "
+                            "space on that file system (`df -h` shows it). The old file is unchanged.")
         try:
             st = path.stat()
             mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
@@ -195,8 +219,8 @@ class Host:
         tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_native_id()}{TEMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, mode)
@@ -479,10 +503,10 @@ class DryRunHost(Host):
             self._written[str(path)] = None
             self.files.append({"path": str(path), "before": before, "after": ""})
 
-    def read_text(self, path: Path) -> str | None:
+    def read_text(self, path: Path, errors: str = "strict") -> str | None:
         if str(path) in self._written:
             return self._written[str(path)]
-        return super().read_text(path)
+        return super().read_text(path, errors)
 
     def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
         self.commands.append(["kill", f"-{signal.Signals(sig).name.removeprefix('SIG')}", str(pid)])

@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from proximity.errors import HostError
 from proximity.host import CommandError, Host, wait_for
 from proximity.network import render
+from proximity.network.leases import parse_leases
 from proximity.network.render import dnsmasq_binary
 from proximity.settings import Settings
+
+
+log = logging.getLogger(__name__)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 class ServiceError(HostError):
@@ -110,11 +123,78 @@ class DnsService:
             return None
         try:
             record = json.loads(self.host.read_text(self.record_file) or "{}")
-        except ValueError:
+        except (ValueError, HostError):  # damaged (not JSON, not UTF-8): stale, so `up` restarts and rewrites it
             record = {}
         if not isinstance(record, dict) or record.get("pid") != pid:
             return DnsProcess(pid, None, None, None)
         return DnsProcess(pid, record.get("config"), record.get("hosts"), record.get("bridge_index"))
+
+    # -- the leases it holds: never (re)start it while its leases file has lost some --------------
+    def _raw_record(self) -> dict:
+        try:
+            record = json.loads(self.host.read_text(self.record_file) or "{}")
+        except (ValueError, HostError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _file_leases(self) -> dict[str, int]:
+        """Address -> expiry of the leases in dnsmasq's file now."""
+        leases, _ = parse_leases(self.host.read_text(self.settings.leases_file, errors="replace") or "")
+        return {lease.ip: lease.expiry for lease in leases}
+
+    @staticmethod
+    def _in_use(record: dict) -> dict[str, int]:
+        """The recorded leases that could still be in use (not expired; 0 is an infinite lease)."""
+        raw, now = record.get("leases"), time.time()
+        return {ip: exp for ip, exp in raw.items() if type(exp) is int and (exp == 0 or exp > now)} \
+            if isinstance(raw, dict) else {}
+
+    def _disk_full(self) -> bool:
+        free = self.host.free_space(self.settings.leases_file.parent)
+        return free is not None and free < self.host.write_spare
+
+    def lost_leases(self) -> list[str]:
+        """Addresses leased (and not expired) when last recorded that dnsmasq's file no longer holds."""
+        return sorted(set(self._in_use(self._raw_record())) - set(self._file_leases()))
+
+    def check_leases_kept(self) -> None:
+        """dnsmasq reads its leases back from the file at start: a file that lost some (a full disk truncates
+        it) would make it hand out addresses still in use. Refuse the start or restart then."""
+        if self.host.dry_run:
+            return
+        lost = self.lost_leases()
+        if not lost:
+            return
+        s = self.settings
+        full = (f"; the file system of {s.leases_file.parent} is full" if self._disk_full() else "")
+        raise ServiceError(
+            f"dnsmasq's leases file {s.leases_file} has lost {len(lost)} lease(s) still in use "
+            f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}){full}. (Re)starting dnsmasq now would forget "
+            "them and hand those addresses out twice, so it was not (re)started. Free some space there: a running "
+            "dnsmasq writes the file again from memory within a minute; then run `proximity up`. If those clients "
+            f"are really gone, remove {self.record_file} first.")
+
+    def note_leases(self) -> None:
+        """Keep the record's leases current (``up`` and the service's heal call this). It follows the file
+        while the file system has room and dnsmasq has rewritten the file since it was last seen full;
+        otherwise (the file may be truncated) it only grows."""
+        pid = self.running_pid() if not self.host.dry_run else None
+        record = self._raw_record()
+        if pid is None or record.get("pid") != pid:
+            return  # not ours to update: a start or restart writes it
+        now, recorded, full_since = self._file_leases(), self._in_use(record), record.get("full_since")
+        if self._disk_full():
+            leases, full_since = {**recorded, **now}, full_since or time.time()
+        elif full_since and _mtime(self.settings.leases_file) <= full_since:
+            leases = {**recorded, **now}  # not rewritten since the disk was full: it may still be short
+        else:
+            leases, full_since = now, None
+        if leases != record.get("leases") or full_since != record.get("full_since"):
+            try:
+                self.host.write_text(self.record_file, json.dumps({**record, "leases": leases,
+                                                                   "full_since": full_since}) + "\n")
+            except HostError as exc:  # a full run directory: the old record still guards the restart
+                log.warning("could not update %s: %s", self.record_file, exc)
 
     def hosts_hash(self) -> str:
         s = self.settings
@@ -126,8 +206,10 @@ class DnsService:
         pid = self.running_pid()
         if pid is None:
             return
-        current = self.process()
-        record = {"pid": pid, "config": current.config, "hosts": current.hosts, "bridge_index": current.bridge_index}
+        current, raw = self.process(), self._raw_record()
+        record = {"pid": pid, "config": current.config, "hosts": current.hosts, "bridge_index": current.bridge_index,
+                  "leases": raw.get("leases") if raw.get("pid") == pid else None,
+                  "full_since": raw.get("full_since") if raw.get("pid") == pid else None}
         self.host.write_text(self.record_file, json.dumps({**record, **changes}) + "\n")
 
     def _record_start(self) -> None:
@@ -135,7 +217,7 @@ class DnsService:
         links = self.host.ip_json("link", "show") if not self.host.dry_run else []
         index = next((link["ifindex"] for link in links if link.get("ifname") == s.bridge), None)
         self._record(config=content_hash(self.host.read_text(s.dnsmasq_conf)), hosts=self.hosts_hash(),
-                     bridge_index=index)
+                     bridge_index=index, leases=self._file_leases(), full_since=None)  # what it read at start
 
     def reload(self) -> None:
         """SIGHUP: dnsmasq re-reads the reservation and hosts files, without a restart."""
@@ -159,8 +241,8 @@ class SupervisedDns(DnsService):
         return render.dns_unit_files(self.settings, systemd=False)
 
     def running_pid(self) -> int | None:
-        text = self.host.read_text(self.settings.dns_pid_file)
-        if not text or not text.strip().isdigit():
+        text = self.host.read_text(self.settings.dns_pid_file, errors="replace")  # a damaged one: not running
+        if not text or not text.strip().isascii() or not text.strip().isdigit() or len(text.strip()) > 10:
             return None
         pid = int(text.strip())
         cmdline = self.host.pid_cmdline(pid)
@@ -170,6 +252,7 @@ class SupervisedDns(DnsService):
         return None
 
     def start(self) -> None:
+        self.check_leases_kept()
         self.host.mkdir(self.settings.run_dir)
         try:
             # dnsmasq reports start-up errors (a port in use) before its parent exits.
@@ -194,6 +277,7 @@ class SupervisedDns(DnsService):
         self.forget()
 
     def restart(self) -> None:
+        self.check_leases_kept()  # before the stop: a stopped dnsmasq's leases live only in the file
         self.stop()
         self.start()
 
@@ -230,10 +314,12 @@ class SystemdDns(DnsService):
             raise ServiceError(f"{exc}; see `journalctl -u {self.unit} -n 50`") from None
 
     def start(self) -> None:
+        self.check_leases_kept()
         self._systemctl("start", self.unit)
         self._record_start()
 
     def restart(self) -> None:
+        self.check_leases_kept()
         self._systemctl("daemon-reload")
         self._systemctl("restart", self.unit)
         self._record_start()

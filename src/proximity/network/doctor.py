@@ -38,7 +38,7 @@ def network_checks(manager: NetworkManager) -> list[Check]:
 
 def _leases_check(manager: NetworkManager) -> Check:
     path = manager.settings.leases_file
-    if manager.host.read_text(path) is None:
+    if manager.host.read_text(path, errors="replace") is None:  # a bad byte is the leases' own warning
         return Check("leases_file", "leases", False, f"{path} does not exist yet (no DHCP client has asked)",
                      "none needed: dnsmasq writes it at the first lease", "warning")
     leases, warnings = manager.leases()

@@ -150,6 +150,12 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         usage = pool_usage(s, obs.reservations, obs.leases, client_mac=probe_mac(s))
         check("dhcp_pool", "DHCP pool", usage.free > 0, usage.describe(s), usage.full_message(s), usage.fix(s),
               "warning")
+    for directory, free in obs.full_disks:
+        check("disk_space", "disk space", False, "", f"the file system of {directory} is full ({free // 1024} KiB "
+              "free): dnsmasq cannot record its leases and Proximity refuses to write there",
+              f"free some space (`df -h {directory}`), then {up}", "warning")
+    if not obs.full_disks:
+        check("disk_space", "disk space", True, "Proximity's state directories have room to spare", "")
     checks += _probe_checks(s, obs, usage)
 
     failing = [c for c in checks if not c.ok]

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,16 @@ class Lease:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def expires_text(self) -> str:
+        """The expiry in local time; a time past what a clock can show is shown as its number (the lease
+        still holds its address: dnsmasq keeps it)."""
+        if self.expiry == 0:
+            return "never"
+        try:
+            return datetime.fromtimestamp(self.expiry).strftime("%Y-%m-%d %H:%M")
+        except (OverflowError, OSError, ValueError):
+            return f"at {self.expiry} (past year 9999)"
 
 
 def parse_leases(text: str, source: str = "lease file") -> tuple[list[Lease], list[str]]:
@@ -48,7 +59,9 @@ def parse_leases(text: str, source: str = "lease file") -> tuple[list[Lease], li
 
 
 def _parse_line(fields: list[str]) -> Lease | None:
-    if len(fields) != 5 or not fields[0].isdigit():
+    if len(fields) != 5 or not fields[0].isascii() or not fields[0].isdigit():
+        return None
+    if any("\ufffd" in field for field in fields):  # a byte that is not UTF-8 (read with errors="replace")
         return None
     expiry, mac, ip, hostname, client_id = fields
     try:

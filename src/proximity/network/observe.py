@@ -95,6 +95,7 @@ class Observation:
     sourced: tuple[SourcedFile, ...] = ()  # the files the interfaces file sources, as ifupdown2 reads them
     intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
     rules_digest: str | None = None  # of the host's firewall rules now (read with probe=True)
+    full_disks: tuple[tuple[str, int], ...] = ()  # (directory, bytes free): Proximity's state with no room left
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -109,7 +110,14 @@ class Observation:
 def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
     s = settings
     return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
-            s.leases_file, *render.dns_unit_files(s, systemd))
+            s.reservations_db.with_name(s.reservations_db.name + ".bak"), s.leases_file, *render.dns_unit_files(s, systemd))
+
+
+def _read(host: Host, settings: Settings, path: Path) -> str | None:
+    """A watched file; dnsmasq's lease cache is read even with a bad byte (its bad lines are skipped)."""
+    if path in (settings.leases_file, settings.reservations_db.with_name(settings.reservations_db.name + ".bak")):
+        return host.read_text(path, errors="replace")
+    return host.read_text(path)
 
 
 def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
@@ -139,7 +147,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         if port is not None:
             attachments.append(Attachment(r.vmid, r.hostname, port.name, port.master))
     dns_process = dns.process()
-    files = {path: host.read_text(path) for path in watched_files(settings, host.has_systemd)}
+    files = {path: _read(host, settings, path) for path in watched_files(settings, host.has_systemd)}
     pve_on = pve_firewall_on(host, settings)
     pve_rules, pve_error = _pve_rules(settings) if pve_on else (None, None)
     obs = Observation(
@@ -150,6 +158,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
         sourced=read_sourced(host, settings.interfaces_file, files.get(settings.interfaces_file)),
         intent=read_intent(host, settings),
+        full_disks=full_disks(host, settings),
     )
     if not probe:
         return obs
@@ -173,6 +182,16 @@ def read_sourced(host: Host, path: Path, text: str | None) -> tuple[SourcedFile,
             return None
 
     return tuple(sourced_files(path, text, read, host.glob)) if text else ()
+
+
+def full_disks(host: Host, settings: Settings) -> tuple[tuple[str, int], ...]:
+    """The directories of Proximity's state and dnsmasq's leases whose file system has no room to spare."""
+    found = []
+    for directory in dict.fromkeys((settings.leases_file.parent, settings.state_dir, settings.run_dir)):
+        free = host.free_space(directory)
+        if free is not None and free < host.write_spare:
+            found.append((str(directory), free))
+    return tuple(found)
 
 
 def _pve_rules(settings: Settings) -> tuple[tuple[Mapping[str, Any], ...] | None, str | None]:

@@ -149,7 +149,8 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
         changes.append(StopDns(disable=bool(units)))
     removable = [*units, s.dnsmasq_conf]
     if purge:
-        removable += [s.leases_file, s.reservations_db, s.dhcp_hosts_file, s.addn_hosts_file]
+        removable += [s.leases_file, s.reservations_db, s.reservations_db.with_name(s.reservations_db.name + ".bak"),
+                      s.dhcp_hosts_file, s.addn_hosts_file]
     changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
     pending = obs.file(s.pending_interfaces_file)
     if pending is not None and interfaces.remove_block(pending) != pending:

@@ -8,6 +8,7 @@ restarted. ``heal`` does the same with targeted changes only, for the service.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, replace
 
 from proximity.errors import ConflictError, HostError, ProximityError
@@ -26,6 +27,7 @@ from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
 from proximity.settings import Settings, SettingsError, check_hostname
 
+log = logging.getLogger(__name__)
 MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
 
 
@@ -84,7 +86,10 @@ class NetworkManager:
     def run_probe(self) -> ProbeResult:
         """The end-to-end probe (a throwaway client asks for a lease and a name); its result is kept."""
         result = probe(self.host, self.settings)
-        save_probe(self.host, self.settings, result)
+        try:
+            save_probe(self.host, self.settings, result)
+        except HostError as exc:  # a full disk: the result is still told; status and doctor name the disk
+            log.warning("the probe's result was not kept: %s", exc)
         return result
 
     def plan(self, mode: Mode = "up") -> Plan:
@@ -100,7 +105,7 @@ class NetworkManager:
             return [], []
         cached = self._leases_cache
         if cached is None or cached[0] != key:
-            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path) or "", str(path)))
+            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path, errors="replace") or "", str(path)))
         leases, warnings = cached[1]
         return list(leases), list(warnings)
 
@@ -194,6 +199,7 @@ class NetworkManager:
         """Plan and apply until the plan is empty. ``up`` is all or nothing; ``heal`` keeps what it
         restored when a later step fails (undoing a restored bridge would cut containers off again)."""
         report = Report(dry_run=self.host.dry_run)
+        self.dns.note_leases()  # what dnsmasq holds now, so a restart can tell a truncated leases file
         with Reverter() as revert:
             try:
                 for _round in range(1 if self.host.dry_run else MAX_ROUNDS):

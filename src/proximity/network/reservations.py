@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from proximity.errors import ConflictError
+from proximity.errors import ConflictError, HostError
 from proximity.host import Host
 from proximity.network.leases import Lease
 from proximity.network.render import stable_mac
@@ -30,6 +32,61 @@ from proximity.settings import Settings, SettingsError
 
 class AdmissionError(ConflictError, SettingsError):
     """A container cannot be admitted to the network; nothing was created."""
+
+
+class DamagedReservations(HostError):
+    """The reservations file cannot be trusted: nothing that writes may go on (it would hand out addresses twice)."""
+
+
+MAC_RE = re.compile(r"^(?:[0-9a-f]{2}:){5}[0-9a-f]{2}$", re.I)
+INTENT_FIELDS = {"op": str, "pid": int, "pid_start": int, "since": (int, float), "start": bool}
+
+
+def proximity_command(settings: Settings, args: str) -> str:
+    """A Proximity command line for this host (with --sandbox on a sandbox)."""
+    return f"proximity {args}" + (f" --sandbox {settings.netns}" if settings.netns else "")
+
+
+def parse_reservations(text: str) -> list[Reservation]:
+    """The reservations in a file Proximity wrote (a JSON list, ``[]`` when there are none).
+
+    Anything else (0 bytes, ``{}``, a truncated list, an entry of the wrong shape) raises ValueError
+    naming what is wrong: a damaged file is never read as "no reservations".
+    """
+    if not text.strip():
+        raise ValueError("the file is empty (a valid file with no reservations holds `[]`)")
+    data = json.loads(text)  # JSONDecodeError is a ValueError
+    if not isinstance(data, list):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not a list of reservations")
+    return [_entry(number, item) for number, item in enumerate(data, start=1)]
+
+
+def _entry(number: int, item: object) -> Reservation:
+    where = f"entry {number}"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is {json.dumps(item)[:40]}, not an object")
+    unknown = set(item) - {"hostname", "mac", "ip", "vmid", "intent"}
+    if unknown:
+        raise ValueError(f"{where} has unknown fields {sorted(unknown)}")
+    for key in ("hostname", "mac", "ip"):
+        if not isinstance(item.get(key), str):
+            raise ValueError(f"{where}: {key!r} is missing or not a string")
+    if not MAC_RE.match(item["mac"]):
+        raise ValueError(f"{where}: mac {item['mac']!r} is not a MAC address")
+    try:
+        ipaddress.IPv4Address(item["ip"])
+    except ValueError:
+        raise ValueError(f"{where}: ip {item['ip']!r} is not an IPv4 address") from None
+    vmid = item.get("vmid")
+    if vmid is not None and (type(vmid) is not int or vmid < 0):
+        raise ValueError(f"{where}: vmid {vmid!r} is not a container id")
+    intent = item.get("intent")
+    if intent is not None:
+        if not isinstance(intent, dict) or not {"op", "pid", "pid_start", "since"} <= set(intent) <= set(INTENT_FIELDS) \
+                or any(not isinstance(intent[k], INTENT_FIELDS[k]) or isinstance(intent[k], bool) != (k == "start")
+                       for k in intent):
+            raise ValueError(f"{where}: intent {json.dumps(intent)[:60]} is not a create or destroy record")
+    return Reservation.from_dict(item)
 
 
 @dataclass(frozen=True)
@@ -84,17 +141,43 @@ class Reservations:
         self.settings, self.host = settings, host
 
     # -- reading -------------------------------------------------------------------
+    @property
+    def backup(self) -> Path:
+        """The previous good copy of the file (kept at every write)."""
+        db = self.settings.reservations_db
+        return db.with_name(db.name + ".bak")
+
     def all(self) -> list[Reservation]:
-        text = self.host.read_text(self.settings.reservations_db)
-        if not text:
-            return []
+        """Every reservation; DamagedReservations when the file cannot be trusted."""
+        db = self.settings.reservations_db
         try:
-            return [Reservation.from_dict(item) for item in json.loads(text)]
-        except (ValueError, TypeError) as exc:
-            raise SettingsError(
-                f"{self.settings.reservations_db} is damaged ({exc}); restore it from "
-                f"{self.settings.backup_dir} or remove it and re-create the reservations"
-            ) from None
+            text = self.host.read_text(db)
+        except HostError as exc:  # not UTF-8, unreadable
+            raise self._damaged(str(exc).removeprefix(f"cannot read {db}: ")) from None
+        if text is None:
+            if self._read_backup() is not None:  # it was there: removed by hand, or lost
+                raise self._damaged("the file is missing, but its backup exists")
+            return []  # a host that never had a reservation
+        try:
+            return parse_reservations(text)
+        except ValueError as exc:
+            raise self._damaged(str(exc)) from None
+
+    def _read_backup(self) -> list[Reservation] | None:
+        try:
+            text = self.host.read_text(self.backup)
+            return parse_reservations(text) if text is not None else None
+        except (HostError, ValueError):
+            return None
+
+    def _damaged(self, why: str) -> DamagedReservations:
+        db, backup = self.settings.reservations_db, self._read_backup()
+        restore = (f"restore the last good copy ({len(backup)} reservations) with `cp {self.backup} {db}`, or "
+                   if backup is not None else f"no good backup exists ({self.backup}); ")
+        return DamagedReservations(
+            f"the reservations file {db} is damaged: {why}. Nothing that writes runs until it is repaired, so no "
+            f"address is handed out twice: {restore}rebuild it from dnsmasq's hosts file and the containers with "
+            f"`{proximity_command(self.settings, 'gc --rebuild')}` (add --dry-run to see what it would write)")
 
     def find(self, hostname: str | None = None, vmid: int | None = None, mac: str | None = None) -> Reservation | None:
         for r in self.all():
@@ -181,9 +264,36 @@ class Reservations:
             s.addn_hosts_file: render_addn_hosts(reservations, s.domain),
         }
 
+    def replace_all(self, reservations: list[Reservation]) -> str | None:
+        """Write ``reservations`` over whatever the file holds (``gc --rebuild``); call with the lock held.
+
+        A good file becomes the backup; a damaged one is kept beside it as ``PATH.damaged-STAMP``,
+        whose path is returned, so nothing is lost.
+        """
+        db = self.settings.reservations_db
+        text = self.host.read_text(db, errors="replace")
+        try:
+            parse_reservations(text if text is not None else "[]")
+        except ValueError:
+            kept = db.with_name(f"{db.name}.damaged-{time.strftime('%Y%m%d%H%M%S')}")
+            self.host.write_text(kept, text or "", mode=0o600)
+            self.host.remove(db)  # so _save does not take it for a good copy
+            self._save(reservations)
+            return str(kept)
+        self._save(reservations)
+        return None
+
     def _save(self, reservations: list[Reservation]) -> None:
-        """Write the database, then dnsmasq's files, reloading dnsmasq only when those changed."""
+        """Write the database (its previous good copy kept as the backup), then dnsmasq's files,
+        reloading dnsmasq only when those changed."""
         s = self.settings
+        before = self.host.read_text(s.reservations_db)
+        if before is not None:
+            try:
+                parse_reservations(before)  # only a good copy becomes the backup (callers read it first)
+            except ValueError as exc:
+                raise self._damaged(str(exc)) from None
+            self.host.write_text(self.backup, before, mode=0o600)
         self.host.write_text(s.reservations_db, json.dumps([asdict(r) for r in reservations]) + "\n")
         changed = False
         for path, text in self._rendered(reservations).items():
