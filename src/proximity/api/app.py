@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import AfterValidator, BaseModel, Field
 
 from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
-from proximity.api.jobs import Job, JobRunner
+from proximity.api.jobs import Job, JobRunner, StreamsFull
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.doctor import run_doctor
@@ -259,6 +259,11 @@ class Door:
                     await send({"type": "http.response.body", "body": body})
                     return
         too_large = f"the request body is over {self.max_body // 1024} KiB: nothing was done"
+        if not path.startswith(PROTECTED) and (b"content-length" in headers and headers[b"content-length"] != b"0"
+                                               or b"transfer-encoding" in headers):
+            # The open paths (/healthz, the dashboard, the docs) take no body: none is read for anyone.
+            await _problem(send, 413, "this path takes no request body: nothing was read")
+            return
         if b"content-length" in headers:
             length = headers[b"content-length"]
             if not length.isdigit():
@@ -410,13 +415,17 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         return {"data": _job(job_id).public()}
 
     @app.get("/api/v1/jobs/{job_id}/events", tags=["jobs"], dependencies=auth,
-             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-    def job_events(job_id: Annotated[str, Path(max_length=64)]) -> StreamingResponse:
+             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}, 503: {
+                 "model": Problem, "description": "As many job streams are open as the service serves; poll the job"}})
+    async def job_events(job_id: Annotated[str, Path(max_length=64)]) -> StreamingResponse:
         job = _job(job_id)
-        import json
+        try:  # async: a waiting stream holds no worker thread
+            events = context.jobs.stream(job)
+        except StreamsFull as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
 
-        def stream():
-            for event in job.events():
+        async def stream():
+            async for event in events:
                 yield f"event: {event['event']}\ndata: {json.dumps(event['data'], default=str)}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream",
