@@ -67,12 +67,14 @@ class BoundedProtocol(HttpToolsProtocol):
             transport.abort()  # the descriptor is freed now; nothing was read
             return
         cls.open_connections += 1
-        self._counted, self._head_open, self._head_bytes, self._header_count = True, True, 0, 0
+        self._counted, self._head_open = True, True
+        self._head_chunks = self._head_fields = self._header_count = 0
         self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_expired, transport)
         if self.tls is None:
             super().connection_made(transport)
             return
         transport.pause_reading()  # the ClientHello waits for start_tls
+        self._early = bytearray()  # what the TLS layer hands over before start_tls returns
         self.loop.create_task(self._start_tls(transport))
 
     async def _start_tls(self, raw: asyncio.Transport) -> None:
@@ -80,7 +82,7 @@ class BoundedProtocol(HttpToolsProtocol):
             wrapped = await self.loop.start_tls(raw, self, self.tls, server_side=True,
                                                 ssl_handshake_timeout=self.limits.head_timeout)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
-            log.debug("TLS handshake failed: %s", exc)
+            log.debug("TLS handshake failed: %r", exc)
             raw.abort()
             self._uncount()
             return
@@ -88,6 +90,11 @@ class BoundedProtocol(HttpToolsProtocol):
             self._uncount()
             return
         super().connection_made(wrapped)
+        early, self._early = bytes(self._early), None
+        if len(early) > 2 * self.limits.max_head_bytes:
+            self._refuse(b"431 Request Header Fields Too Large", "the request head is too large")
+        elif early:
+            self.data_received(early)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not getattr(self, "_counted", False):
@@ -120,31 +127,55 @@ class BoundedProtocol(HttpToolsProtocol):
         self.parser = None  # type: ignore[assignment]  # nothing more is parsed
 
     def data_received(self, data: bytes) -> None:
-        if self.parser is None or self.transport is None or self.transport.is_closing():
+        step = self.limits.max_head_bytes
+        if self.transport is None and getattr(self, "_early", None) is not None:
+            self._early += data  # decrypted before start_tls returned: kept for the parser, within the cap
+            if len(self._early) > 2 * step:
+                self._early = bytearray(b"\0" * (2 * step + 1))  # over: refused once the connection is made
             return
-        super().data_received(data)
-        if self._head_open and self.parser is not None:
-            # Still inside a request head after this chunk: count it (a chunk that ends a head is not counted).
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_head_bytes:
-                self._refuse(b"431 Request Header Fields Too Large",
-                             f"the request line and headers are over {self.limits.max_head_bytes} bytes")
+        while data and self.parser is not None and self.transport is not None and not self.transport.is_closing():
+            # Inside a request head the parser gets at most `step` bytes at a time, so that a head over the
+            # cap is refused with 431 before the parser holds much more (or fails on its own, with 400).
+            piece, data = (data[:step], data[step:]) if self._head_open else (data, b"")
+            super().data_received(piece)
+            if self._head_open and self.parser is not None:  # this piece did not end the head
+                self._head_chunks += len(piece)
+                self._check_head()
 
-    # httptools callbacks
+    def _check_head(self) -> None:
+        # Both counts are at most the head's size: the chunks that did not end it, and its fields so far.
+        if max(self._head_chunks, self._head_fields) > self.limits.max_head_bytes and self.parser is not None:
+            self._refuse(b"431 Request Header Fields Too Large",
+                         f"the request line and headers are over {self.limits.max_head_bytes} bytes")
+
+    # httptools callbacks. A head that arrives in one chunk is measured here, field by field.
     def on_message_begin(self) -> None:
         if self.parser is None:
             return
         super().on_message_begin()
-        self._head_open, self._head_bytes, self._header_count = True, 0, 0
+        self._head_open = True
+        self._head_chunks = self._head_fields = self._header_count = 0
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_expired, self.transport)
 
+    def on_url(self, url: bytes) -> None:
+        if self.parser is not None:
+            super().on_url(url)
+            self._head_fields += len(url)
+            self._check_head()
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.parser is None:
+            return
         self._header_count += 1
         if self._header_count <= self.limits.max_headers:
             super().on_header(name, value)
+        self._head_fields += len(name) + len(value) + 4
+        self._check_head()
 
     def on_headers_complete(self) -> None:
+        if self.parser is None:
+            return
         self._head_open = False
         self._cancel_head_timer()
         if self._header_count > self.limits.max_headers:
@@ -181,5 +212,7 @@ def run(app, host: str, port: int, limits: Limits, cert_file: str | None = None,
     tls = tls_context(cert_file, key_file) if cert_file and key_file else None
     # No access log (one line per request is most of a cheap request's cost) and no proxy
     # headers: the service is reached directly, never through a reverse proxy it should trust.
+    # uvloop starts reading a new connection right after connection_made, whatever the protocol paused,
+    # so the ClientHello would reach this protocol before start_tls: TLS runs on asyncio's loop.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
-                http=protocol_for(limits.fitted(), tls), timeout_keep_alive=5)
+                http=protocol_for(limits.fitted(), tls), timeout_keep_alive=5, loop="asyncio" if tls else "auto")
