@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -32,7 +33,7 @@ from proximity.network.health import NetworkStatus
 from proximity.network.probe import load as load_probe
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import AdmissionError
-from proximity.settings import LABEL_RE, Settings, SettingsError, check_hostname
+from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, Settings, SettingsError, check_hostname
 
 log = logging.getLogger(__name__)
 STATUS_PATH = "/api/v1/system/network/status"
@@ -178,10 +179,19 @@ class Context:
 
 
 # -- request and response models ----------------------------------------------------
+# The hostname check's syntax for the schema: a label, not all digits, not a reserved name (any case).
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+
+
+HOSTNAME_PATTERN = (f"^(?![0-9]+$)(?!(?:{'|'.join(sorted(_any_case(n) for n in RESERVED_HOSTNAMES))})$)"
+                    f"{LABEL_RE.pattern}$")
+
+
 class CreateContainer(BaseModel):
     # Checked by the one hostname check (settings.check_hostname); the schema shows its syntax.
     hostname: Annotated[str, AfterValidator(check_hostname)] = Field(
-        max_length=63, json_schema_extra={"pattern": f"^{LABEL_RE.pattern}$"},
+        max_length=63, json_schema_extra={"pattern": HOSTNAME_PATTERN},
         description="RFC 1123 label, e.g. nginx-01; not all digits (that reads as a container id), "
                     "not a reserved name (localhost, wpad, gateway...)")
     memory: int = Field(256, ge=16, le=1048576, description="MiB")
