@@ -43,7 +43,7 @@ def test_nothing_the_service_must_do_is_forbidden(unit):
     d = directives(unit)
     # /proc/sys is written (ip_forward, the admin's sysctls); modules are loaded by ifupdown2.
     for forbidden in ("ProtectKernelTunables", "ProtectKernelModules", "PrivateNetwork", "PrivateDevices",
-                      "MemoryDenyWriteExecute", "User", "DynamicUser"):
+                      "MemoryDenyWriteExecute", "ProtectClock", "User", "DynamicUser"):
         assert forbidden not in d, forbidden
 
 

@@ -198,10 +198,11 @@ ReadWritePaths={" ".join(api_write_paths(settings))}
 ProtectHome=read-only
 # A /tmp and /var/tmp of its own.
 PrivateTmp=yes
-# No clock, hostname or kernel-log changes; no realtime scheduling, no setuid/setgid files, no
+# No hostname or kernel-log changes; no realtime scheduling, no setuid/setgid files, no
 # personality changes; native system calls only, and none of the clock, debug, reboot, swap,
-# raw-I/O or obsolete groups.
-ProtectClock=yes
+# raw-I/O or obsolete groups. (ProtectClock= is not set: it implies a device allow-list on
+# systemd 252, which blocks /dev/net/tun for an admin's tuntap post-up line; the clock stays
+# protected by the system call filter and the capability set.)
 ProtectHostname=yes
 ProtectKernelLogs=yes
 RestrictRealtime=yes
