@@ -214,5 +214,7 @@ def run(app, host: str, port: int, limits: Limits, cert_file: str | None = None,
     # headers: the service is reached directly, never through a reverse proxy it should trust.
     # uvloop starts reading a new connection right after connection_made, whatever the protocol paused,
     # so the ClientHello would reach this protocol before start_tls: TLS runs on asyncio's loop.
+    # Open job streams end at most 5 s after SIGTERM, so a stop never waits for a stream's own end.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
-                http=protocol_for(limits.fitted(), tls), timeout_keep_alive=5, loop="asyncio" if tls else "auto")
+                http=protocol_for(limits.fitted(), tls), timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                loop="asyncio" if tls else "auto")
