@@ -206,7 +206,7 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 def run(app, host: str, port: int, limits: Limits, cert_file: str | None = None, key_file: str | None = None) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT."""
+    """Serve ``app`` until SIGTERM or SIGINT (``limits`` as given: see :meth:`Limits.fitted`)."""
     import uvicorn
 
     tls = tls_context(cert_file, key_file) if cert_file and key_file else None
@@ -216,5 +216,5 @@ def run(app, host: str, port: int, limits: Limits, cert_file: str | None = None,
     # so the ClientHello would reach this protocol before start_tls: TLS runs on asyncio's loop.
     # Open job streams end at most 5 s after SIGTERM, so a stop never waits for a stream's own end.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
-                http=protocol_for(limits.fitted(), tls), timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                http=protocol_for(limits, tls), timeout_keep_alive=5, timeout_graceful_shutdown=5,
                 loop="asyncio" if tls else "auto")

@@ -72,7 +72,9 @@ def serve(sandbox: SandboxOpt = None,
     scheme = "https" if use_tls else "http"
     err.print(f"Proximity API on {scheme}://{host}:{port}/ (token: `proximity token show"
               + (f" --sandbox {sandbox}" if sandbox else "") + "`)", highlight=False)
-    server.run(create_app(context), host, port, server.Limits(max_connections, head_timeout), **ssl_files)
+    limits = server.Limits(max_connections, head_timeout).fitted()
+    context.jobs.max_streams = min(context.jobs.max_streams, limits.max_connections // 2)  # room for the rest
+    server.run(create_app(context), host, port, limits, **ssl_files)
 
 
 @token_app.command("show")
