@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from proximity import version
 from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
 from proximity.api.info import sentence, system_info
-from proximity.api.jobs import Job, JobRunner
+from proximity.api.jobs import Job, JobRunner, StreamsFull
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.doctor import doctor_dict, run_doctor
@@ -39,7 +40,7 @@ from proximity.network.health import NetworkStatus
 from proximity.network.probe import load as load_probe
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import AdmissionError
-from proximity.settings import LABEL_RE, Settings, SettingsError, check_hostname
+from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, Settings, SettingsError, check_hostname
 
 log = logging.getLogger(__name__)
 STATUS_PATH = "/api/v1/system/network/status"
@@ -194,10 +195,19 @@ class Context:
 
 
 # -- request and response models ----------------------------------------------------
+# The hostname check's syntax for the schema: a label, not all digits, not a reserved name (any case).
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+
+
+HOSTNAME_PATTERN = (f"^(?![0-9]+$)(?!(?:{'|'.join(sorted(_any_case(n) for n in RESERVED_HOSTNAMES))})$)"
+                    f"{LABEL_RE.pattern}$")
+
+
 class CreateContainer(BaseModel):
     # Checked by the one hostname check (settings.check_hostname); the schema shows its syntax.
     hostname: Annotated[str, AfterValidator(check_hostname)] = Field(
-        max_length=63, json_schema_extra={"pattern": f"^{LABEL_RE.pattern}$"},
+        max_length=63, json_schema_extra={"pattern": HOSTNAME_PATTERN},
         description="RFC 1123 label, e.g. nginx-01; not all digits (that reads as a container id), "
                     "not a reserved name (localhost, wpad, gateway...)")
     memory: int = Field(256, ge=16, le=1048576, description="MiB")
@@ -275,6 +285,11 @@ class Door:
                     await send({"type": "http.response.body", "body": body})
                     return
         too_large = f"the request body is over {self.max_body // 1024} KiB: nothing was done"
+        if not path.startswith(PROTECTED) and (b"content-length" in headers and headers[b"content-length"] != b"0"
+                                               or b"transfer-encoding" in headers):
+            # The open paths (/healthz, the dashboard, the docs) take no body: none is read for anyone.
+            await _problem(send, 413, "this path takes no request body: nothing was read")
+            return
         if b"content-length" in headers:
             length = headers[b"content-length"]
             if not length.isdigit():
@@ -448,13 +463,17 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         return {"data": _job(job_id).public()}
 
     @app.get("/api/v1/jobs/{job_id}/events", tags=["jobs"], dependencies=auth,
-             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-    def job_events(job_id: Annotated[str, Path(max_length=64)]) -> StreamingResponse:
+             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}, 503: {
+                 "model": Problem, "description": "As many job streams are open as the service serves; poll the job"}})
+    async def job_events(job_id: Annotated[str, Path(max_length=64)]) -> StreamingResponse:
         job = _job(job_id)
-        import json
+        try:  # async: a waiting stream holds no worker thread
+            events = context.jobs.stream(job)
+        except StreamsFull as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
 
-        def stream():
-            for event in job.events():
+        async def stream():
+            async for event in events:
                 yield f"event: {event['event']}\ndata: {json.dumps(event['data'], default=str)}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream",

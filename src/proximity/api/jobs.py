@@ -1,15 +1,18 @@
 """Jobs: long operations (create, migrate, initialize) run in the background with steps and progress.
 
 A job records every event; readers poll ``GET /jobs/{id}`` or follow ``/jobs/{id}/events``
-(server-sent events), which replays what happened so far and then streams the rest.
+(server-sent events), which replays what happened so far and then streams the rest. A stream
+waits on the event loop, never in a worker thread (a thread held per stream starved every other
+request), and the runner bounds how many are open at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +31,8 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     _events: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -42,9 +46,14 @@ class Job:
         return self.status in ("succeeded", "failed")
 
     def _emit(self, event: str, **data: Any) -> None:
-        with self._changed:
+        with self._lock:
             self._events.append({"event": event, "data": {"job": self.id, **data}})
-            self._changed.notify_all()
+            waiters = list(self._waiters)
+        for loop, wake in waiters:  # the work runs in a thread; each stream waits on its own event loop
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # that loop is closed: its stream is gone
+                pass
 
     def step(self, text: str, progress: int | None = None) -> None:
         """Called by the work itself: one more step done."""
@@ -53,31 +62,61 @@ class Job:
         self.steps.append({"time": time.time(), "text": text})
         self._emit("step", text=text, progress=self.progress)
 
-    def events(self, timeout: float = 300) -> Iterator[dict[str, Any]]:
-        """Every event so far, then new ones as they come, until the job ends."""
-        seen = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._changed:
-                while seen == len(self._events) and not self.done:
-                    if not self._changed.wait(timeout=min(15.0, max(0.0, deadline - time.monotonic()))):
-                        break
-                pending, seen = self._events[seen:], len(self._events)
-            yield from pending
-            if self.done and seen == len(self._events):
-                return
-            if time.monotonic() > deadline:
-                return
-            if not pending:
-                yield {"event": "ping", "data": {"job": self.id}}
+    async def events(self, timeout: float = 300, ping: float = 15) -> AsyncIterator[dict[str, Any]]:
+        """Every event so far, then new ones as they come, until the job ends (a ``ping`` when quiet)."""
+        loop = asyncio.get_running_loop()
+        waiter = (loop, asyncio.Event())
+        with self._lock:
+            self._waiters.add(waiter)
+        try:
+            seen, deadline = 0, loop.time() + timeout
+            while True:
+                waiter[1].clear()  # before reading: an event emitted after the read wakes the wait below
+                with self._lock:
+                    pending, seen = self._events[seen:], len(self._events)
+                for event in pending:
+                    yield event
+                    if event["event"] == "done":
+                        return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(waiter[1].wait(), min(ping, remaining))
+                except TimeoutError:
+                    yield {"event": "ping", "data": {"job": self.id}}
+        finally:
+            with self._lock:
+                self._waiters.discard(waiter)
+
+
+class StreamsFull(Exception):
+    """As many job streams are open as the service serves at once."""
 
 
 class JobRunner:
-    def __init__(self, workers: int = 2, keep: int = 200):
+    def __init__(self, workers: int = 2, keep: int = 200, max_streams: int = 256):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="proximity-job")
         self._jobs: dict[str, Job] = {}
         self._keep = keep
         self._lock = threading.Lock()
+        self.max_streams = max_streams  # below the server's connection cap, so other requests still get in
+        self.streams = 0  # open now (touched on the event loop only)
+
+    def stream(self, job: Job) -> AsyncIterator[dict[str, Any]]:
+        """``job.events()``, counted against ``max_streams``: raises StreamsFull now, before any answer is sent."""
+        if self.streams >= self.max_streams:
+            raise StreamsFull(f"{self.streams} job streams are open, the most the service serves at once; "
+                              f"poll GET /api/v1/jobs/{job.id} instead, or retry when one ends")
+        return self._counted(job)
+
+    async def _counted(self, job: Job) -> AsyncIterator[dict[str, Any]]:
+        self.streams += 1  # counted once started: a stream whose client left before it began never counts
+        try:
+            async for event in job.events():
+                yield event
+        finally:
+            self.streams -= 1
 
     def submit(self, kind: str, target: str, work: Callable[[Job], Any]) -> Job:
         job = Job(id=uuid.uuid4().hex[:12], kind=kind, target=target)

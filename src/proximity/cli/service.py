@@ -27,6 +27,12 @@ def serve(sandbox: SandboxOpt = None,
               "--insecure-http", help="Serve plain HTTP on a non-loopback address (the token crosses the network "
                                       "in clear text).")] = False,
           pid_file: Annotated[str | None, typer.Option(help="Write the service's pid here.")] = None,
+          max_connections: Annotated[int, typer.Option(
+              min=1, max=65536, help="Client connections served at once (job streams included); more are closed "
+                                     "at once. Lowered to leave 256 descriptors free for the service's own work.")] = 512,
+          head_timeout: Annotated[float, typer.Option(
+              min=0.1, max=600, help="Seconds a client has for the TLS handshake and for each request's line and "
+                                     "headers; a slower client is disconnected.")] = 10.0,
           install_unit: Annotated[bool, typer.Option(
               "--install-unit", help="Install and start the proximity-api systemd unit instead.")] = False,
           dry_run: DryRunOpt = False) -> None:
@@ -50,16 +56,15 @@ def serve(sandbox: SandboxOpt = None,
         use_tls = False
         err.print(f"[yellow]warning:[/] --insecure-http: serving plain HTTP on {host}; the API token crosses the "
                   "network in clear text and anyone on it can read it and use the API", highlight=False)
-    ssl_files: dict[str, str] = {}
+    ssl_files: dict[str, str] = {}  # cert_file, key_file
     if use_tls:
         if settings.api_cert_file is None and tls.ensure_self_signed(settings.api_tls_cert, settings.api_tls_key, host):
             err.print(f"made a self-signed certificate {settings.api_tls_cert} (SHA-256 "
                       f"{tls.fingerprint(settings.api_tls_cert)})", highlight=False)
         cert_file, key_file = tls.server_files(settings.api_tls_cert, settings.api_tls_key)
-        ssl_files = {"ssl_certfile": cert_file, "ssl_keyfile": key_file}
+        ssl_files = {"cert_file": cert_file, "key_file": key_file}
 
-    import uvicorn
-
+    from proximity.api import server
     from proximity.api.app import Context, create_app
 
     context = Context(settings, reconcile_every=settings.heal_interval)
@@ -69,10 +74,9 @@ def serve(sandbox: SandboxOpt = None,
     scheme = "https" if use_tls else "http"
     err.print(f"Proximity API on {scheme}://{host}:{port}/ (token: `proximity token show"
               + (f" --sandbox {sandbox}" if sandbox else "") + "`)", highlight=False)
-    # No access log (one line per request is most of a cheap request's cost) and no proxy
-    # headers: the service is reached directly, never through a reverse proxy it should trust.
-    uvicorn.run(create_app(context), host=host, port=port, log_level="warning", access_log=False,
-                proxy_headers=False, **ssl_files)
+    limits = server.Limits(max_connections, head_timeout).fitted()
+    context.jobs.max_streams = min(context.jobs.max_streams, limits.max_connections // 2)  # room for the rest
+    server.run(create_app(context), host, port, limits, **ssl_files)
 
 
 @token_app.command("show")

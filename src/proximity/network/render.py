@@ -153,8 +153,36 @@ def container_net0(settings: Settings, hwaddr: str | None = None) -> str:
     return f"{value},hwaddr={hwaddr}" if hwaddr else value
 
 
+API_CAPABILITIES = (
+    "CAP_NET_ADMIN",  # links, addresses, routes, iptables/nft (ip, ifupdown2, the admin's post-up lines)
+    "CAP_NET_RAW",  # iptables; the probe's DHCP client (raw packet sockets)
+    "CAP_NET_BIND_SERVICE",  # the API on a port below 1024, if so configured
+    "CAP_SYS_ADMIN",  # the probe's `ip netns add` (mounts /run/netns) and `ip netns exec` (setns, sysfs)
+    "CAP_SYS_MODULE",  # ifupdown2 loads the bridge, 8021q and vxlan modules it needs
+    "CAP_SYS_PTRACE",  # doctor reads a container's /etc/resolv.conf through /proc/PID/root
+    "CAP_KILL",  # signals dnsmasq, which runs as its own user
+    "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_CHOWN", "CAP_FSETID",  # root's file access
+    "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP",  # commands that drop to another user (dnsmasq, udhcpc scripts)
+)
+
+
+def api_write_paths(settings: Settings) -> list[str]:
+    """What the service writes (ProtectSystem=full leaves only these of /etc writable).
+
+    Each is marked '-' (systemd starts the unit when one is missing yet): the install makes the
+    config directory, and the others under /var and /run are writable in any case."""
+    paths = [settings.interfaces_file.parent, settings.systemd_dir, settings.dnsmasq_conf.parent, settings.state_dir,
+             settings.leases_file.parent, settings.run_dir, "/run/netns"]
+    return ["-" + path for path in dict.fromkeys(str(path) for path in paths)]
+
+
 def api_unit(settings: Settings, proximity: str, host: str, port: int) -> str:
-    """The proximity-api unit: the service starts after the network and its DNS."""
+    """The proximity-api unit: the service starts after the network and its DNS, hardened as far as its work allows.
+
+    It runs as root: it drives ifupdown2, iptables, dnsmasq and systemd. Everything it runs inherits
+    these settings (``ifreload -a`` with the admin's own post-up lines, ``ip netns add``, systemctl), so
+    each one leaves what that work needs; a drop-in (``systemctl edit proximity-api``) widens them.
+    """
     start = shlex.join([proximity, "serve", "--host", host, "--port", str(port)])
     return f"""\
 {HEADER}[Unit]
@@ -167,6 +195,42 @@ Type=simple
 ExecStart={start}
 Restart=on-failure
 RestartSec=5
+# Descriptors: the server serves at most 512 client connections and leaves the rest for its own
+# work (heals run commands through pipes), so no client can make a heal fail for want of one.
+LimitNOFILE=8192
+# Hardening. Nothing the service or its commands run may gain privileges (no setuid binaries).
+NoNewPrivileges=yes
+# /usr, /boot and /etc read-only, but for what it writes: /etc/network (the stanza, ifupdown2),
+# the systemd units it installs, its own config and token, its state, leases and run files.
+# /var and /run stay writable (ifupdown2's state and logs); so does /proc/sys (ip_forward and
+# the admin's sysctls in post-up lines), so ProtectKernelTunables is not set.
+ProtectSystem=full
+ReadWritePaths={" ".join(api_write_paths(settings))}
+# Home directories read-only: an admin's post-up script kept in /root still runs.
+ProtectHome=read-only
+# A /tmp and /var/tmp of its own.
+PrivateTmp=yes
+# No hostname or kernel-log changes; no realtime scheduling, no setuid/setgid files, no
+# personality changes; native system calls only, and none of the clock, debug, reboot, swap,
+# raw-I/O or obsolete groups. (ProtectClock= is not set: it implies a device allow-list on
+# systemd 252, which blocks /dev/net/tun for an admin's tuntap post-up line; the clock stays
+# protected by the system call filter and the capability set.)
+ProtectHostname=yes
+ProtectKernelLogs=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=~@clock @cpu-emulation @debug @obsolete @reboot @swap @raw-io
+SystemCallErrorNumber=EPERM
+# Sockets: local, IPv4/IPv6, netlink (ip, iptables, nft, ifupdown2) and packet (the probe's DHCP client).
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET
+# Namespaces: network and mount only (the probe's throwaway namespace and `ip netns exec`).
+RestrictNamespaces=net mnt
+# Kernel modules stay loadable (ifupdown2 loads bridge, 8021q, vxlan), so ProtectKernelModules
+# is not set. Capabilities: what its commands need, nothing else (no reboot, clock, raw I/O,
+# audit, MAC, BPF, mknod, immutable files...).
+CapabilityBoundingSet={" ".join(API_CAPABILITIES)}
 
 [Install]
 WantedBy=multi-user.target
