@@ -52,6 +52,7 @@ class Service:
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
+        proximity("token", "create", "--sandbox", sandbox.name)  # as the install does; `token show` only reads it
         self.proc = subprocess.Popen([*PROXIMITY, "serve", "--sandbox", sandbox.name, "--host", "127.0.0.1",
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=limit)

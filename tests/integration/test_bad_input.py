@@ -115,6 +115,7 @@ def test_ct_create_on_a_full_state_disk_fails_clearly_and_damages_nothing(networ
 def test_token_rotate_on_a_full_disk_keeps_the_old_token(network, tmp_path):
     """The token lives next to dnsmasq.conf; here that directory is the full one."""
     sandbox = network
+    proximity("token", "create", "--sandbox", sandbox.name)
     old = proximity("token", "show", "--sandbox", sandbox.name).stdout
     (tmp_path / "copy").mkdir()
     etc = sandbox.dnsmasq_conf.parent

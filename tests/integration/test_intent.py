@@ -57,7 +57,7 @@ def record(sb) -> dict | None:
 def clean(sb) -> None:
     """Down, purged, with no intent record: a host where Proximity never ran (or an old release did)."""
     for container in LxcBackend(sb.name, sb.state_dir / "lxc").list():
-        proximity("ct", "destroy", str(container.vmid), "--sandbox", sb.name, check=False)
+        proximity("ct", "destroy", str(container.vmid), "--force", "--sandbox", sb.name, check=False)
     if proximity("down", "--purge", "--force", "--sandbox", sb.name, check=False).returncode:
         proximity("down", "--purge", "--sandbox", sb.name)  # says why it failed (or a release without --force)
     intent_file(sb).unlink(missing_ok=True)
@@ -236,6 +236,7 @@ class Service:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.log = open(sb.root / "intent-serve.log", "w")
+        proximity("token", "create", "--sandbox", sb.name)  # as the install does; `token show` only reads it
         self.proc = subprocess.Popen([*PROXIMITY, "serve", "--sandbox", sb.name, "--port", str(self.port)],
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PROXIMITY_HEAL_INTERVAL": str(heal_interval)})

@@ -11,6 +11,7 @@ import pytest
 
 from proximity import sandbox as sandboxes
 from proximity.host import wait_for
+from proximity.sandbox.pve_host import ifreload  # waits out ifupdown2's machine-wide lock
 from tests.integration.test_kill import dnsmasqs
 from tests.integration.tools import proximity, resolve
 from tests.unit.pve_rewrite import PveRewrite
@@ -82,7 +83,7 @@ def test_up_refuses_a_prox_net_stanza_in_interfaces_d_and_down_keeps_the_admins_
     assert st["health_status"] == "unhealthy"
     assert any(f"{admin} line 2" in reason for reason in st["reasons"]), st["reasons"]
 
-    ns(sb, "ifreload", "-a")  # the admin applies their own bridge
+    ifreload(sb.name)  # the admin applies their own bridge
     assert ports(sb) == ["eno2"]
     proximity("down", "--sandbox", sb.name)
     link = bridge(sb)
@@ -94,7 +95,7 @@ def test_a_stanza_added_under_interfaces_d_after_up_is_named_and_down_leaves_the
     sb, admin = sandbox, lan_nic
     proximity("up", "--sandbox", sb.name)
     admin.write_text(ADMIN_STANZA)
-    ns(sb, "ifreload", "-a")  # ifupdown2 merges both stanzas: a bridge to eno2 with both addresses
+    ifreload(sb.name)  # ifupdown2 merges both stanzas: a bridge to eno2 with both addresses
     assert ports(sb) == ["eno2"]
     code, st = status(sb)
     assert st["health_status"] == "unhealthy", st
@@ -132,7 +133,7 @@ def test_the_inet6_stanza_proxmox_writes_is_kept_by_up_and_removed_by_down(sandb
         rewrite.close()
     assert "iface prox-net inet6 static" in written
     sb.interfaces_file.write_text(written)
-    ns(sb, "ifreload", "-a")  # "Apply Configuration"
+    ifreload(sb.name)  # "Apply Configuration"
     try:
         proximity("up", "--sandbox", sb.name)
         assert json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)["actions"] == []

@@ -163,7 +163,10 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
     if failing:
         verdict = "unhealthy" if any(c.id in FATAL for c in failing) else "degraded"
     if intent is not None and not intent.up:
+        refused = [c for c in checks if c.id == "bridge_not_ours"]  # the admin's bridge by that name: never "fine"
         verdict, checks = _down(s, intent, link is not None, dns is not None, bool(obs.rules))
+        if refused:
+            verdict, checks = "unhealthy", [*refused, *checks]
     return NetworkStatus(
         bridge_name=s.bridge, bridge_ip=str(s.gateway.ip), subnet=str(s.subnet),
         dhcp_range=f"{s.dhcp_start}-{s.dhcp_end}", dns_domain=s.domain, bridge_up=bool(link and link.up),
