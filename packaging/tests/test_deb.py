@@ -180,7 +180,7 @@ def test_a_host_installed_with_install_sh_moves_to_the_package(root):
     for gone in ("/opt/proximity", "/usr/local/bin/proximity", "/etc/systemd/system/proximity-api.service"):
         assert not root.exists(gone), f"{gone} is left behind"
     wants = root.run("readlink /etc/systemd/system/multi-user.target.wants/proximity-api.service").stdout.strip()
-    assert wants == f"/{UNIT_DIR[root.dist]}/proximity-api.service", wants
+    assert wants.endswith("lib/systemd/system/proximity-api.service"), wants  # trixie's helper names /lib too
     assert root.read("/etc/proximity/api-token") == "kept-token\n", "the token stays"
 
 
