@@ -91,8 +91,6 @@ doc=$root/usr/share/doc/proximity
 "$python" "$here/copyright.py" "$root/$site" "$site" >"$doc/copyright"
 sed "s/@VERSION@/$version/; s/@DATE@/$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}")/" \
     "$here/debian/changelog.in" | gzip -9n >"$doc/changelog.gz"  # a native package
-mkdir -p "$root/usr/share/lintian/overrides"
-cp "$here/debian/lintian-overrides" "$root/usr/share/lintian/overrides/proximity"
 for script in preinst postinst prerm postrm; do
     install -m 0755 "$here/debian/$script" "$root/DEBIAN/$script"
 done

@@ -65,6 +65,10 @@ class Root:
         policy.parent.mkdir(parents=True)
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
+        # No fsync per file: the root is thrown away (as mmdebstrap itself installs).
+        unsafe = self.upper / "etc/dpkg/dpkg.cfg.d/unsafe-io"
+        unsafe.parent.mkdir(parents=True)
+        unsafe.write_text("force-unsafe-io\n")
 
     def exists(self, path: str) -> bool:
         return self.run(f"test -e {path} || test -L {path}", check=False).returncode == 0
