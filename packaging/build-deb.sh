@@ -70,6 +70,9 @@ find "$root/$site" -name '__pycache__' -prune -exec rm -rf {} +
 find "$root/$site" -name '*.so' -type f -exec strip --strip-unneeded --remove-section=.comment --remove-section=.note {} +
 find "$root/$site" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec chmod a-x {} +
 chmod 0755 "$root/$site"/proximity/data/*.sh "$root/$site"/proximity/data/*.script
+# Modules that start with a `#!python` line name the release's interpreter, as Debian's own do.
+grep -rlZE --include='*.py' '\`#! *(/usr/bin/env +)?python[0-9.]*( |$)' "$root/$site" |
+    xargs -0r sed -i -E '1s|^#! *(/usr/bin/env +)?python[0-9.]*|#!/usr/bin/python3|'
 
 # -- the command and the unit --------------------------------------------------------------
 cat >"$root/usr/bin/proximity" <<'SH'
@@ -88,6 +91,8 @@ sys.stdout.write(render.api_unit(validate({}), "/usr/bin/proximity", "127.0.0.1"
 
 # -- docs, control, maintainer scripts -----------------------------------------------------
 doc=$root/usr/share/doc/proximity
+mkdir -p "$root/usr/share/man/man1"
+gzip -9n <"$here/debian/proximity.1" >"$root/usr/share/man/man1/proximity.1.gz"
 "$python" "$here/copyright.py" "$root/$site" "$site" >"$doc/copyright"
 sed "s/@VERSION@/$version/; s/@DATE@/$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}")/" \
     "$here/debian/changelog.in" | gzip -9n >"$doc/changelog.gz"  # a native package

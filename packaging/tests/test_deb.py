@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,12 @@ class Root:
 
 
 @pytest.fixture(params=DISTS)
-def root(request, tmp_path) -> Root:
+def root(request, tmp_path) -> Iterator[Root]:
     dist = request.param
     deb = deb_for(dist)
     packages = [re.split(r"[\s(]", dep.strip())[0] for dep in field(deb, "Depends").split(",")]
-    return Root(dist, cached_root(dist, sorted(set(packages))), tmp_path, deb)
+    yield Root(dist, cached_root(dist, sorted(set(packages))), tmp_path, deb)
+    shutil.rmtree(tmp_path / "upper", ignore_errors=True)  # ~60 MB each: the package unpacked
 
 
 def test_lintian_finds_no_error(root):
