@@ -3,7 +3,7 @@ SANDBOX ?= demo
 PORT ?= 8080
 PROXIMITY = .venv/bin/proximity
 
-.PHONY: bootstrap demo demo-clean test test-fast bench install uninstall lock
+.PHONY: bootstrap demo demo-clean test test-fast bench install uninstall lock deb test-package
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -50,3 +50,17 @@ uninstall:
 # Re-make requirements.lock and requirements-test.lock; LOCK_ARGS=--upgrade moves every pin to the newest allowed.
 lock:
 	scripts/lock.sh $(LOCK_ARGS)
+
+# Debian packages, one per release: dist/proximity_<version>~deb12_<arch>.deb (bookworm, Proxmox VE 8)
+# and ~deb13 (trixie, Proxmox VE 9). DIST=bookworm or DIST=trixie builds one.
+DIST ?= bookworm trixie
+deb: bootstrap
+	@command -v strip >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils >/dev/null
+	@for dist in $(DIST); do PYTHON=.venv/bin/python packaging/build-deb.sh $$dist || exit 1; done
+
+# Installs each package into a throwaway Debian root (mmdebstrap, cached in /var/cache/proximity-test),
+# without network, and checks it with lintian. Not part of `make test`.
+test-package: deb
+	@command -v mmdebstrap >/dev/null && command -v lintian >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap lintian >/dev/null
+	DIST="$(DIST)" .venv/bin/pytest -q -p no:cacheprovider packaging/tests

@@ -25,7 +25,10 @@ API service, runs \`proximity down\`, then removes the units and every file of P
                        token go)
   --keep-config        with --uninstall: keep ETC_DIR/proximity.toml
   --no-apt             do not install Debian packages (say which are missing instead)
-  --root DIR           put every path below under DIR (tests, packaging)
+  --root DIR           a staging root: write every file below under DIR, while the units,
+                       the wrapper and the virtual environment name the final paths (without
+                       DIR), so the tree works once copied to /; nothing runs from it and no
+                       token is made (each host makes its own: \`proximity token create\`)
   --prefix DIR         the virtual environment               (default /opt/proximity)
   --bin-dir DIR        where the \`proximity\` command goes    (default /usr/local/bin)
   --systemd-dir DIR    where the units go                    (default /etc/systemd/system)
@@ -37,7 +40,8 @@ API service, runs \`proximity down\`, then removes the units and every file of P
 
 --uninstall removes PREFIX, BIN_DIR/proximity, SYSTEMD_DIR/proximity-api.service and
 proximity-dns.service, ETC_DIR (settings, dnsmasq.conf, the API token), STATE_DIR (leases,
-reservations, backups of the interfaces file, the lock) and RUN_DIR. The Debian packages stay.
+reservations, the lock) and RUN_DIR. It keeps STATE_DIR/backups, the copies of the interfaces
+file Proximity made before each change. The Debian packages stay.
 
 The uninstall reads the paths the install recorded in PREFIX/install.env; options given
 on its command line win.
@@ -71,14 +75,14 @@ if [ -n "$root" ]; then
     root=${root%/}
 fi
 
-defaults() {  # the paths of a default install, under --root
-    : "${opt[prefix]:=$root/opt/proximity}" "${opt[bin-dir]:=$root/usr/local/bin}"
-    : "${opt[systemd-dir]:=$root/etc/systemd/system}" "${opt[etc-dir]:=$root/etc/proximity}"
-    : "${opt[state-dir]:=$root/var/lib/proximity}" "${opt[run-dir]:=$root/run/proximity}"
+defaults() {  # the final paths of a default install (with --root, the files go under it)
+    : "${opt[prefix]:=/opt/proximity}" "${opt[bin-dir]:=/usr/local/bin}"
+    : "${opt[systemd-dir]:=/etc/systemd/system}" "${opt[etc-dir]:=/etc/proximity}"
+    : "${opt[state-dir]:=/var/lib/proximity}" "${opt[run-dir]:=/run/proximity}"
     : "${opt[api-host]:=127.0.0.1}" "${opt[api-port]:=8080}"
 }
-: "${opt[prefix]:=$root/opt/proximity}"
-record=${opt[prefix]}/install.env
+: "${opt[prefix]:=/opt/proximity}"
+record=$root${opt[prefix]%/}/install.env
 if [ "$action" = uninstall ] && [ -f "$record" ]; then
     # KEY=VALUE lines written by the install below; read as data, never sourced.
     while IFS='=' read -r key value; do
@@ -94,8 +98,12 @@ for key in prefix bin-dir systemd-dir etc-dir state-dir run-dir; do
 done
 [[ ${opt[api-port]} =~ ^[0-9]+$ ]] && [ "${opt[api-port]}" -ge 1 ] && [ "${opt[api-port]}" -le 65535 ] ||
     die "--api-port must be a port number from 1 to 65535, not '${opt[api-port]}'"
-prefix=${opt[prefix]} bin_dir=${opt[bin-dir]} systemd_dir=${opt[systemd-dir]}
-etc_dir=${opt[etc-dir]} state_dir=${opt[state-dir]} run_dir=${opt[run-dir]}
+# The final paths (what units and the wrapper name); under --root every file goes to $root$path.
+final_prefix=${opt[prefix]} final_command=${opt[bin-dir]}/proximity
+final_etc_dir=${opt[etc-dir]} final_state_dir=${opt[state-dir]} final_run_dir=${opt[run-dir]}
+final_systemd_dir=${opt[systemd-dir]}
+prefix=$root${opt[prefix]} bin_dir=$root${opt[bin-dir]} systemd_dir=$root${opt[systemd-dir]}
+etc_dir=$root${opt[etc-dir]} state_dir=$root${opt[state-dir]} run_dir=$root${opt[run-dir]}
 command=$bin_dir/proximity
 api_unit=$systemd_dir/proximity-api.service
 dns_unit=$systemd_dir/proximity-dns.service
@@ -103,7 +111,7 @@ marker="# Installed by Proximity's scripts/install.sh; removed by scripts/instal
 
 # systemctl only where it acts on these units: systemd is PID 1 and the units are in its search path.
 use_systemctl=""
-if [ -d /run/systemd/system ] && [ "$systemd_dir" = /etc/systemd/system ]; then
+if [ -z "$root" ] && [ -d /run/systemd/system ] && [ "$systemd_dir" = /etc/systemd/system ]; then
     use_systemctl=1
 fi
 
@@ -124,12 +132,15 @@ own_dir() {  # refuse to delete a directory that is not plainly Proximity's (a w
 # (stronger than proximity.toml: only set for such installs).
 environment() {
     local -a env=()
-    [ "$etc_dir" = /etc/proximity ] ||
-        env+=("PROXIMITY_CONFIG=$etc_dir/proximity.toml" "PROXIMITY_DNSMASQ_CONF=$etc_dir/dnsmasq.conf")
-    [ "$state_dir" = /var/lib/proximity ] ||
-        env+=("PROXIMITY_STATE_DIR=$state_dir" "PROXIMITY_LEASES_FILE=$state_dir/dnsmasq.leases")
-    [ "$run_dir" = /run/proximity ] || env+=("PROXIMITY_RUN_DIR=$run_dir")
-    [ "$systemd_dir" = /etc/systemd/system ] || env+=("PROXIMITY_SYSTEMD_DIR=$systemd_dir")
+    if [ "${1:-}" = here ]; then  # for running the program here, during the install: the staged paths
+        local final_etc_dir=$etc_dir final_state_dir=$state_dir final_run_dir=$run_dir final_systemd_dir=$systemd_dir
+    fi
+    [ "$final_etc_dir" = /etc/proximity ] ||
+        env+=("PROXIMITY_CONFIG=$final_etc_dir/proximity.toml" "PROXIMITY_DNSMASQ_CONF=$final_etc_dir/dnsmasq.conf")
+    [ "$final_state_dir" = /var/lib/proximity ] ||
+        env+=("PROXIMITY_STATE_DIR=$final_state_dir" "PROXIMITY_LEASES_FILE=$final_state_dir/dnsmasq.leases")
+    [ "$final_run_dir" = /run/proximity ] || env+=("PROXIMITY_RUN_DIR=$final_run_dir")
+    [ "$final_systemd_dir" = /etc/systemd/system ] || env+=("PROXIMITY_SYSTEMD_DIR=$final_systemd_dir")
     [ ${#env[@]} -eq 0 ] || printf '%s\n' "${env[@]}"
 }
 
@@ -166,6 +177,13 @@ install_venv() {
     run "$prefix/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall --no-build-isolation "$repo"
     run "$prefix/bin/pip" check --disable-pip-version-check ||
         die "requirements.lock does not cover pyproject.toml's dependencies: run make lock, then install again"
+    if [ -n "$root" ] && [ -z "$dry_run" ]; then
+        # A staging root: the scripts pip wrote name the staging path; make them name the final one.
+        grep -lsIF "$prefix" "$prefix"/bin/* "$prefix/pyvenv.cfg" | while IFS= read -r script; do
+            sed -i "s|$prefix|$final_prefix|g" "$script"
+        done
+        say "staged $prefix: its scripts name $final_prefix"
+    fi
     if [ -n "$dry_run" ]; then
         echo "would write: $record"
     else
@@ -182,7 +200,7 @@ install_command() {
     local env_lines
     env_lines=$(environment)
     if [ -n "$dry_run" ]; then
-        echo "would write: $command (runs $prefix/bin/proximity${env_lines:+ with $(echo "$env_lines" | tr '\n' ' ')})"
+        echo "would write: $command (runs $final_prefix/bin/proximity${env_lines:+ with $(echo "$env_lines" | tr '\n' ' ')})"
         return
     fi
     [ ! -e "$command" ] || grep -qF "$marker" "$command" ||
@@ -194,7 +212,7 @@ install_command() {
         if [ -n "$env_lines" ]; then
             printf 'export'; while IFS= read -r line; do printf ' %q' "$line"; done <<<"$env_lines"; echo
         fi
-        printf 'exec %q "$@"\n' "$prefix/bin/proximity"
+        printf 'exec %q "$@"\n' "$final_prefix/bin/proximity"
     } >"$command.tmp"
     chmod 0755 "$command.tmp"
     mv -f "$command.tmp" "$command"
@@ -204,22 +222,23 @@ install_command() {
 install_api_unit() {
     # The unit's text comes from Proximity itself (render.api_unit), as `serve --install-unit` writes it.
     if [ -n "$dry_run" ]; then
-        echo "would write: $api_unit (ExecStart=$command serve --host ${opt[api-host]} --port ${opt[api-port]})"
-        echo "would run: $command token create   (creates $etc_dir/api-token, mode 0600, unless it exists)"
+        echo "would write: $api_unit (ExecStart=$final_command serve --host ${opt[api-host]} --port ${opt[api-port]})"
+        [ -n "$root" ] || echo "would run: $command token create   (creates $etc_dir/api-token, mode 0600, unless it exists)"
     else
         mkdir -p "$systemd_dir"
         (
-            while IFS= read -r line; do [ -z "$line" ] || export "${line?}"; done <<<"$(environment)"
+            while IFS= read -r line; do [ -z "$line" ] || export "${line?}"; done <<<"$(environment here)"
             "$prefix/bin/python" -c 'import sys
 from proximity.network import render
 from proximity.settings import load_settings
 sys.stdout.write(render.api_unit(load_settings(), sys.argv[1], sys.argv[2], int(sys.argv[3])))' \
-                "$command" "${opt[api-host]}" "${opt[api-port]}"
+                "$final_command" "${opt[api-host]}" "${opt[api-port]}"
         ) >"$api_unit.tmp"
         mv -f "$api_unit.tmp" "$api_unit"
         say "installed $api_unit"
-        "$command" token create >/dev/null
-        if [ -f "$etc_dir/api-token" ]; then
+        if [ -n "$root" ]; then
+            say "no API token in the staging root: each host makes its own with \`proximity token create\`"
+        elif "$command" token create >/dev/null && [ -f "$etc_dir/api-token" ]; then
             say "the API token is in $etc_dir/api-token (mode $(stat -c %a "$etc_dir/api-token")): \`proximity token show\`"
         else
             say "the API token is made (where dnsmasq_conf's directory is): \`proximity token show\`"
@@ -238,7 +257,16 @@ sys.stdout.write(render.api_unit(load_settings(), sys.argv[1], sys.argv[2], int(
     if [ -n "$dry_run" ]; then
         return
     elif command -v systemd-analyze >/dev/null; then
-        run systemd-analyze verify "$api_unit"
+        # Under --root the unit names the final command: checked as a copy that names the staged one.
+        if [ -n "$root" ]; then
+            local check
+            check=$(mktemp -d)
+            sed "s|$final_command|$command|g" "$api_unit" >"$check/proximity-api.service"
+            run systemd-analyze verify "$check/proximity-api.service" || { rm -rf "$check"; exit 1; }
+            rm -rf "$check"
+        else
+            run systemd-analyze verify "$api_unit"
+        fi
     else
         say "not checking $api_unit: systemd-analyze is not installed"
     fi
@@ -250,20 +278,34 @@ network_down() {
         say "--keep-network: not running \`proximity down\`; prox-net, the proximity-dns unit, $etc_dir and $state_dir stay"
         return
     fi
-    if [ ! -x "$prefix/bin/proximity" ]; then
-        say "no $prefix/bin/proximity: nothing to take down"
+    if [ ! -x "$prefix/bin/python" ]; then
+        say "no $prefix/bin/python: nothing to take down"
         return
     fi
+    # The program where it is now (under --root its scripts name the final paths), on the files here.
+    proximity_here() {
+        (while IFS= read -r line; do [ -z "$line" ] || export "${line?}"; done <<<"$(environment here)"
+         exec "$prefix/bin/python" -m proximity "$@")
+    }
     # down: prox-net's stanza out of the interfaces file, the bridge, its NAT and firewall
     # rules, dnsmasq and the proximity-dns unit. If it fails, keep everything: the program
     # that can undo the network must stay. --force: an uninstall means it, containers still on
     # prox-net included (`down` names them).
     say "proximity down: removing prox-net, its NAT and firewall rules, dnsmasq and the proximity-dns unit"
     if [ -n "$dry_run" ]; then
-        "$command" down --force --dry-run || die "\`proximity down --dry-run\` failed; nothing was removed"
+        proximity_here down --force --dry-run || die "\`proximity down --dry-run\` failed; nothing was removed"
     else
-        "$command" down --force || die "\`proximity down\` failed; nothing was removed. Fix what it says, or pass --keep-network"
+        proximity_here down --force || die "\`proximity down\` failed; nothing was removed. Fix what it says, or pass --keep-network"
     fi
+}
+
+remove_state() {  # STATE_DIR, but the backups of the interfaces file: the admin's way back
+    [ -d "$state_dir" ] || return 0
+    if [ ! -d "$state_dir/backups" ]; then remove "$state_dir"; return; fi
+    for path in "$state_dir"/* "$state_dir"/.[!.]*; do
+        [ "$path" = "$state_dir/backups" ] || remove "$path"
+    done
+    say "kept $state_dir/backups (copies of the interfaces file made before each change)"
 }
 
 uninstall() {
@@ -298,7 +340,7 @@ uninstall() {
         else
             remove "$etc_dir"
         fi
-        remove "$state_dir"
+        remove_state
         remove "$run_dir"
     fi
     [ -n "$use_systemctl" ] && run systemctl daemon-reload

@@ -1,7 +1,9 @@
-"""scripts/install.sh: a system-wide install into a temporary root, used on a sandbox, then removed.
+"""scripts/install.sh: a system-wide install staged in a temporary root, used on a sandbox, then removed.
 
-Never the machine's own /opt, /usr/local/bin, /etc or /etc/network/interfaces: every path is under
-a temporary --root, and `proximity down` of the uninstall acts on a sandbox (PROXIMITY_SANDBOX).
+Never the machine's own /opt, /usr/local/bin, /etc or /etc/network/interfaces: every file is under
+a temporary --root (a staging root: the files name the final paths, so the staged program runs as
+PREFIX/bin/python -m proximity), and `proximity down` of the uninstall acts on a sandbox
+(PROXIMITY_SANDBOX).
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def install(*args: str, sandbox: str | None = None, check: bool = True) -> subpr
     return result
 
 
+def staged(root: Path, *args: str) -> list[str]:
+    """The staged program, run from where it is (its own scripts name /opt/proximity)."""
+    return [str(root / "opt/proximity/bin/python"), "-m", "proximity", *args]
+
+
 def skeleton(root: Path) -> Path:
     for directory in SKELETON:
         (root / directory).mkdir(parents=True, exist_ok=True)
@@ -75,15 +82,20 @@ def test_dry_run_changes_nothing_and_names_the_lock(tmp_path):
     assert f"would write: {root}/etc/systemd/system/proximity-api.service" in result.stdout
 
 
-def test_the_install_makes_a_venv_a_command_a_unit_and_a_token(installed):
+def test_the_install_makes_a_venv_a_command_and_a_unit_that_name_the_final_paths(installed):
     root, _, result = installed
     prefix, command = root / "opt/proximity", root / "usr/local/bin/proximity"
     assert (prefix / "pyvenv.cfg").is_file(), "a virtual environment, not the system Python"
-    for exe in (prefix / "bin/proximity", command):
-        help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
-        assert help_text.returncode == 0 and "Usage" in help_text.stdout, help_text.stderr
+    help_text = subprocess.run(staged(root, "--help"), capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0 and "Usage" in help_text.stdout, help_text.stderr
+    assert 'exec /opt/proximity/bin/proximity "$@"' in command.read_text()
+    assert (prefix / "bin/proximity").read_text().startswith("#!/opt/proximity/bin/python")
+    # A staging root: no file names it, so the tree works once copied to /.
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts:
+            assert str(root).encode() not in path.read_bytes(), f"{path} names the staging root"
     # Exactly the locked versions.
-    frozen = subprocess.run([str(prefix / "bin/pip"), "freeze", "--all"], capture_output=True, text=True,
+    frozen = subprocess.run(staged(root)[:1] + ["-m", "pip", "freeze", "--all"], capture_output=True, text=True,
                             timeout=60, check=True).stdout.lower()
     lock = (REPO / "requirements.lock").read_text().lower()
     for pin in ("pydantic==", "fastapi==", "cryptography==", "proxmoxer=="):
@@ -91,11 +103,9 @@ def test_the_install_makes_a_venv_a_command_a_unit_and_a_token(installed):
         assert locked in frozen.splitlines(), f"{locked} is not what was installed"
 
     unit = (root / "etc/systemd/system/proximity-api.service").read_text()
-    assert f"ExecStart={command} serve --host 127.0.0.1 --port 8080" in unit and "[Install]" in unit
-    token = root / "etc/proximity/api-token"
-    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text().strip()) >= 32
-    shown = subprocess.run([str(command), "token", "show"], capture_output=True, text=True, timeout=60, check=True)
-    assert shown.stdout.strip() == token.read_text().strip(), "the command reads the token the install made"
+    assert "ExecStart=/usr/local/bin/proximity serve --host 127.0.0.1 --port 8080" in unit and "[Install]" in unit
+    # No token in a staged tree (every host copied from it would share it): each host makes its own.
+    assert not (root / "etc/proximity/api-token").exists() and "no API token in the staging root" in result.stdout
 
 
 def test_without_systemd_the_unit_is_verified_and_systemctl_skipped(installed):
@@ -123,9 +133,14 @@ def test_the_units_the_installed_code_writes_verify(installed, tmp_path):
               "for path, text in render.dns_unit_files(load_settings(systemd_dir=sys.argv[1]), True).items():\n"
               "    open(path, 'w').write(text)\n")
     subprocess.run([str(root / "opt/proximity/bin/python"), "-c", render, str(tmp_path)], check=True, timeout=60)
-    for unit in (tmp_path / "proximity-dns.service", root / "etc/systemd/system/proximity-api.service"):
-        checked = verify(unit)
-        assert checked.returncode == 0, f"{unit.name}: {checked.stdout}{checked.stderr}"
+    checked = verify(tmp_path / "proximity-dns.service")
+    assert checked.returncode == 0, f"proximity-dns.service: {checked.stdout}{checked.stderr}"
+    # The API unit names /usr/local/bin/proximity: checked as a copy that names the staged command.
+    copy = tmp_path / "proximity-api.service"
+    copy.write_text((root / "etc/systemd/system/proximity-api.service").read_text()
+                    .replace("/usr/local/bin/proximity", str(root / "usr/local/bin/proximity")))
+    checked = verify(copy)
+    assert checked.returncode == 0, f"proximity-api.service: {checked.stdout}{checked.stderr}"
     # The check has teeth: a unit whose program is missing fails it.
     broken = tmp_path / "broken.service"
     broken.write_text("[Service]\nExecStart=/nonexistent/proximity serve\n[Install]\nWantedBy=multi-user.target\n")
@@ -143,10 +158,15 @@ def test_bad_options_are_refused_with_the_fix(tmp_path):
 
 def test_uninstall_takes_the_network_down_first_and_leaves_nothing_behind(installed, sandbox):
     root, before, _ = installed
-    command = str(root / "usr/local/bin/proximity")
-    subprocess.run([command, "up", "--sandbox", sandbox.name], capture_output=True, text=True, timeout=180, check=True)
-    status = json.loads(subprocess.run([command, "status", "--sandbox", sandbox.name, "--json"], capture_output=True,
-                                       text=True, timeout=60).stdout)  # exit 1 when degraded: the JSON says
+    subprocess.run(staged(root, "up", "--sandbox", sandbox.name), capture_output=True, text=True, timeout=180,
+                   check=True)
+    status = json.loads(subprocess.run(staged(root, "status", "--sandbox", sandbox.name, "--json"),
+                                       capture_output=True, text=True, timeout=60).stdout)  # exit 1 when degraded
+    # A backup of the interfaces file and some state, as a host's own `up` leaves them.
+    backup = root / "var/lib/proximity/backups/interfaces.20260101T000000"
+    backup.parent.mkdir(parents=True)
+    backup.write_text("auto lo\n")
+    (root / "var/lib/proximity/reservations.json").write_text("[]\n")
     assert (status["bridge_up"], status["nat_configured"], status["dhcp_service_running"]) == (True, True, True)
 
     installed_tree = tree(root)
@@ -160,15 +180,20 @@ def test_uninstall_takes_the_network_down_first_and_leaves_nothing_behind(instal
     status = json.loads(proximity("status", "--sandbox", sandbox.name, "--json", check=False).stdout)
     assert not status["bridge_up"] and not status["dhcp_service_running"]
     for removed in ("opt/proximity", "usr/local/bin/proximity", "etc/systemd/system/proximity-api.service",
-                    "etc/proximity"):
+                    "var/lib/proximity/reservations.json"):
         assert f"removed: {root}/{removed}" in result.stdout
-    assert tree(root) == before
+    # Everything goes but the backups of the interfaces file: the admin's way back.
+    assert backup.read_text() == "auto lo\n" and "kept" in result.stdout
+    assert tree(root) == {**before, **{key: value for key, value in tree(root).items()
+                                       if key.startswith("var/lib/proximity")}}
+    assert sorted(key for key in tree(root) if key.startswith("var/lib/proximity")) == [
+        "var/lib/proximity", "var/lib/proximity/backups", "var/lib/proximity/backups/interfaces.20260101T000000"]
 
 
 def test_uninstall_refuses_to_remove_a_directory_that_is_not_proximitys(tmp_path):
     root = skeleton(tmp_path)
     (root / "etc/keep.conf").write_text("the admin's\n")
     before = tree(root)
-    result = install("--uninstall", "--root", str(root), "--etc-dir", str(root / "etc"), check=False)
+    result = install("--uninstall", "--root", str(root), "--etc-dir", "/etc", check=False)
     assert result.returncode == 2 and "refusing to remove" in result.stderr
     assert tree(root) == before
