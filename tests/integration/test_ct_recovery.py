@@ -180,7 +180,8 @@ def test_kill_9_during_ct_create_is_finished_or_undone(network, lxc, milestone):
     if not made:
         assert again.returncode == 0, again.stderr
     else:
-        assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
+        error = json.loads(again.stdout)["error"]  # under --json an error is JSON on stdout
+        assert again.returncode == 2 and error["code"] == "conflict" and "already exists" in error["message"], error
     assert_converged(sb, lxc, name)
 
 

@@ -241,10 +241,16 @@ class Service:
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PROXIMITY_HEAL_INTERVAL": str(heal_interval)})
         self.url = f"http://127.0.0.1:{self.port}"
-        token = proximity("token", "show", "--sandbox", sb.name).stdout.strip()
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert wait_for(lambda: self._ready() or self.proc.poll() is not None, timeout=60)
-        assert self.proc.poll() is None, (sb.root / "intent-serve.log").read_text()
+        try:  # a service left running would heal the sandbox through every later test
+            token = proximity("token", "show", "--sandbox", sb.name).stdout.strip()
+            self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert wait_for(lambda: self._ready() or self.proc.poll() is not None, timeout=60)
+            assert self.proc.poll() is None, (sb.root / "intent-serve.log").read_text()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.log.close()
+            raise
 
     def _ready(self) -> bool:
         try:

@@ -46,11 +46,14 @@ def render_doctor(checks: Sequence[Check], console: Any, title: str = "proximity
 
 
 def render_problems(checks: Sequence[Check], style: str, console: Any) -> None:
-    """Status's failing checks, one bullet each: what was seen, then the whole fix."""
+    """Status's failing checks (and, while down, why), one bullet each: what was seen, then the whole fix."""
     from rich.text import Text
 
+    from proximity.cli.common import Fetched
+
     for check in checks:
-        if not check.ok:
+        check = Fetched(check) if isinstance(check, dict) else check  # the service's answer (--api)
+        if not check.ok or check.id == "intent":
             console.print(Text.assemble(("• ", style), check.observed), soft_wrap=True)
             if check.fix:
                 console.print(Text.assemble("  ", ("fix: ", "bold"), check.fix), soft_wrap=True)
