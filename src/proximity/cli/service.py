@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from proximity.cli.common import (DryRunOpt, JsonOpt, SandboxOpt, app, changes_host, err, friendly, out, print_json,
                                   settings_for, show_report, token_app)
-from proximity.errors import NotFoundError
+from proximity.errors import ConflictError, NotFoundError
 from proximity.network.reconciler import Report
 from proximity.settings import Settings, SettingsError
 
@@ -142,6 +143,10 @@ def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json
     print_json({"token": token, "path": str(store.path)}) if as_json else sys.stdout.write(token + "\n")
 
 
+# Where the Debian package puts the unit (Debian 12, and 13 after the /usr merge).
+PACKAGED_UNITS = (Path("/lib/systemd/system/proximity-api.service"), Path("/usr/lib/systemd/system/proximity-api.service"))
+
+
 def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -> None:
     import shutil
 
@@ -151,6 +156,11 @@ def _install_api_unit(settings: Settings, host: str, port: int, dry_run: bool) -
     target = DryRunHost() if dry_run else Host()
     if not target.has_systemd:
         raise SettingsError("--install-unit needs systemd as PID 1 (a Proxmox host); run `proximity serve` directly")
+    packaged = next((unit for unit in PACKAGED_UNITS if unit.exists()), None)
+    if packaged is not None:  # a unit in /etc/systemd/system would shadow the package's, and outlive it
+        raise ConflictError(f"the Debian package installed {packaged}; --install-unit would shadow it",
+                            fix="start it with `systemctl enable --now proximity-api`, and change it with "
+                                "`systemctl edit proximity-api`")
     exe = shutil.which("proximity") or sys.argv[0]
     path = settings.systemd_dir / "proximity-api.service"
     target.write_text(path, render.api_unit(settings, exe, host, port))
