@@ -50,8 +50,9 @@ def test_a_drop_rule_after_a_passing_probe_is_not_healthy(network):
             assert not probe.ok and "unverified" in probe.observed, seen.reasons
 
             # The CLI probes again and names the rule, with a fix inside the sandbox's namespace.
-            status = proximity("status", "--sandbox", sb.name, "--json")
+            status = proximity("status", "--sandbox", sb.name, "--json", check=False)
             data = json.loads(status.stdout)
+            assert status.returncode == 1, data  # degraded or unhealthy
             assert data["health_status"] != "healthy", data["reasons"]
             probe = checks_of(data)["end_to_end_probe"]
             assert not probe["ok"]
@@ -108,7 +109,7 @@ def test_fixes_on_a_sandbox_name_the_sandbox(network):
     sb = network
     sandboxes.ns_run(sb.name, ["sysctl", "-w", "net.ipv4.ip_forward=0"])
     try:
-        data = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+        data = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
         assert data["reasons"] and all("sysctl -w" not in reason for reason in data["reasons"]), data["reasons"]
         forward = checks_of(data)["ip_forward"]
         assert not forward["ok"] and forward["fix"] == f"run `proximity up --sandbox {sb.name}`"
