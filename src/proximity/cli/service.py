@@ -37,7 +37,7 @@ def serve(sandbox: SandboxOpt = None,
           install_unit: Annotated[bool, typer.Option(
               "--install-unit", help="Install and start the proximity-api systemd unit instead.")] = False,
           dry_run: DryRunOpt = False) -> None:
-    """Run the HTTP API and dashboard: converge the network first, then serve (retrying the converge if it fails).
+    """Run the HTTP API and dashboard; heal the network while `up` is the last word, leave it alone after `down`.
 
     On any address other than loopback it serves HTTPS only, so the token never crosses the network in clear text.
     """
