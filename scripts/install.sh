@@ -227,7 +227,7 @@ install_api_unit() {
     else
         mkdir -p "$systemd_dir"
         (
-            while IFS= read -r line; do [ -z "$line" ] || export "${line?}"; done <<<"$(environment here)"
+            while IFS= read -r line; do [ -z "$line" ] || export "${line?}"; done <<<"$(environment)"  # the unit names the final paths
             "$prefix/bin/python" -c 'import sys
 from proximity.network import render
 from proximity.settings import load_settings
