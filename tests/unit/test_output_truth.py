@@ -1,6 +1,7 @@
 """Output says what happened: gc failures, migrate --dry-run admission (issue 14, item 16)."""
 
 import json
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -43,7 +44,9 @@ def manager(settings, *containers):
     return ContainerManager(NetworkManager(settings, host=Host()), Backend(*containers))
 
 
-def test_migrate_dry_run_refuses_what_the_real_run_refuses(settings):
+def test_migrate_dry_run_refuses_what_the_real_run_refuses(settings, monkeypatch):
+    # The network counts as up here: this test is about admission, not about the intent record.
+    monkeypatch.setattr(NetworkManager, "require_up", lambda self: None)
     m = manager(settings, Container(120, "legacy-01", "running", "name=eth0,bridge=vmbr0,ip=dhcp", "memory"))
     m.reservations.reserve("legacy-01", [])  # the name is taken on the bridge already
     with pytest.raises(AdmissionError, match="'legacy-01' is already in use"):
@@ -56,6 +59,7 @@ def test_migrate_dry_run_refuses_what_the_real_run_refuses(settings):
 def test_gc_prints_failures_as_failures_and_exits_1(settings, monkeypatch):
     wpad = Container(130, "wpad", "stopped", "name=eth0,bridge=prox-net,ip=dhcp,hwaddr=02:00:00:00:00:30", "memory")
     monkeypatch.setattr(cli_containers, "containers_for", lambda *a, **k: manager(settings, wpad))
+    monkeypatch.setenv("PROXIMITY_TARGET_HOST", socket.gethostname())  # every file is in tmp_path
     runner = CliRunner()
     result = runner.invoke(app, ["gc"])
     assert result.exit_code == 1
