@@ -11,6 +11,7 @@ network down, and starting the service never sets the network up by itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -45,6 +46,7 @@ from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, Settings, SettingsE
 log = logging.getLogger(__name__)
 STATUS_PATH = "/api/v1/system/network/status"
 MAX_BODY = 1024 * 1024  # bytes: the largest request body is a few hundred
+BODY_TIMEOUT = 10.0  # seconds for a whole request body: one that never ends holds no connection for long
 PROTECTED = ("/api/v1/", "/metrics")  # paths that need the bearer token
 
 
@@ -254,7 +256,8 @@ class Door:
     1. The token, for /api/v1 and /metrics: a missing or wrong one gets 401 at once, however
        large the body (FastAPI reads and parses the body before it runs dependencies).
     2. The body size: over :data:`MAX_BODY` gets 413, from ``Content-Length`` before reading,
-       or while counting a chunked body; at most that much is ever held in memory.
+       or while counting a chunked body; at most that much is ever held in memory. A body not
+       whole within :data:`BODY_TIMEOUT` gets 408 and the connection is closed.
     3. The status fast lane: an authorized ``GET`` of the status is answered straight from its
        encoded body. The status is the API's hottest read (dashboards, monitoring), and
        FastAPI's routing and dependency resolution cost more than the answer: this lane serves
@@ -303,8 +306,14 @@ class Door:
             return
         # Read the body here, counting, and hand it on whole (a declared length can also be a lie).
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + BODY_TIMEOUT
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                await _problem(send, 408, f"the request body did not arrive within {BODY_TIMEOUT:g} s: nothing "
+                               "was done", ((b"connection", b"close"),))
+                return
             if message["type"] != "http.request":
                 return  # the client went away
             chunks.append(message.get("body", b""))

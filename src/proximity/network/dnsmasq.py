@@ -123,7 +123,7 @@ class DnsService:
             return None
         try:
             record = json.loads(self.host.read_text(self.record_file) or "{}")
-        except (ValueError, HostError):  # damaged (not JSON, not UTF-8): stale, so `up` restarts and rewrites it
+        except (ValueError, RecursionError, HostError):  # damaged (not JSON, not UTF-8): stale, so `up` restarts and rewrites it
             record = {}
         if not isinstance(record, dict) or record.get("pid") != pid:
             return DnsProcess(pid, None, None, None)
@@ -133,7 +133,7 @@ class DnsService:
     def _raw_record(self) -> dict:
         try:
             record = json.loads(self.host.read_text(self.record_file) or "{}")
-        except (ValueError, HostError):
+        except (ValueError, RecursionError, HostError):
             return {}
         return record if isinstance(record, dict) else {}
 

@@ -70,6 +70,8 @@ def read(host: Host, settings: Settings) -> Intent:
         if not all(v is None or isinstance(v, str) for v in (uplink, file)) or not (
                 since is None or isinstance(since, (int, float))):
             raise ValueError("uplink, interfaces_file or since has the wrong type")
+    except RecursionError:
+        return _damaged(path, "it is nested too deeply to be an intent record")
     except ValueError as exc:
         return _damaged(path, str(exc))
     return Intent(data["state"], "record", uplink, file, since)

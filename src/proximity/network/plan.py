@@ -54,6 +54,9 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     uplink = resolve_uplink(s, obs)
     check_subnet_free(s, obs, interfaces.remove_block(text))
     refused = safety.refusals(s, obs)
+    cut_off = safety.undeclared_uplink(s, obs, text, uplink)
+    if cut_off:
+        raise ConflictError(cut_off)
     if refused:
         raise ConflictError(f"Proximity will not run {s.bridge} (nothing was changed):\n  " + "\n  ".join(refused))
     warnings: list[str] = []

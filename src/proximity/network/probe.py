@@ -172,5 +172,5 @@ def save(host: Host, settings: Settings, result: ProbeResult) -> None:
 def load(host: Host, settings: Settings) -> ProbeResult | None:
     try:
         return ProbeResult(**json.loads(host.read_text(settings.probe_file, errors="replace") or "null"))  # damaged: none
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None

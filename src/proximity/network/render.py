@@ -103,7 +103,9 @@ def reserved_names_conf() -> str:
     """Reserved names never reach DNS: a client that asks for one (``wpad``, ``gateway``, ...) still
     gets a lease, but its name is ignored, as ``ct create`` refuses them (dnsmasq compares names
     without case)."""
-    names = "".join(f"dhcp-name-match=set:{RESERVED_TAG},{name}\n" for name in sorted(RESERVED_HOSTNAMES))
+    # "NAME.*" too: dnsmasq matches the name as sent, then drops its domain part ("gateway.evil" -> gateway).
+    names = "".join(f"dhcp-name-match=set:{RESERVED_TAG},{name}\ndhcp-name-match=set:{RESERVED_TAG},{name}.*\n"
+                    for name in sorted(RESERVED_HOSTNAMES))
     return f"# Reserved names: a lease, but never a name in DNS.\n{names}dhcp-ignore-names=tag:{RESERVED_TAG}\n"
 
 

@@ -55,7 +55,10 @@ def parse_reservations(text: str) -> list[Reservation]:
     """
     if not text.strip():
         raise ValueError("the file is empty (a valid file with no reservations holds `[]`)")
-    data = json.loads(text)  # JSONDecodeError is a ValueError
+    try:
+        data = json.loads(text)  # JSONDecodeError is a ValueError
+    except RecursionError:
+        raise ValueError("it is nested too deeply to be a list of reservations") from None
     if not isinstance(data, list):
         raise ValueError(f"it holds a JSON {type(data).__name__}, not a list of reservations")
     return [_entry(number, item) for number, item in enumerate(data, start=1)]

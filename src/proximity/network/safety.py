@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from proximity.network.observe import PORT_RE, Observation
-from proximity.network.stanzas import declared_in
+from proximity.network.stanzas import declared_in, parse_stanzas
 from proximity.settings import Settings
 
 # Ports that are guests, not a way out: containers' and VMs' (veth/tap/fwpr, as Proxmox names them),
@@ -53,3 +53,15 @@ def refusals(settings: Settings, obs: Observation) -> list[str]:
         running = "; dnsmasq runs on it now and answers DHCP there: `proximity down` stops it" if obs.dns else ""
         reasons.append(physical_port_reason(settings, ports) + running)
     return reasons
+
+
+def undeclared_uplink(settings: Settings, obs: Observation, text: str, uplink: str) -> str | None:
+    """Why `up` must not run ifreload: the uplink that carries the default route is declared in no file
+    (an emptied or truncated interfaces file), so ifreload would take it down and cut the host off."""
+    if obs.default_route_link() != uplink:
+        return None
+    if any(st.name == uplink for st in parse_stanzas(text)) or declared_in(obs.sourced, uplink):
+        return None
+    return (f"{settings.interfaces_file} declares no stanza for {uplink}, the uplink that carries the default "
+            f"route: ifreload would take it down and cut this host off (nothing was changed). Restore the file "
+            f"(a copy is under {settings.backup_dir}), then run `proximity up`")
