@@ -144,7 +144,9 @@ def test_a_damaged_state_file_gets_a_clear_message_or_heals(box, name, damage):
     bad = damages(name, original)[damage]
     path.write_bytes(bad)
     try:
-        for args, result in run_all(sb, env, READERS):
+        # Every reader for the kinds that differ most; status and the planner for the rest (time).
+        readers = READERS if damage in ("empty", "wrong-shape", "nested") else [("status",), ("up", "--dry-run")]
+        for args, result in run_all(sb, env, readers):
             clear(result, args)
         if name != "config":  # the API is built from settings the caller passes: the file is not read
             status, body = api_status(s)
