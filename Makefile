@@ -35,7 +35,7 @@ test:
 # Every test that makes no network namespace (no root needed): under a minute.
 test-fast:
 	@scripts/bootstrap.sh --test
-	.venv/bin/pytest -q -p no:cacheprovider -m "not root"
+	.venv/bin/pytest -q -p no:cacheprovider -n 2 -m "not root"
 
 bench: bootstrap
 	@command -v dnsperf >/dev/null && command -v iperf3 >/dev/null || \
