@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 FD_RESERVE = 256  # descriptors never given to clients: the service's own files, pipes of the commands a heal runs
 
 
+# What may arrive with the TLS handshake, before the connection is handed to the parser: a head
+# and the start of its body (the API takes bodies of at most 1 MiB).
+EARLY_LIMIT = 2 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = 512  # client connections at once, streams included
@@ -91,7 +96,7 @@ class BoundedProtocol(HttpToolsProtocol):
             return
         super().connection_made(wrapped)
         early, self._early = bytes(self._early), None
-        if len(early) > 2 * self.limits.max_head_bytes:
+        if self._early_head_too_large(early):
             self._refuse(b"431 Request Header Fields Too Large", "the request head is too large")
         elif early:
             self.data_received(early)
@@ -129,8 +134,8 @@ class BoundedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         step = self.limits.max_head_bytes
         if self.transport is None and getattr(self, "_early", None) is not None:
-            self._early += data  # decrypted before start_tls returned: kept for the parser, within the cap
-            if len(self._early) > 2 * step:
+            self._early += data  # decrypted before start_tls returned: kept for the parser, within the caps
+            if self._early_head_too_large(self._early) or len(self._early) > EARLY_LIMIT:
                 self._early = bytearray(b"\0" * (2 * step + 1))  # over: refused once the connection is made
             return
         while data and self.parser is not None and self.transport is not None and not self.transport.is_closing():
@@ -141,6 +146,12 @@ class BoundedProtocol(HttpToolsProtocol):
             if self._head_open and self.parser is not None:  # this piece did not end the head
                 self._head_chunks += len(piece)
                 self._check_head()
+
+    def _early_head_too_large(self, early: bytes | bytearray) -> bool:
+        """Bytes that came with the handshake hold no end of a head within the cap. (What follows a
+        head that ended in time is its body: the Door answers for that, 401 or 413.)"""
+        cap = 2 * self.limits.max_head_bytes
+        return len(early) > cap and b"\r\n\r\n" not in early[:cap]
 
     def _check_head(self) -> None:
         # Both counts are at most the head's size: the chunks that did not end it, and its fields so far.
