@@ -26,11 +26,11 @@ demo: bootstrap
 demo-clean: bootstrap
 	$(PROXIMITY) sandbox destroy $(SANDBOX) --if-exists
 
-# Two workers (pytest-xdist), a test module each at a time: most integration tests wait on DHCP,
-# timers and daemons, so two run in about the time of one. Module fixtures stay in one worker.
+# Three workers (pytest-xdist), a test module each at a time: most integration tests wait on DHCP,
+# timers and daemons, so on 2 cores three overlap well. Module fixtures stay in one worker.
 test:
 	@scripts/bootstrap.sh --test
-	.venv/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	.venv/bin/pytest -q -p no:cacheprovider -n 3 --dist loadfile
 
 # Every test that makes no network namespace (no root needed): under a minute.
 test-fast:
