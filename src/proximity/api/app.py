@@ -11,10 +11,8 @@ network down, and starting the service never sets the network up by itself.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -27,12 +25,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator, BaseModel, Field
 
 from proximity import version
-from proximity.api.auth import UNAUTHORIZED, TokenStore, bearer_ok, require_token
+from proximity.api.auth import TokenStore, require_token
+from proximity.api.door import STATUS_PATH, Door
 from proximity.api.info import sentence, system_info
 from proximity.api.jobs import Job, JobRunner, StreamsFull
+from proximity.api.models import DRY_RUN, ERRORS, CreateContainer, Initialize, Migrate, Problem
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.doctor import doctor_dict, run_doctor
@@ -40,14 +39,9 @@ from proximity.errors import ProximityError, http_status
 from proximity.network.health import NetworkStatus
 from proximity.network.probe import load as load_probe
 from proximity.network.reconciler import NetworkManager
-from proximity.network.reservations import AdmissionError
-from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, Settings, SettingsError, check_hostname
+from proximity.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
-STATUS_PATH = "/api/v1/system/network/status"
-MAX_BODY = 1024 * 1024  # bytes: the largest request body is a few hundred
-BODY_TIMEOUT = 10.0  # seconds for a whole request body: one that never ends holds no connection for long
-PROTECTED = ("/api/v1/", "/metrics")  # paths that need the bearer token
 
 
 class Context:
@@ -194,141 +188,6 @@ class Context:
         self._wake.set()
         self.jobs.shutdown()
         self.status.close()
-
-
-# -- request and response models ----------------------------------------------------
-# The hostname check's syntax for the schema: a label, not all digits, not a reserved name (any case).
-def _any_case(name: str) -> str:
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
-
-
-HOSTNAME_PATTERN = (f"^(?![0-9]+$)(?!(?:{'|'.join(sorted(_any_case(n) for n in RESERVED_HOSTNAMES))})$)"
-                    f"{LABEL_RE.pattern}$")
-
-
-class CreateContainer(BaseModel):
-    # Checked by the one hostname check (settings.check_hostname); the schema shows its syntax.
-    hostname: Annotated[str, AfterValidator(check_hostname)] = Field(
-        max_length=63, json_schema_extra={"pattern": HOSTNAME_PATTERN},
-        description="RFC 1123 label, e.g. nginx-01; not all digits (that reads as a container id), "
-                    "not a reserved name (localhost, wpad, gateway...)")
-    memory: int = Field(256, ge=16, le=1048576, description="MiB")
-    cores: int = Field(1, ge=1, le=8192)
-    template: str | None = Field(None, max_length=255)
-    start: bool = True
-
-
-class Migrate(BaseModel):
-    dry_run: bool = False
-    timeout: float = Field(60, gt=0, le=3600)
-
-
-class Initialize(BaseModel):
-    dry_run: bool = False
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {  # documented on every operation (schemathesis checks them)
-    400: {"model": Problem, "description": "Refused: a setting or the request body is wrong; `detail` says why"},
-    401: {"model": Problem, "description": "Missing or wrong bearer token"},
-    404: {"model": Problem, "description": "No such container or job"},
-    409: {"model": Problem, "description": "Refused: name in use, pool full, or the backend refused"},
-    413: {"model": Problem, "description": "The request body is over 1 MiB"},
-    500: {"model": Problem, "description": "An operation failed on the host (a command, a full disk); `detail` says what"},
-    502: {"model": Problem, "description": "Proxmox refused or failed the request; `detail` carries its words"},
-}
-DRY_RUN = {200: {"description": "dry run: what would be done; nothing changed"}}
-
-
-async def _problem(send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class Door:
-    """ASGI middleware: what every request meets before FastAPI reads a byte of its body.
-
-    1. The token, for /api/v1 and /metrics: a missing or wrong one gets 401 at once, however
-       large the body (FastAPI reads and parses the body before it runs dependencies).
-    2. The body size: over :data:`MAX_BODY` gets 413, from ``Content-Length`` before reading,
-       or while counting a chunked body; at most that much is ever held in memory. A body not
-       whole within :data:`BODY_TIMEOUT` gets 408 and the connection is closed.
-    3. The status fast lane: an authorized ``GET`` of the status is answered straight from its
-       encoded body. The status is the API's hottest read (dashboards, monitoring), and
-       FastAPI's routing and dependency resolution cost more than the answer: this lane serves
-       about three times the requests/s through the same single process. FastAPI's route of
-       the same path gives the schema, the errors and the very same body.
-    """
-
-    def __init__(self, app, context: Context, max_body: int = MAX_BODY):
-        self.app, self.context, self.max_body = app, context, max_body
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        headers = {key: value for key, value in scope["headers"] if key in (
-            b"authorization", b"content-length", b"transfer-encoding")}
-        if path.startswith(PROTECTED):
-            authorization = headers.get(b"authorization")
-            if not bearer_ok(authorization.decode("latin-1") if authorization else None, self.context.tokens):
-                await _problem(send, 401, UNAUTHORIZED, ((b"www-authenticate", b"Bearer"),))
-                return
-            if path == STATUS_PATH and scope["method"] == "GET" and not scope["query_string"]:
-                body = self.context.status_json()
-                if body is not None:
-                    await send({"type": "http.response.start", "status": 200, "headers": [
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        too_large = f"the request body is over {self.max_body // 1024} KiB: nothing was done"
-        if not path.startswith(PROTECTED) and (b"content-length" in headers and headers[b"content-length"] != b"0"
-                                               or b"transfer-encoding" in headers):
-            # The open paths (/healthz, the dashboard, the docs) take no body: none is read for anyone.
-            await _problem(send, 413, "this path takes no request body: nothing was read")
-            return
-        if b"content-length" in headers:
-            length = headers[b"content-length"]
-            if not length.isdigit():
-                await _problem(send, 400, "the Content-Length header is not a number")
-                return
-            if int(length) > self.max_body:
-                await _problem(send, 413, too_large)
-                return
-        elif b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
-            await self.app(scope, receive, send)  # no body
-            return
-        # Read the body here, counting, and hand it on whole (a declared length can also be a lie).
-        chunks, size = [], 0
-        deadline = asyncio.get_running_loop().time() + BODY_TIMEOUT
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
-            except asyncio.TimeoutError:
-                await _problem(send, 408, f"the request body did not arrive within {BODY_TIMEOUT:g} s: nothing "
-                               "was done", ((b"connection", b"close"),))
-                return
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body:
-                await _problem(send, 413, too_large)
-                return
-            if not message.get("more_body"):
-                break
-        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replay():
-            return pending.pop() if pending else await receive()
-
-        await self.app(scope, replay, send)
 
 
 def create_app(context: Context, start_background: bool = True) -> FastAPI:

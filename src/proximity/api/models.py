@@ -1,0 +1,56 @@
+"""The API's request and response models, and the errors every operation documents."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field
+
+from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, check_hostname
+
+
+# The hostname check's syntax for the schema: a label, not all digits, not a reserved name (any case).
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+
+
+HOSTNAME_PATTERN = (f"^(?![0-9]+$)(?!(?:{'|'.join(sorted(_any_case(n) for n in RESERVED_HOSTNAMES))})$)"
+                    f"{LABEL_RE.pattern}$")
+
+
+class CreateContainer(BaseModel):
+    # Checked by the one hostname check (settings.check_hostname); the schema shows its syntax.
+    hostname: Annotated[str, AfterValidator(check_hostname)] = Field(
+        max_length=63, json_schema_extra={"pattern": HOSTNAME_PATTERN},
+        description="RFC 1123 label, e.g. nginx-01; not all digits (that reads as a container id), "
+                    "not a reserved name (localhost, wpad, gateway...)")
+    memory: int = Field(256, ge=16, le=1048576, description="MiB")
+    cores: int = Field(1, ge=1, le=8192)
+    template: str | None = Field(None, max_length=255)
+    start: bool = True
+
+
+class Migrate(BaseModel):
+    dry_run: bool = False
+    timeout: float = Field(60, gt=0, le=3600)
+
+
+class Initialize(BaseModel):
+    dry_run: bool = False
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {  # documented on every operation (schemathesis checks them)
+    400: {"model": Problem, "description": "Refused: a setting or the request body is wrong; `detail` says why"},
+    401: {"model": Problem, "description": "Missing or wrong bearer token"},
+    404: {"model": Problem, "description": "No such container or job"},
+    409: {"model": Problem, "description": "Refused: name in use, pool full, or the backend refused"},
+    413: {"model": Problem, "description": "The request body is over 1 MiB"},
+    500: {"model": Problem, "description": "An operation failed on the host (a command, a full disk); `detail` says what"},
+    502: {"model": Problem, "description": "Proxmox refused or failed the request; `detail` carries its words"},
+}
+DRY_RUN = {200: {"description": "dry run: what would be done; nothing changed"}}
