@@ -52,6 +52,10 @@ class InputError(ProximityError, ValueError):
     code = "invalid_input"
 
 
+class SettingsError(InputError):
+    """A setting is wrong; the message names it and says how to fix it."""
+
+
 class NotFoundError(InputError):
     """The thing named does not exist (a container, a job, a sandbox)."""
 

@@ -8,21 +8,32 @@ Every check here is pure; checks against the live host live in ``network.validat
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import os
-import re
-import tomllib
-import types
-from pathlib import Path
 import dataclasses
+import ipaddress
+import re
 import typing
-from typing import Any, Literal, get_args, get_origin
+from pathlib import Path
+from typing import Any, Literal
 
-from proximity.errors import InputError
+from proximity.errors import InputError, SettingsError  # noqa: F401 (SettingsError: re-exported)
+# The hostname check and the settings' sources live apart; their names are re-exported here.
+from proximity.names import (  # noqa: F401
+    HOSTNAME_MESSAGES,
+    LABEL_RE,
+    RESERVED_HOSTNAMES,
+    check_hostname,
+    is_dns_name,
+    is_hostname_label,
+)
+from proximity.setting_sources import (  # noqa: F401
+    DEFAULT_CONFIG_FILE,
+    ENV_PREFIX,
+    config_file,
+    config_file_values,
+    convert,
+    environment_values,
+)
 
-ENV_PREFIX = "PROXIMITY_"
-DEFAULT_CONFIG_FILE = Path("/etc/proximity/proximity.toml")
 PVE_ROOT_CA = Path("/etc/pve/pve-root-ca.pem")  # Proxmox's own CA, on every node (tests point it elsewhere)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -30,24 +41,11 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # and re.ASCII (``\d`` would match any Unicode digit).
 IFNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,14}", re.ASCII)
 UPLINK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", re.ASCII)  # a VLAN such as eth0.100 too
-LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
 LEASE_RE = re.compile(r"([0-9]+)([smhdw]?)|infinite", re.ASCII)
 UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 LEASE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_LEASE_SECONDS = 366 * 86400  # a year (a leap one included); beyond it, write 'infinite'
 
-# Names a container may not take, because clients give them a meaning of their own or they
-# would shadow something else on the network (compared case-insensitively):
-# - localhost and Debian's stock /etc/hosts names (RFC 6761; resolvers answer them locally);
-# - wpad and isatap: browsers and Windows look these up to find a proxy or a tunnel, so a
-#   container by that name would be handed other machines' traffic;
-# - gateway, _gateway, router: what systemd-resolved and admins call the gateway (10.10.0.1
-#   has no DNS name of its own: dnsmasq runs with no-hosts);
-# - broadcasthost: macOS's name for 255.255.255.255.
-RESERVED_HOSTNAMES = frozenset({
-    "localhost", "localdomain", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters",
-    "broadcasthost", "wpad", "isatap", "gateway", "_gateway", "router",
-})
 
 
 _CHECKS: dict[str, Any] = {}  # field -> its own check (the value after its type conversion)
@@ -60,50 +58,7 @@ def _check(field: str):
     return register
 
 
-class SettingsError(InputError):
-    """A setting is wrong; the message names it and says how to fix it."""
 
-
-def config_file() -> Path:
-    return Path(os.environ.get("PROXIMITY_CONFIG", DEFAULT_CONFIG_FILE))
-
-
-def is_hostname_label(name: str) -> bool:
-    """RFC 1123 label: 1-63 letters, digits and hyphens, no hyphen at either end."""
-    return isinstance(name, str) and LABEL_RE.fullmatch(name) is not None
-
-
-def is_dns_name(name: str) -> bool:
-    """Dot-separated RFC 1123 labels, at most 253 characters (Proxmox takes FQDN hostnames)."""
-    return isinstance(name, str) and len(name) <= 253 and all(is_hostname_label(label) for label in name.split("."))
-
-
-# The messages of check_hostname, in the order it checks; the dashboard is served these (and the
-# pattern and the reserved names) so that its check and the server's are one.
-HOSTNAME_MESSAGES = {
-    "label": "hostname {name!r} is not a valid RFC 1123 label: use 1 to 63 letters, digits and hyphens, "
-             "not starting or ending with a hyphen, and no dots (for example 'nginx-01')",
-    "digits": "hostname {name!r} is all digits, which reads as a container id in every command that takes "
-              "a hostname or an id: add a letter (for example 'ct-{name}')",
-    "reserved": "hostname {name!r} is reserved (clients resolve it to something else, or it would take "
-                "traffic meant for another machine): pick another name",
-}
-
-
-def check_hostname(name: str) -> str:
-    """The one hostname check of Proximity: a container's name on the managed network.
-
-    An RFC 1123 label (no dots: the DNS name is ``NAME.<domain>``), not all digits (a number
-    means a container id wherever a command takes "HOSTNAME or ID"), and not a reserved name
-    (:data:`RESERVED_HOSTNAMES`). Returns the name; raises :class:`InputError` saying why not.
-    """
-    if not is_hostname_label(name):
-        raise InputError(HOSTNAME_MESSAGES["label"].format(name=name))
-    if name.isdigit():
-        raise InputError(HOSTNAME_MESSAGES["digits"].format(name=name))
-    if name.lower() in RESERVED_HOSTNAMES:
-        raise InputError(HOSTNAME_MESSAGES["reserved"].format(name=name))
-    return name
 
 
 def lease_seconds(value: str) -> int | None:
@@ -390,7 +345,7 @@ def load_settings(defaults: dict[str, Any] | None = None, **overrides: Any) -> S
     Strongest first: ``overrides``, the environment, the config file, ``defaults``, the seed's defaults.
     """
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    return validate({**(defaults or {}), **_config_file_values(), **_environment_values(), **overrides})
+    return validate({**(defaults or {}), **config_file_values(), **environment_values(_hints()), **overrides})
 
 
 def validate(values: dict[str, Any]) -> Settings:
@@ -401,7 +356,7 @@ def validate(values: dict[str, Any]) -> Settings:
             errors.append((name, f"{name!r} is not a setting (misspelt?); the settings are listed in the README"))
             continue
         try:
-            value = _convert(value, hints[name], name)
+            value = convert(value, hints[name], name)
             checked[name] = _CHECKS[name](value) if name in _CHECKS else value
         except ValueError as exc:
             errors.append((name, str(exc)))
@@ -429,63 +384,10 @@ def _hints() -> dict[str, Any]:
 
 
 _HINTS: dict[str, Any] | None = None
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def _default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
-def _convert(value: Any, hint: Any, name: str) -> Any:
-    """A raw value as the field's type; ValueError with the reason."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _convert(value, hint, name)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is list:
-        return value  # upstream_dns: its own check takes a list or a string
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not a string: write it in quotes")
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError(f"{value!r} is not true or false")
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{value!r} is not a number")
-        try:
-            number = hint(value.strip() if isinstance(value, str) else value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not {'a whole' if hint is int else 'a'} number") from None
-        if hint is int and not isinstance(value, str) and number != value:
-            raise ValueError(f"{value!r} is not a whole number")
-        return number
-    if hint is Path:
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise ValueError(f"{value!r} is not a path")
-        return Path(value)
-    if hint in (ipaddress.IPv4Interface, ipaddress.IPv4Address):
-        what = "an IPv4 address with a prefix, such as 10.10.0.1/24" if hint is ipaddress.IPv4Interface \
-            else "an IPv4 address, such as 10.10.0.100"
-        if isinstance(value, hint):
-            return value
-        try:
-            if not isinstance(value, str):
-                raise ValueError
-            return hint(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not {what}") from None
-    raise TypeError(f"no conversion for setting {name} of type {hint!r}")  # a programming error
 
 
 def _message(errors: list[tuple[str | None, str]]) -> str:
@@ -498,30 +400,3 @@ def _message(errors: list[tuple[str | None, str]]) -> str:
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
-def _config_file_values() -> dict[str, Any]:
-    try:
-        with open(config_file(), "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
-        raise SettingsError(f"cannot read {config_file()}: {exc}; fix the file or set PROXIMITY_CONFIG") from None
-
-
-def _environment_values() -> dict[str, Any]:
-    """``PROXIMITY_<SETTING>`` variables. A list takes JSON (``["1.1.1.1"]``) or commas."""
-    values: dict[str, Any] = {}
-    for name, hint in _hints().items():
-        raw = os.environ.get(ENV_PREFIX + name.upper())
-        if raw is None:
-            continue
-        if get_origin(hint) is list:
-            try:
-                raw = json.loads(raw) if raw.lstrip().startswith("[") else [v for v in re.split(r"[\s,]+", raw) if v]
-            except ValueError as exc:
-                raise SettingsError(
-                    f"setting {name!r} (env {ENV_PREFIX}{name.upper()}): not a JSON list ({exc}); "
-                    'write it as ["1.1.1.1", "8.8.8.8"] or 1.1.1.1,8.8.8.8'
-                ) from None
-        values[name] = raw
-    return values
