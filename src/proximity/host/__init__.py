@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
-import ctypes
 import errno
 import fcntl
 import json
@@ -24,20 +23,14 @@ import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from proximity.errors import HostError
+from proximity.host.netns import CLONE_NEWNET, ETC_NETNS, NETNS_RUN_DIR, inside_netns  # noqa: F401
+from proximity.host.processes import pid_alive, pid_cmdline, wait_for
 
-T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = Path("/run/netns")  # `ip netns` names namespaces here
-ETC_NETNS = Path("/etc/netns")  # ... and bind-mounts NAME/* over /etc for `ip netns exec`
-_libc = ctypes.CDLL(None, use_errno=True)
-_netns_lock = threading.Lock()
 
 
 class CommandError(HostError):
@@ -60,39 +53,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.returncode == 0
-
-
-@contextlib.contextmanager
-def inside_netns(name: str | None) -> Iterator[None]:
-    """Run the block with this thread in network namespace ``name`` (no-op for None).
-
-    Never creates a namespace: a missing one is an error, not a new namespace.
-    """
-    if name is None:
-        yield
-        return
-    with _netns_lock:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            target = os.open(NETNS_RUN_DIR / name, os.O_RDONLY)
-        except FileNotFoundError:
-            os.close(own)
-            raise RuntimeError(f"network namespace {name!r} does not exist") from None
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-            os.close(own)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 class Host:
@@ -436,100 +396,11 @@ def _checked(result: Result, check: bool) -> Result:
     return result
 
 
-def pid_alive(pid: int) -> bool:
-    """``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
-
-
-def pid_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() >= deadline:
-            return result
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        interval = min(interval * 1.5, 0.25)
-
-
 def _text(value: bytes | str | None) -> str:
     if value is None:
         return ""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-@dataclass
-class DryRunHost(Host):
-    """Reads from the real host; records every change instead of making it."""
-
-    netns: str | None = None
-    files: list[dict[str, str]] = field(default_factory=list)
-    commands: list[list[str]] = field(default_factory=list)
-    _written: dict[str, str | None] = field(default_factory=dict)
-    dry_run = True
-
-    def run(self, argv: list[str], timeout: float = 30, check: bool = True, input: str | None = None) -> Result:
-        return self._record(self._wrap(argv))
-
-    def ip(self, *args: str, timeout: float = 15, check: bool = True) -> Result:
-        return self._record(self._ip_argv(args))
-
-    def _record(self, full: list[str]) -> Result:
-        self.commands.append(full)
-        return Result(full, 0, "", "")
-
-    def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:
-        before = self.read_text(path)
-        self._written[str(path)] = text
-        self.files.append({"path": str(path), "before": before or "", "after": text})
-
-    def remove(self, path: Path) -> None:
-        before = self.read_text(path)
-        if before is not None:
-            self._written[str(path)] = None
-            self.files.append({"path": str(path), "before": before, "after": ""})
-
-    def read_text(self, path: Path, errors: str = "strict") -> str | None:
-        if str(path) in self._written:
-            return self._written[str(path)]
-        return super().read_text(path, errors)
-
-    def kill(self, pid: int, sig: int = signal.SIGTERM) -> None:
-        self.commands.append(["kill", f"-{signal.Signals(sig).name.removeprefix('SIG')}", str(pid)])
-
-    def terminate(self, pids: Iterable[int], grace: float = 3.0) -> list[int]:
-        for pid in sorted(set(pids)):
-            self.kill(pid, signal.SIGTERM)
-        return []
-
-    def mkdir(self, path: Path, mode: int | None = None, exist_ok: bool = True) -> None:
-        """Nothing: a dry run creates no directory."""
-
-    def symlink(self, path: Path, target: Path) -> None:
-        self.commands.append(["ln", "-s", str(target), str(path)])
-
-    def copy_tree(self, source: Path, target: Path) -> None:
-        self.commands.append(["cp", "-a", str(source), str(target)])
-
-    def remove_tree(self, path: Path) -> None:
-        if path.exists() or path.is_symlink():
-            self.commands.append(["rm", "-r", str(path)])
-
-    @contextlib.contextmanager
-    def lock(self, path: Path, timeout: float = 60, what: str = "") -> Iterator[None]:
-        """Nothing to lock: a dry run changes nothing."""
-        yield
+# Last: the dry-run host is a Host (re-exported here, where every caller looks for it).
+from proximity.host.dryrun import DryRunHost  # noqa: E402, F401
