@@ -17,7 +17,7 @@ import time
 import pytest
 
 from proximity import sandbox as sandboxes
-from proximity.host import Host, wait_for
+from proximity.host import Host
 from proximity.network.reservations import Reservations
 from proximity.sandbox.clients import _udhcpc_script
 from proximity.sandbox.commands import ns_run

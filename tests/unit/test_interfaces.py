@@ -296,7 +296,7 @@ def test_merge_inserts_one_stanza_and_keeps_every_original_byte(original: str) -
 def test_merge_into_crlf_file_uses_only_crlf() -> None:
     merged = merge_block(CRLF, BODY)
     assert merged.count("\n") == merged.count("\r\n")
-    assert f"\r\n\r\nauto prox-net\r\n" in merged
+    assert "\r\n\r\nauto prox-net\r\n" in merged
     assert f"{MARKER_LINE}\r\n\r\n{SOURCE_LINE}\r\n" in merged
 
 

@@ -17,9 +17,10 @@ from typing import Literal
 
 from proximity.errors import ConflictError
 from proximity.network import interfaces, render, safety
+from proximity.network.dns_changes import ReloadDns, RestartDns, StartDns, StopDns, WriteDnsConfig
 from proximity.network.changes import (
-    AddRule, ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, ReloadDns, RemoveFile, RestartDns,
-    SetSysctl, StartDns, StopDns, WriteDnsConfig, WriteFile, AddPveRule, DeletePveRule,
+    AddRule, ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, RemoveFile,
+    SetSysctl, WriteFile, AddPveRule, DeletePveRule,
 )
 from proximity.network.pvefirewall import PveRule, from_live, host_rules, is_own, node_name
 from proximity.network.dnsmasq import content_hash

@@ -25,7 +25,7 @@ from proximity.network.probe import ProbeResult, is_stale, probe, rules_digest
 from proximity.network.probe import load as load_probe
 from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
-from proximity.settings import Settings, SettingsError, check_hostname
+from proximity.settings import Settings, check_hostname
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
