@@ -132,13 +132,19 @@ def test_install_runs_and_plans_up_without_changing_the_host(root):
     unit = root.read(f"/{UNIT_DIR[root.dist]}/proximity-api.service")
     assert "ExecStart=/usr/bin/proximity serve --host 127.0.0.1 --port 8080" in unit
     # up --dry-run on a host like a Proxmox node: /etc/pve, an uplink with a default route (in this
-    # namespace only). It plans the bridge and changes nothing.
+    # namespace only) that the interfaces file declares. It plans the bridge and changes nothing.
+    uplink = ("mkdir -p /etc/pve; ip link add uplink0 type veth peer name uplink1; ip link set uplink1 up; "
+              "ip addr add 192.0.2.10/24 dev uplink0; ip link set uplink0 up; ip route add default via 192.0.2.1; ")
     before = root.read("/etc/network/interfaces")
-    planned = root.run("mkdir -p /etc/pve; ip link add uplink0 type veth peer name uplink1; ip link set uplink1 up; ip addr add 192.0.2.10/24 dev uplink0; "
-                       "ip link set uplink0 up; ip route add default via 192.0.2.1; proximity up --dry-run; "
-                       "! ip link show prox-net 2>/dev/null")
-    assert "prox-net" in planned.stdout
+    # The root's own file does not declare the uplink: ifreload would take it down, so up refuses by name.
+    refused = root.run(uplink + "proximity up --dry-run", check=False)
+    assert refused.returncode != 0 and "declares no stanza for uplink0" in refused.stderr, refused.stderr
     assert root.read("/etc/network/interfaces") == before
+    declared = "\nauto uplink0\niface uplink0 inet static\n\taddress 192.0.2.10/24\n\tgateway 192.0.2.1\n"
+    planned = root.run(f"printf '{declared}' >> /etc/network/interfaces; cp /etc/network/interfaces /mnt/declared; "
+                       + uplink + "proximity up --dry-run; cmp /etc/network/interfaces /mnt/declared; "
+                       "! ip link show prox-net 2>/dev/null")
+    assert "prox-net" in planned.stdout  # and cmp found the file as it was before the dry run
 
 
 def test_upgrade_keeps_settings_state_and_token(root, tmp_path):
