@@ -222,9 +222,9 @@ def _connection(api: str, token: str | None, sandbox: str | None, api_ca: str | 
     """The token and the TLS trust for --api (the URL checked first)."""
     from pathlib import Path
 
-    from proximity.api.auth import TokenStore
     from proximity.api.tls import client_verify
     from proximity.remote import check_url
+    from proximity.tokens import TokenStore
 
     warning = check_url(api, insecure_http)
     if warning:

@@ -84,7 +84,7 @@ def serve(sandbox: SandboxOpt = None,
 @friendly
 def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
     """Print the API token (it changes nothing: `token create` makes one); --json adds the TLS certificate's fingerprint."""
-    from proximity.api.auth import TokenStore
+    from proximity.tokens import TokenStore
 
     settings = settings_for(sandbox)
     store = TokenStore(settings)
@@ -107,7 +107,7 @@ def token_show(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
 @friendly
 def token_create(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Make the API token if there is none (0600); an existing one is kept. Prints where it is, never the token."""
-    from proximity.api.auth import TokenStore
+    from proximity.tokens import TokenStore
 
     store = TokenStore(settings_for(sandbox))
     existed = store.read() is not None
@@ -130,7 +130,7 @@ def token_create(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json
 @changes_host("token rotate")
 def token_rotate(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Replace the API token; the old one stops working at once."""
-    from proximity.api.auth import TokenStore
+    from proximity.tokens import TokenStore
 
     store = TokenStore(settings_for(sandbox))
     if dry_run:
