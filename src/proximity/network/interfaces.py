@@ -19,10 +19,23 @@ untouched: admins hand-tune this file and we must never reformat it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from proximity.errors import InputError
+from proximity.network.interface_lines import (
+    SOURCE_KEYWORDS,
+    Line,
+    Run,
+    detect_eol,
+    iface_name,
+    in_stanza,
+    is_comment,
+    is_legacy,
+    is_marker,
+    names_only,
+    split_lines,
+    stanza_runs,
+)
 
 __all__ = [
     "LEGACY_BEGIN_MARKER",
@@ -50,7 +63,6 @@ _MARKER_LINE = (
     f"{MARKER} - Proximity owns this stanza ('proximity up' rewrites it, "
     "'proximity down' removes it)"
 )
-_MARKER_RE = re.compile(r"\s*#\s*proximity:managed\b", re.IGNORECASE)
 # The marker pair of earlier versions; files that carry it are taken over.
 LEGACY_BEGIN_MARKER = "# BEGIN proximity managed block"
 LEGACY_END_MARKER = "# END proximity managed block"
@@ -60,128 +72,12 @@ LEGACY_END_MARKER = "# END proximity managed block"
 _NO_FINAL_NEWLINE_FLAG = "[file had no final newline]"
 _DEFAULT_PATH = "/etc/network/interfaces"
 
-# Top-level keywords that end an iface stanza (ifupdown, ifupdown2 and Proxmox).
-# For ifupdown, blank lines and comments do not end a stanza; for Proxmox's
-# reader a blank line does (see _stanza_end).
-_KEYWORDS = frozenset(
-    {"iface", "auto", "mapping", "source", "source-directory", "rename", "vlan"}
-)
-_SOURCE_KEYWORDS = frozenset({"source", "source-directory"})
-
-
 class InterfacesFileError(InputError):
     """The file's Proximity markers are ambiguous; a human has to decide what to keep."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(message)
         self.line = line
-
-
-# --------------------------------------------------------------------------- lines
-
-
-@dataclass(frozen=True)
-class _Line:
-    offset: int  # character offset of the line start
-    body: str  # content without the line ending
-    eol: str  # "\r\n", "\n" or "" (last line without final newline)
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.body) + len(self.eol)
-
-
-def _split_lines(text: str) -> list[_Line]:
-    """Split on "\\n" only (str.splitlines would also split on \\x0c, \\u2028, ...)."""
-    lines: list[_Line] = []
-    pos = 0
-    while pos < len(text):
-        nl = text.find("\n", pos)
-        if nl == -1:
-            lines.append(_Line(pos, text[pos:], ""))
-            break
-        if nl > pos and text[nl - 1] == "\r":
-            lines.append(_Line(pos, text[pos : nl - 1], "\r\n"))
-        else:
-            lines.append(_Line(pos, text[pos:nl], "\n"))
-        pos = nl + 1
-    return lines
-
-
-def detect_eol(text: str) -> str:
-    """The file's line-ending style, so inserted lines match their neighbours."""
-    nl = text.find("\n")
-    return "\r\n" if nl > 0 and text[nl - 1] == "\r" else "\n"
-
-
-def _is_keyword(word: str) -> bool:
-    return word in _KEYWORDS or word.split("-")[0] == "allow"
-
-
-def _is_comment(body: str) -> bool:
-    return body.lstrip().startswith("#")
-
-
-def _is_marker(body: str) -> bool:
-    return _MARKER_RE.match(body) is not None
-
-
-def _is_legacy(body: str, marker: str) -> bool:
-    # Tolerate indentation so an indented marker is not silently missed.
-    return body.lstrip(" \t").startswith(marker)
-
-
-def _iface_name(body: str) -> str | None:
-    words = body.split()
-    return words[1] if len(words) > 1 and words[0] == "iface" else None
-
-
-def _names_only(body: str, name: str) -> bool:
-    """An ``auto``/``allow-*`` line that names only ``name``."""
-    words = body.split()
-    return len(words) == 2 and (words[0] == "auto" or words[0].startswith("allow-")) and words[1] == name
-
-
-def _in_stanza(body: str) -> bool:
-    """Whether Proxmox's reader keeps this line in the stanza above it.
-
-    It stops at a blank line, a keyword and a line that is not ``key value``.
-    """
-    if _is_comment(body):
-        return True
-    words = body.split()
-    return len(words) >= 2 and not _is_keyword(words[0])
-
-
-def _stanza_end(lines: list[_Line], iface_idx: int) -> int:
-    """Index of the last line of the stanza that starts at ``iface_idx``, as Proxmox reads it."""
-    idx = iface_idx
-    while idx + 1 < len(lines) and _in_stanza(lines[idx + 1].body):
-        idx += 1
-    return idx
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One stanza as Proxmox reads it: lines ``first..last`` (indexes), ``iface`` at ``head``."""
-
-    first: int
-    head: int
-    last: int
-    name: str
-
-
-def _runs(lines: list[_Line]) -> list[_Run]:
-    runs = []
-    for idx, line in enumerate(lines):
-        name = _iface_name(line.body)
-        if name is None:
-            continue
-        first = idx
-        while first > 0 and _names_only(lines[first - 1].body, name):
-            first -= 1
-        runs.append(_Run(first, idx, _stanza_end(lines, idx), name))
-    return runs
 
 
 # --------------------------------------------------------------------------- block
@@ -194,20 +90,20 @@ def _check_body(body_lines: list[str]) -> None:
     then ``key value`` option lines and comments (no blank line, keyword or
     continuation, which would end or split the stanza in Proxmox's reader).
     """
-    heads = [i for i, line in enumerate(body_lines) if _iface_name(line) is not None]
+    heads = [i for i, line in enumerate(body_lines) if iface_name(line) is not None]
     if len(heads) != 1:
         raise ValueError(f"stanza lines need exactly one 'iface' line: {body_lines!r}")
     head = heads[0]
-    name = _iface_name(body_lines[head])
+    name = iface_name(body_lines[head])
     assert name is not None
     for i, line in enumerate(body_lines):
         if "\n" in line or "\r" in line:
             raise ValueError(f"stanza line contains a line break: {line!r}")
-        if _is_marker(line) or _is_legacy(line, LEGACY_BEGIN_MARKER) or _is_legacy(line, LEGACY_END_MARKER):
+        if is_marker(line) or is_legacy(line, LEGACY_BEGIN_MARKER) or is_legacy(line, LEGACY_END_MARKER):
             raise ValueError(f"stanza line looks like a Proximity marker: {line!r}")
-        if i < head and not _names_only(line, name):
+        if i < head and not names_only(line, name):
             raise ValueError(f"only 'auto {name}' may come before the iface line: {line!r}")
-        if i > head and (not _in_stanza(line) or line.rstrip().endswith("\\")):
+        if i > head and (not in_stanza(line) or line.rstrip().endswith("\\")):
             raise ValueError(f"not an option line of the stanza: {line!r}")
 
 
@@ -239,20 +135,20 @@ _FIX = "then run 'proximity up' again"
 
 def _locate(text: str) -> _Block | None:
     """Find Proximity's stanza, or explain precisely why the markers are ambiguous."""
-    lines = _split_lines(text)
-    markers = [i for i, line in enumerate(lines) if _is_marker(line.body)]
-    begins = [i for i, line in enumerate(lines) if _is_legacy(line.body, LEGACY_BEGIN_MARKER)]
-    ends = [i for i, line in enumerate(lines) if _is_legacy(line.body, LEGACY_END_MARKER)]
+    lines = split_lines(text)
+    markers = [i for i, line in enumerate(lines) if is_marker(line.body)]
+    begins = [i for i, line in enumerate(lines) if is_legacy(line.body, LEGACY_BEGIN_MARKER)]
+    ends = [i for i, line in enumerate(lines) if is_legacy(line.body, LEGACY_END_MARKER)]
     if not (markers or begins or ends):
         return None
-    runs = _runs(lines)
+    runs = stanza_runs(lines)
     run_of = {i: run for run in runs for i in range(run.head, run.last + 1)}
 
     legacy = _legacy_block(text, lines, markers, begins, ends, run_of)
     if legacy is not None:
         return legacy
 
-    owners: dict[int, tuple[_Run, int]] = {}  # run.head -> (run, first marker line in it)
+    owners: dict[int, tuple[Run, int]] = {}  # run.head -> (run, first marker line in it)
     for idx in sorted(markers + ends):
         run = run_of.get(idx)
         if run is not None:
@@ -290,7 +186,7 @@ def _locate(text: str) -> _Block | None:
 
 
 def _legacy_block(
-    text: str, lines: list[_Line], markers: list[int], begins: list[int], ends: list[int], run_of: dict[int, _Run]
+    text: str, lines: list[Line], markers: list[int], begins: list[int], ends: list[int], run_of: dict[int, Run]
 ) -> _Block | None:
     """The intact ``# BEGIN``/``# END`` block of earlier versions, as they wrote it, if that is what this is.
 
@@ -301,7 +197,7 @@ def _legacy_block(
     if markers or len(begins) != 1 or len(ends) != 1:
         return None
     begin, end = begins[0], ends[0]
-    heads = [i for i in range(begin, end) if _iface_name(lines[i].body) is not None]
+    heads = [i for i in range(begin, end) if iface_name(lines[i].body) is not None]
     if begin > end or begin in run_of or len(heads) > 1:
         return None
     flagged = lines[begin].body.rstrip().endswith(_NO_FINAL_NEWLINE_FLAG)
@@ -309,7 +205,7 @@ def _legacy_block(
 
 
 def _with_separator(
-    text: str, lines: list[_Line], first: int, last: int, flagged: bool,
+    text: str, lines: list[Line], first: int, last: int, flagged: bool,
     stale: tuple[tuple[int, int], ...], legacy: bool = False,
 ) -> _Block:
     """The stanza's span plus the blank line :func:`merge_block` added next to it (if still blank).
@@ -364,7 +260,7 @@ def find_block(text: str) -> tuple[int, int] | None:
     return None if block is None else (block.start, block.end)
 
 
-def _insertion_point(lines: list[_Line]) -> int | None:
+def _insertion_point(lines: list[Line]) -> int | None:
     """Where a new stanza goes when the file ends with ``source`` lines: before them.
 
     Proxmox's writer keeps top-level lines in place relative to the stanzas
@@ -374,13 +270,13 @@ def _insertion_point(lines: list[_Line]) -> int | None:
     ifupdown reads the same configuration either way.) ``None``: append at the
     end of the file.
     """
-    in_stanza = {i for run in _runs(lines) for i in range(run.head, run.last + 1)}
+    stanza_lines = {i for run in stanza_runs(lines) for i in range(run.head, run.last + 1)}
     idx, sources = len(lines), False
-    while idx > 0 and idx - 1 not in in_stanza:
+    while idx > 0 and idx - 1 not in stanza_lines:
         words = lines[idx - 1].body.split()
-        if words and not _is_comment(lines[idx - 1].body) and words[0] not in _SOURCE_KEYWORDS:
+        if words and not is_comment(lines[idx - 1].body) and words[0] not in SOURCE_KEYWORDS:
             break
-        sources = sources or (bool(words) and words[0] in _SOURCE_KEYWORDS)
+        sources = sources or (bool(words) and words[0] in SOURCE_KEYWORDS)
         idx -= 1
     if not sources:
         return None
@@ -410,7 +306,7 @@ def merge_block(text: str, body_lines: list[str]) -> str:
         fresh = render_block(body_lines, block.eol, block.no_final_newline)
         return _edit(text, [(block.begin, block.stop, fresh), *((s, e, "") for s, e in block.stale)])
     eol = detect_eol(text)
-    where = _insertion_point(_split_lines(text))
+    where = _insertion_point(split_lines(text))
     if where is not None:
         return text[:where] + render_block(body_lines, eol) + eol + text[where:]
     if text == "":
@@ -436,10 +332,10 @@ def remove_stanzas(text: str, name: str) -> str:
     ``down`` uses it after :func:`remove_block` for what Proxmox's GUI adds to the bridge as a
     stanza of its own (``iface prox-net inet6 static`` when IPv6 is set on it).
     """
-    lines = _split_lines(text)
+    lines = split_lines(text)
     edits: list[tuple[int, int, str]] = []
     done = 0  # end of the last edit: blank lines are not taken twice
-    for run in _runs(lines):
+    for run in stanza_runs(lines):
         if run.name != name:
             continue
         start, end = lines[run.first].offset, lines[run.last].end
@@ -453,4 +349,9 @@ def remove_stanzas(text: str, name: str) -> str:
 
 
 # The stanza reader lives in its own module; its names stay importable from here.
-from proximity.network.stanzas import Stanza, compare_bridge, declared_addresses, parse_stanzas  # noqa: E402
+from proximity.network.stanzas import (  # noqa: E402
+    Stanza,
+    compare_bridge,
+    declared_addresses,
+    parse_stanzas,
+)

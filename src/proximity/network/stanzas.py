@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from proximity.network.interface_lines import is_keyword, split_lines
+
 _TRUE = frozenset({"on", "yes", "1", "true"})
 _FALSE = frozenset({"off", "no", "0", "false"})
 _BOOL_KEYS = frozenset(
@@ -18,7 +20,7 @@ _BOOL_KEYS = frozenset(
 
 
 def _editor():
-    """The editor module, which imports this one back: its line splitting and its marked stanza."""
+    """The editor module, which imports this one back: its marked stanza."""
     from proximity.network import interfaces
 
     return interfaces
@@ -61,7 +63,7 @@ def _logical_lines(text: str) -> list[tuple[int, int, str]]:
     out: list[tuple[int, int, str]] = []
     parts: list[str] = []
     start = 0
-    for idx, line in enumerate(_editor()._split_lines(text)):
+    for idx, line in enumerate(split_lines(text)):
         body = line.body.strip()
         if not parts:
             start = idx + 1
@@ -110,7 +112,7 @@ def parse_stanzas(text: str, marked: bool = True) -> list[Stanza]:
         if not content or content.startswith("#"):
             continue
         words = content.split()
-        if _editor()._is_keyword(words[0]):
+        if is_keyword(words[0]):
             finish()
             header = words if words[0] == "iface" and len(words) > 1 else None
             first_line, last_line = first, last
