@@ -88,9 +88,9 @@ def parse_ipv6_mode(value: object) -> Ipv6Mode:
 
 
 def parse_nat(value: object) -> NatMode:
-    if value in ("masquerade", True):
+    if value is True or value == "masquerade":  # `is`: 1 == True, and nat = 1 is no answer
         return "masquerade"
-    if value in ("off", False):
+    if value is False or value == "off":
         return "off"
     raise ValueError(f"{value!r} is not 'masquerade' (the default: out of the uplink's address) or 'off' (routed)")
 
