@@ -343,9 +343,10 @@ def validate(values: dict[str, Any]) -> Settings:
         settings._range_inside_subnet()
     except ValueError as exc:
         raise SettingsError(_message([(None, str(exc))])) from None
-    from proximity.spec.zones import check_declared  # it builds on Settings
+    if settings.zones:  # the default zone alone has nothing to clash with
+        from proximity.spec.zones import check_declared  # it builds on Settings
 
-    check_declared(settings)
+        check_declared(settings)
     return settings
 
 
@@ -368,7 +369,7 @@ def _message(errors: list[tuple[str | None, str]]) -> str:
     for field, message in errors:
         if field is None:
             lines.append(f"settings: {message}")
-        elif field == "zones":  # tables of the file only: each message names its [zones.NAME]
+        elif field == "zones":  # tables of the file only: each message names its zones.NAME
             lines.append(f"zones in {config_file()}: {message}")
         else:
             lines.append(f"setting {field!r} (env {ENV_PREFIX}{field.upper()} or {config_file()}): {message}")

@@ -98,16 +98,18 @@ def parse_nat(value: object) -> NatMode:
 def parse_zone(name: str, table: object) -> ZoneConfig:
     """One zone's table; ValueError listing every wrong key, each naming the zone, the key and the fix."""
     check_zone_name(name)
-    where = f"[zones.{name}]"
+    # Messages name keys by their dotted TOML path (zones.web.subnet), never in brackets: the
+    # CLI prints errors as Rich markup, which takes "[zones.web]" for a style tag and drops it.
+    where = f"zones.{name}"
     if not isinstance(table, Mapping):
-        raise ValueError(f"{where} is {table!r}, not a table: write it as a [zones.{name}] section")
+        raise ValueError(f"{where} is {table!r}, not a table of the zone's settings ({', '.join(sorted(COMMON_KEYS))})")
     errors: list[str] = []
     kind = table.get("type", "local")
     options_class = ZONE_TYPES.get(kind) if isinstance(kind, str) else None
     if options_class is None:
         planned = PLANNED_TYPES.get(kind) if isinstance(kind, str) else None
         raise ValueError(
-            f"{where} type: {kind!r} " + (f"({planned}) is not supported yet" if planned else "is not a zone type")
+            f"{where}.type: {kind!r} " + (f"({planned}) is not supported yet" if planned else "is not a zone type")
             + f"; use {', '.join(map(repr, ZONE_TYPES))}"
         )
     known = COMMON_KEYS | options_class.KEYS
@@ -122,7 +124,7 @@ def parse_zone(name: str, table: object) -> ZoneConfig:
             try:
                 values[key] = parse(table[key])
             except ValueError as exc:
-                errors.append(f"{where} {key}: {exc}")
+                errors.append(f"{where}.{key}: {exc}")
 
     read("subnet", _parse_subnet)
     if "subnet" in values:
@@ -138,14 +140,14 @@ def parse_zone(name: str, table: object) -> ZoneConfig:
         errors.append(f"{where}: {exc}")
     if "dhcp_range" in values and "dhcp_range" in table and not errors:
         if "subnet" not in values:
-            errors.append(f"{where} dhcp_range: a range needs the subnet it is in; add subnet = \"...\" "
+            errors.append(f"{where}.dhcp_range: a range needs the subnet it is in; add subnet = \"...\" "
                           "or leave both out for a free /24 with its default range")
         else:
             try:
                 check_range(ipaddress.IPv4Interface((values["gateway"], values["subnet"].prefixlen)),
                             *values["dhcp_range"], fields=("dhcp_range", "dhcp_range", "dhcp_range"))
             except ValueError as exc:
-                errors.append(f"{where} {exc}")
+                errors.append(f"{where}.{exc}")
     if errors:
         raise ValueError("\n  ".join(errors))
     return ZoneConfig(**values)
@@ -157,7 +159,8 @@ def parse_zones(tables: object) -> tuple[ZoneConfig, ...]:
         return tables  # already parsed (dataclasses.replace, a caller's own list)
     if not isinstance(tables, Mapping):
         raise ValueError(
-            f"{tables!r} is not a set of zones: declare each zone as a [zones.NAME] table in proximity.toml"
+            f"{tables!r} is not a set of zones: declare each zone as a table zones.NAME in proximity.toml "
+            "(see docs/zones.md)"
         )
     zones, errors = [], []
     for name, table in tables.items():

@@ -45,7 +45,7 @@ def check_zone_name(name: object) -> str:
     if name == DEFAULT_ZONE:
         raise ValueError(
             f"zone name {name!r} is the default zone, which the top-level settings configure "
-            "(bridge, gateway, dhcp_start, dhcp_end, domain, ipv6): set those instead of a [zones.prox-net] table"
+            "(bridge, gateway, dhcp_start, dhcp_end, domain, ipv6): set those instead of a table zones.prox-net"
         )
     return name
 

@@ -47,8 +47,10 @@ class Footprint:
             setting = {"subnet": "the gateway setting (and dhcp_start/dhcp_end)", "IPv6 subnet": "the ipv6 setting",
                        "domain": "the domain setting", "bridge": "the bridge setting"}[what]
             return f"change {setting} of the default zone"
-        key = {"subnet": "subnet", "IPv6 subnet": "ipv6", "domain": "domain", "bridge": "the zone's name"}[what]
-        return f"pick another {key} for zone {self.zone} ([zones.{self.zone}] in proximity.toml)"
+        if what == "bridge":
+            return f"rename zone {self.zone} (its bridge comes from its name)"
+        key = {"subnet": "subnet", "IPv6 subnet": "ipv6", "domain": "domain"}[what]
+        return f"pick another {key} for zone {self.zone} (zones.{self.zone}.{key} in proximity.toml)"
 
 
 def host_claims(addresses: Iterable[tuple[str, IPInterface]],
