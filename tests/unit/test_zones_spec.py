@@ -7,7 +7,7 @@ import json
 import string
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 from rich.text import Text
 
@@ -462,3 +462,47 @@ def test_nat_takes_its_words_or_booleans():
 def test_parse_ipv6_mode_keeps_the_modes():
     assert parse_ipv6_mode("auto") == "auto" and parse_ipv6_mode("off") == "off"
     assert parse_ipv6_mode(" 2001:db8:0:1::/64") == V6("2001:db8:0:1::/64")
+
+
+@st.composite
+def host_and_zones(draw):
+    names = draw(st.lists(st.sampled_from(["web", "db", "app", "build", "a-very-long-zone-name", "x"]),
+                          unique=True, max_size=5))
+    zones = []
+    for name in names:
+        table = {}
+        if draw(st.booleans()):
+            table["subnet"] = f"10.10.{draw(st.integers(0, 6))}.0/{draw(st.sampled_from([23, 24, 25]))}"
+        table["ipv6"] = draw(st.sampled_from(["auto", "off", "2001:db8:0:1::/64", "fd4c:1f20:a9b3:2::/64"]))
+        zones.append(parse_zone(name, table))
+    routes = draw(st.lists(st.sampled_from(["10.10.1.0/24", "10.10.2.0/23", "10.10.8.0/21", "fd4c:1f20:a9b3::/62",
+                                            "198.51.100.0/24"]), unique=True, max_size=3))
+    return tuple(zones), host_claims([], [("vmbr0", ipaddress.ip_network(r), None) for r in routes])
+
+
+@given(host_and_zones(), st.data())
+def test_resolved_zones_are_disjoint_and_stable(case, data):
+    zones, claims = case
+    s = dataclasses.replace(load_settings(), zones=zones)
+    # Refused exactly when networks the settings name clash (with each other or the host's routes):
+    # an allocation never causes a refusal, it goes around them.
+    named = [s.subnet, *(z.subnet for z in zones if z.subnet), *(z.ipv6 for z in zones if z.ipv6 not in ("auto", "off"))]
+    clash = any(a.version == b.version and a.overlaps(b) for i, a in enumerate(named) for b in named[i + 1:]) or \
+        any(a.version == c.network.version and a.overlaps(c.network) for a in named for c in claims)
+    if clash:
+        event("refused")
+        with pytest.raises(SettingsError, match="overlaps"):
+            resolve(s, ZoneState(), claims, new_global_id=lambda: GID)
+        return
+    spec = resolve(s, ZoneState(), claims, new_global_id=lambda: GID)
+    nets = [(z.name, sub.cidr) for z in spec.zones for sub in z.subnets]
+    for i, (name, net) in enumerate(nets):
+        assert not any(net.version == c.network.version and net.overlaps(c.network) for c in claims)
+        assert not any(net.version == other.version and net.overlaps(other) for _, other in nets[i + 1:])
+    assert len({z.bridge for z in spec.zones}) == len(spec.zones)
+    again = resolve(s, parse_state(render_state(spec.state)), claims, new_global_id=no_global_id)
+    assert again.zones == spec.zones and again.state == spec.state  # a re-run changes nothing
+    if zones:  # one zone deleted: every other keeps its networks
+        gone = data.draw(st.sampled_from([z.name for z in zones]))
+        fewer = resolve(dataclasses.replace(s, zones=tuple(z for z in zones if z.name != gone)), spec.state, claims)
+        assert all(z == spec.zone(z.name) for z in fewer.zones)
