@@ -263,6 +263,14 @@ def test_zones_may_not_overlap_the_hosts_addresses_and_routes():
         resolve(load_settings(), ZoneState(), host_claims([("eth1", ipaddress.IPv4Interface("10.10.0.9/16"))]))
 
 
+def test_addresses_declared_in_the_interfaces_file_are_claims_too():
+    s = dataclasses.replace(load_settings(), zones=(parse_zone("web", {"subnet": "10.20.0.0/24"}),))
+    claims = host_claims([], declared=[("vmbr1", "10.20.0.5/16", "/etc/network/interfaces.d/lab")])
+    with pytest.raises(SettingsError, match=r"zone web's subnet 10.20.0.0/24 overlaps the host's address 10.20.0.5/16 "
+                                            r"declared for vmbr1 in /etc/network/interfaces.d/lab"):
+        resolve(s, ZoneState(), claims)
+
+
 def test_a_zones_own_bridge_addresses_are_not_a_clash():
     s = dataclasses.replace(load_settings(), zones=(parse_zone("web", {"subnet": "10.20.0.0/24"}),))
     live = host_claims([("prox-net", ipaddress.IPv4Interface("10.10.0.1/24")),

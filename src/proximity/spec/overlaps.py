@@ -55,8 +55,11 @@ class Footprint:
 
 def host_claims(addresses: Iterable[tuple[str, IPInterface]],
                 routes: Iterable[tuple[str, IPNetwork, str | None]] = (),
-                uplink: str | None = None) -> tuple[Claim, ...]:
-    """Claims from an observation's ``addresses`` ``(link, address)`` and ``routes`` ``(link, dst, via)``.
+                uplink: str | None = None,
+                declared: Iterable[tuple[str, str, str]] = ()) -> tuple[Claim, ...]:
+    """Claims from an observation's ``addresses`` ``(link, address)`` and ``routes`` ``(link, dst, via)``,
+    and from addresses declared but maybe not up: ``declared`` ``(link, cidr, file)``, as
+    ``interfaces.declared_addresses`` finds them in the interfaces file and the files it sources.
 
     Default routes claim nothing (every subnet is "in" them); neither do link-local and multicast
     IPv6 addresses and routes, which every IPv6 link has and no zone can be given.
@@ -69,6 +72,10 @@ def host_claims(addresses: Iterable[tuple[str, IPInterface]],
     for link, dst, via in routes:
         if dst.prefixlen > 0 and not _never_a_zone(dst):
             claims.append(Claim(dst, f"route {dst}{f' via {via}' if via else ''} on {link}", link))
+    for link, cidr, where in declared:
+        network = ipaddress.ip_interface(cidr).network
+        if not _never_a_zone(network):
+            claims.append(Claim(network, f"address {cidr} declared for {link} in {where}", link))
     return tuple(claims)
 
 
