@@ -235,6 +235,12 @@ def test_a_bridge_of_another_zone_is_refused(tmp_path, monkeypatch):
     assert f"zone {b}'s bridge {bridge_name(b)} is zone {a}'s bridge too: rename zone {b}" in message
 
 
+def test_a_zone_declared_twice_is_refused():
+    s = dataclasses.replace(load_settings(), zones=(parse_zone("web", {}), parse_zone("web", {"nat": "off"})))
+    with pytest.raises(SettingsError, match="zone web is declared twice"):
+        resolve(s, ZoneState(), new_global_id=lambda: GID)
+
+
 def colliding_long_names():
     """Two long names with one hashed bridge (20 bits: a birthday collision within a few thousand names)."""
     seen = {}

@@ -138,7 +138,7 @@ def parse_zone(name: str, table: object) -> ZoneConfig:
         values["options"] = options_class.parse(table)
     except ValueError as exc:
         errors.append(f"{where}: {exc}")
-    if "dhcp_range" in values and "dhcp_range" in table and not errors:
+    if "dhcp_range" in values and not errors:
         if "subnet" not in values:
             errors.append(f"{where}.dhcp_range: a range needs the subnet it is in; add subnet = \"...\" "
                           "or leave both out for a free /24 with its default range")

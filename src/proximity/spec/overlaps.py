@@ -83,6 +83,8 @@ def check_distinct(zones: Sequence[Footprint]) -> None:
     """Every zone's bridge, domain and networks its own; the later zone is named first, with its fix."""
     for j, later in enumerate(zones):
         for earlier in zones[:j]:
+            if later.zone == earlier.zone:
+                raise OverlapError(f"zone {later.zone} is declared twice: give each zone one name of its own")
             if later.bridge == earlier.bridge:
                 raise OverlapError(f"zone {later.zone}'s bridge {later.bridge} is zone {earlier.zone}'s bridge too: "
                                    f"{later.fix('bridge')}")
