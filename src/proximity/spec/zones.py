@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proximity.errors import NotFoundError, SettingsError
 from proximity.settings import Settings
@@ -31,7 +31,7 @@ from proximity.spec.checks import default_range
 from proximity.spec.config import Ipv6Mode, LocalOptions, NatMode, ZoneConfig, ZoneOptions, ZoneType, parse_ipv6_mode
 from proximity.spec.naming import DEFAULT_ZONE, ZonePaths, bridge_name, default_zone_paths, zone_paths
 from proximity.spec.overlaps import Claim, Footprint, IPNetwork, OverlapError, check_distinct, check_host
-from proximity.spec.state import ZoneAllocation, ZoneState
+from proximity.spec.state import ZoneState
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPV6_GATEWAY_ID = 1  # a zone's IPv6 gateway is PREFIX::1
@@ -128,20 +128,18 @@ def resolve(settings: Settings, state: ZoneState, claims: Iterable[Claim] = (), 
     named_v6 = [m for m in (_default_ipv6(settings), *(c.ipv6 for c in configs)) if isinstance(m, ipaddress.IPv6Network)]
     for config in configs:  # a zone now given a subnet no longer holds the one allocated for it
         if config.subnet is not None and state.get(config.name).ipv4 is not None:
-            state = state.with_zone(config.name, replace_alloc(state.get(config.name), ipv4=None))
+            state = state.with_zone(config.name, replace(state.get(config.name), ipv4=None))
     try:
-        zones = [_zone(settings, None, state, claims, named_v4, named_v6, new_global_id)]
-        state = zones[0][1]
-        for config in configs:
+        specs = []
+        for config in (None, *configs):  # None: the default zone
             zone, state = _zone(settings, config, state, claims, named_v4, named_v6, new_global_id)
-            zones.append((zone, state))
-        specs = tuple(z for z, _ in zones)
+            specs.append(zone)
         footprints = [z.footprint() for z in specs]
         check_distinct(footprints)
         check_host(footprints, claims)
     except (OverlapError, AllocationError) as exc:
         raise SettingsError(f"zones: {exc}") from None
-    return HostSpec(settings, specs, state)
+    return HostSpec(settings, tuple(specs), state)
 
 
 def check_declared(settings: Settings) -> None:
@@ -159,10 +157,6 @@ def check_declared(settings: Settings) -> None:
         check_distinct(prints)
     except OverlapError as exc:
         raise SettingsError(f"zones: {exc}") from None
-
-
-def replace_alloc(allocation: ZoneAllocation, **changes) -> ZoneAllocation:
-    return ZoneAllocation(**{"ipv4": allocation.ipv4, "ipv6_id": allocation.ipv6_id, **changes})
 
 
 def _zone(settings: Settings, config: ZoneConfig | None, state: ZoneState, claims: tuple[Claim, ...],
@@ -185,7 +179,7 @@ def _zone(settings: Settings, config: ZoneConfig | None, state: ZoneState, claim
             if subnet is None:
                 taken = [*named_v4, *(a.ipv4 for z, a in state.zones.items() if a.ipv4 and z != name)]
                 subnet = allocate_ipv4(taken, claims, bridge)
-                state = state.with_zone(name, replace_alloc(mine, ipv4=subnet))
+                state = state.with_zone(name, replace(mine, ipv4=subnet))
             gateway = ipaddress.IPv4Interface((subnet.network_address + 1, subnet.prefixlen))
         dhcp = config.dhcp_range or default_range(gateway)
     subnets = [SubnetSpec(gateway.network, gateway.ip, dhcp, nat == "masquerade")]
@@ -208,7 +202,7 @@ def _ipv6_prefix(name: str, bridge: str, mode: Ipv6Mode, state: ZoneState, claim
     mine = state.get(name)
     if mine.ipv6_id is None:
         used = [a.ipv6_id for z, a in state.zones.items() if a.ipv6_id is not None and z != name]
-        mine = replace_alloc(mine, ipv6_id=allocate_subnet_id(state.ula, used, named_v6, claims, bridge))
+        mine = replace(mine, ipv6_id=allocate_subnet_id(state.ula, used, named_v6, claims, bridge))
         state = state.with_zone(name, mine)
     return ula_subnet(state.ula, mine.ipv6_id), state
 
