@@ -7,7 +7,7 @@ import json
 import string
 
 import pytest
-from hypothesis import assume, event, given
+from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 from rich.text import Text
 
@@ -15,7 +15,7 @@ from proximity.errors import HostError, NotFoundError, SettingsError
 from proximity.host import Host
 from proximity.network.reservations import Reservations
 from proximity.settings import load_settings
-from proximity.spec import alloc
+from proximity.spec import alloc, config
 from proximity.spec.checks import check_range, default_range
 from proximity.spec.config import parse_ipv6_mode, parse_zone
 from proximity.spec.macs import free_mac
@@ -520,3 +520,21 @@ def test_resolved_zones_are_disjoint_and_stable(case, data):
         gone = data.draw(st.sampled_from([z.name for z in zones]))
         fewer = resolve(dataclasses.replace(s, zones=tuple(z for z in zones if z.name != gone)), spec.state, claims)
         assert all(z == spec.zone(z.name) for z in fewer.zones)
+
+
+toml_values = st.recursive(st.text(max_size=20) | st.integers() | st.booleans() | st.floats(allow_nan=False),
+                           lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+table_values = st.sampled_from(["10.20.0.0/24", "10.20.0.9/29", "10.20.0.100-10.20.0.200", "auto", "off", "local",
+                                "vxlan", "masquerade", "2001:db8::/64", "web.lab"]) | toml_values
+
+
+@given(st.text(max_size=10), st.dictionaries(st.sampled_from(sorted(config.COMMON_KEYS)) | st.text(max_size=8),
+                                              table_values, max_size=6))
+@example("web", {"domain": ["web.lab"]})  # found by the explore profile: a list where a string belongs
+def test_any_table_is_a_zone_or_a_clear_refusal(name, table):
+    try:
+        zone = parse_zone(name, table)
+    except ValueError as exc:  # never another exception: the settings turn this one into their message
+        assert str(exc) and "Traceback" not in str(exc)
+        return
+    assert zone.name == name and set(table) <= config.COMMON_KEYS

@@ -14,6 +14,8 @@ IPv4Range = tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
 
 def check_domain(value: str) -> str:
     """A zone's DNS domain: a name of two labels or more, not under localhost; returned lowercase."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a domain name: write it in quotes, for example 'prox.local'")
     labels = value.removesuffix(".").split(".")
     if not is_dns_name(value.removesuffix(".")):
         raise ValueError(
