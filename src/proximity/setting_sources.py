@@ -31,8 +31,8 @@ def convert(value: Any, hint: Any, name: str) -> Any:
         if value not in args:
             raise ValueError(f"{value!r} is not one of {', '.join(map(repr, args))}")
         return value
-    if origin is list:
-        return value  # upstream_dns: its own check takes a list or a string
+    if origin in (list, tuple):
+        return value  # upstream_dns, zones: their own checks take what the file or the caller gives
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{value!r} is not a string: write it in quotes")

@@ -25,6 +25,8 @@ from proximity.names import (  # noqa: F401
     is_dns_name,
     is_hostname_label,
 )
+from proximity.spec.checks import check_domain, check_gateway, check_range
+from proximity.spec.config import ZoneConfig, parse_ipv6_mode, parse_zones
 from proximity.setting_sources import (  # noqa: F401
     DEFAULT_CONFIG_FILE,
     ENV_PREFIX,
@@ -58,7 +60,9 @@ def _check(field: str):
     return register
 
 
-
+# Checks shared with the zones' tables (proximity.spec.checks).
+_CHECKS["domain"] = check_domain
+_CHECKS["gateway"] = check_gateway
 
 
 def lease_seconds(value: str) -> int | None:
@@ -122,6 +126,11 @@ class Settings:
     api_cert_file: Path | None = None
     api_key_file: Path | None = None
 
+    # Zones (proximity.spec). The default zone is the network above; IPv6 there is opt-in:
+    # "auto" (a /64 of the install's ULA prefix), a routed /64 such as "2001:db8:0:1::/64", or "off".
+    ipv6: str = "off"
+    zones: tuple[ZoneConfig, ...] = ()  # the further zones, from proximity.toml's [zones.NAME] tables
+
     @_check("bridge")
     @staticmethod
     def _bridge_name(value: str) -> str:
@@ -151,19 +160,6 @@ class Settings:
     def _uplink_name(value: str | None) -> str | None:
         if value is not None and not UPLINK_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a Linux interface name (for example 'vmbr0')")
-        return value
-
-    @_check("gateway")
-    @staticmethod
-    def _gateway(value: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
-        net = value.network
-        if net.prefixlen > 29:
-            raise ValueError(f"{value} leaves no room for containers: use a prefix of /29 or shorter, e.g. 10.10.0.1/24")
-        if value.ip in (net.network_address, net.broadcast_address):
-            raise ValueError(
-                f"{value.ip} is the network or broadcast address of {net}: "
-                f"use a host address such as {net.network_address + 1}/{net.prefixlen}"
-            )
         return value
 
     @_check("lease_time")
@@ -218,45 +214,18 @@ class Settings:
             )
         return value
 
-    @_check("domain")
+    @_check("ipv6")
     @staticmethod
-    def _domain(value: str) -> str:
-        labels = value.removesuffix(".").split(".")
-        if not is_dns_name(value.removesuffix(".")):
-            raise ValueError(
-                f"{value!r} is not a valid DNS name: use dot-separated labels of letters, digits "
-                "and hyphens (for example 'prox.local')"
-            )
-        if labels[-1].lower() == "localhost":
-            raise ValueError(
-                f"{value!r} is localhost or under it, which every resolver answers itself (RFC 6761): "
-                "use a domain of your own, for example 'prox.local'"
-            )
-        if len(labels) < 2:
-            raise ValueError(
-                f"{value!r} is a single label: dnsmasq would claim the whole top-level domain and "
-                f"answer for every name under it; use at least two labels, for example 'prox.{value.lower()}' "
-                "or 'prox.local'"
-            )
-        return value.removesuffix(".").lower()
+    def _ipv6(value: str) -> str:
+        return str(parse_ipv6_mode(value))
+
+    @_check("zones")
+    @staticmethod
+    def _zones(value: Any) -> tuple[ZoneConfig, ...]:
+        return parse_zones(value)
 
     def _range_inside_subnet(self) -> Settings:
-        net = self.gateway.network
-        first, last = net.network_address + 1, net.broadcast_address - 1
-        hint = f"pick addresses between {first} and {last} other than the gateway {self.gateway.ip}"
-        for field in ("dhcp_start", "dhcp_end"):
-            address = getattr(self, field)
-            if address not in net:
-                raise ValueError(f"{field}: {address} is outside the subnet {net}; {hint}")
-            if address in (net.network_address, net.broadcast_address):
-                raise ValueError(f"{field}: {address} is the network or broadcast address of {net}; {hint}")
-        if self.dhcp_start > self.dhcp_end:
-            raise ValueError(f"dhcp_start: {self.dhcp_start} comes after dhcp_end {self.dhcp_end}; swap them")
-        if self.dhcp_start <= self.gateway.ip <= self.dhcp_end:
-            raise ValueError(
-                f"dhcp_start/dhcp_end: the range {self.dhcp_start}-{self.dhcp_end} contains the gateway "
-                f"{self.gateway.ip}; {hint}"
-            )
+        check_range(self.gateway, self.dhcp_start, self.dhcp_end)
         return self
 
     # Derived values, so that no other module recomputes them.
@@ -371,9 +340,14 @@ def validate(values: dict[str, Any]) -> Settings:
         raise SettingsError(_message(errors))
     settings = Settings(**checked)
     try:
-        return settings._range_inside_subnet()
+        settings._range_inside_subnet()
     except ValueError as exc:
         raise SettingsError(_message([(None, str(exc))])) from None
+    if settings.zones:  # the default zone alone has nothing to clash with
+        from proximity.spec.zones import check_declared  # it builds on Settings
+
+        check_declared(settings)
+    return settings
 
 
 def _hints() -> dict[str, Any]:
@@ -395,6 +369,8 @@ def _message(errors: list[tuple[str | None, str]]) -> str:
     for field, message in errors:
         if field is None:
             lines.append(f"settings: {message}")
+        elif field == "zones":  # tables of the file only: each message names its zones.NAME
+            lines.append(f"zones in {config_file()}: {message}")
         else:
             lines.append(f"setting {field!r} (env {ENV_PREFIX}{field.upper()} or {config_file()}): {message}")
     return "invalid settings:\n  " + "\n  ".join(lines)
