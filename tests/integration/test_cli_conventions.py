@@ -100,6 +100,15 @@ def test_not_found_is_exit_2_with_the_lxc_backend(local):
 
 
 @pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
+def test_an_error_prints_the_value_it_names_as_given(local):
+    """Brackets in a value are text, not Rich markup: '[web]' was printed as '' and '[/x]' broke the printing."""
+    for value in ("[web]", "[/x]", "[bold]a"):
+        result = subprocess.run([*PROXIMITY, "ct", "show", value], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (value, result.stderr)
+        assert value in result.stderr, (value, result.stderr)
+
+
+@pytest.mark.no_namespaces  # in-process, or a subprocess on files in tmp_path
 def test_not_found_is_exit_2_with_the_proxmox_backend(local, monkeypatch):
     """Today's `migrate 999` on Proxmox: Proxmox's 500 "Configuration file ... does not exist" is not found."""
     from tests.pve_double.server import MemoryRealizer, PveDouble

@@ -117,7 +117,9 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
                 print_json({"error": {"code": error_code(exc), "exit": exit_code(exc), "message": message,
                                       "fix": fix}})
             else:
-                err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+                from rich.markup import escape  # the message is text: a value such as [web] is printed as given
+
+                err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
