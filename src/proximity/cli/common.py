@@ -71,6 +71,13 @@ class _Console:
         return getattr(self.real, name)
 
 
+def as_text(value: str) -> str:
+    """A message or value as plain text inside Rich markup: a path or name with [brackets] prints as given."""
+    from rich.markup import escape
+
+    return escape(value)
+
+
 def Table(*args: Any, **kwargs: Any):  # noqa: N802 (Rich's name, imported when a table is shown)
     from rich.table import Table as RichTable
 
@@ -117,9 +124,7 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
                 print_json({"error": {"code": error_code(exc), "exit": exit_code(exc), "message": message,
                                       "fix": fix}})
             else:
-                from rich.markup import escape  # the message is text: a value such as [web] is printed as given
-
-                err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+                err.print(f"[bold red]error:[/] {as_text(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
@@ -182,7 +187,7 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
 
         out.print(f"[bold]Dry run of `proximity {verb}`: nothing was changed.[/] The plan:")
         for action in report.actions:
-            out.print(f"  [cyan]•[/] {action}", highlight=False)
+            out.print(f"  [cyan]•[/] {as_text(action)}", highlight=False)
         for change in report.files:
             diff = difflib.unified_diff(
                 change["before"].splitlines(keepends=True), change["after"].splitlines(keepends=True),
@@ -190,16 +195,16 @@ def show_report(report: Report, as_json: bool, verb: str) -> None:
             )
             out.print("".join(diff), markup=False, highlight=False, end="")
         for argv in report.commands:
-            out.print(f"[cyan]would run:[/] {shlex.join(argv)}", highlight=False)
+            out.print(f"[cyan]would run:[/] {as_text(shlex.join(argv))}", highlight=False)
         if not report.files and not report.commands:
             out.print("Nothing to do: the host already matches the settings.")
     elif report.changed:
         for action in report.actions:
-            out.print(f"[green]✓[/] {action}", highlight=False)
+            out.print(f"[green]✓[/] {as_text(action)}", highlight=False)
     else:
         out.print("Nothing to do: the host already matches the settings.")
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {as_text(warning)}", highlight=False)
 
 
 def remote(api: str, token: str | None, sandbox: str | None, method: str, path: str, body: dict,
@@ -230,7 +235,7 @@ def _connection(api: str, token: str | None, sandbox: str | None, api_ca: str | 
 
     warning = check_url(api, insecure_http)
     if warning:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {as_text(warning)}", highlight=False)
     settings = settings_for(sandbox)
     token = token or TokenStore(settings).read()
     if not token:

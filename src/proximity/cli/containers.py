@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import typer
 
-from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, JsonOpt, SandboxOpt, Table,
+from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, JsonOpt, SandboxOpt, Table, as_text,
                                   TokenOpt, app, changes_host, ct_app, err, friendly, hostnames, manager_for, out, print_json, remote,
                                   remote_call)
 from proximity.containers.base import BackendError
@@ -27,7 +27,7 @@ def containers_for(sandbox: str | None, recover: bool = True, **overrides: Any) 
     manager = ContainerManager(network, backend_for(network.settings))
     if recover:
         for line in manager.recover():
-            err.print(f"[yellow]recovered an interrupted command:[/] {line}", highlight=False)
+            err.print(f"[yellow]recovered an interrupted command:[/] {as_text(line)}", highlight=False)
     return manager
 
 
@@ -244,7 +244,7 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
             out.print(f"[cyan]{verb}:[/] {r.hostname} {r.ip} {r.mac}" + (f" (CT {r.vmid})" if r.vmid else ""),
                       highlight=False)
         for note in result.notes:
-            out.print(f"  note: {note}", highlight=False)
+            out.print(f"  note: {as_text(note)}", highlight=False)
         out.print(f"Dry run: nothing was changed; {len(result.reservations)} reservation(s) would be written to "
                   f"{manager.settings.reservations_db}." if dry_run else
                   f"{len(result.reservations)} reservation(s) written to {manager.settings.reservations_db}.",
@@ -257,9 +257,9 @@ def gc(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt 
         print_json({"dry_run": dry_run, "actions": actions, "failures": failures})
     else:
         for action in actions:
-            out.print(f"[cyan]would:[/] {action}" if dry_run else f"[green]✓[/] {action}", highlight=False)
+            out.print(f"[cyan]would:[/] {as_text(action)}" if dry_run else f"[green]✓[/] {as_text(action)}", highlight=False)
         for failure in failures:
-            err.print(f"[red]✗ failed:[/] {failure}", highlight=False)
+            err.print(f"[red]✗ failed:[/] {as_text(failure)}", highlight=False)
         if not done:
             out.print("Nothing to do: no orphans.")
         elif dry_run:
@@ -287,7 +287,7 @@ def migrate(ref: RefArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False,
     vmid = manager.resolve(ref)
     report = manager.migrate(vmid, dry_run=dry_run, timeout=timeout,
                              progress=(lambda step: None) if as_json else
-                             (lambda step: out.print(f"[cyan]would:[/] {step}" if dry_run else f"[green]✓[/] {step}")))
+                             (lambda step: out.print(f"[cyan]would:[/] {as_text(step)}" if dry_run else f"[green]✓[/] {as_text(step)}")))
     if as_json:
         print_json(report.as_dict())
     elif dry_run:
