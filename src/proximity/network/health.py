@@ -136,10 +136,10 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         bad = (f"the {name} is missing" if table == "missing" else
                f"the {name} differs from the one Proximity applied (a rule changed or deleted by hand?)")
         check("nat_rule", "NAT rule", nat, f"the {name} masquerades {s.subnet} out of {uplink}",
-              f"{bad}, so {s.subnet} may not be masqueraded out of {uplink}")
+              f"NAT of {s.subnet} out of {uplink} is not in place as Proximity applied it: {bad}")
         check("isolation_rules", "isolation rules", isolation,
               f"the {name} is in place; new connections from outside into {s.bridge} are dropped",
-              f"{bad}, so the outside may reach into {s.bridge}" if not nat else
+              f"the isolation of {s.bridge} is not in place as Proximity applied it: {bad}" if not nat else
               f"the iptables FORWARD policy drops, and Proximity's accepts are missing ({'; '.join(r.saved() for r in accepts)})")
     check("ip_forward", "ip_forward", forward, "net.ipv4.ip_forward is 1",
           "net.ipv4.ip_forward is 0, so the host does not route the containers' traffic")
