@@ -156,3 +156,36 @@ def test_docker_accepts_go_where_the_forward_policy_drops():
             "proximity:prox-net -j ACCEPT") in saved_rules
     assert "-A DOCKER-USER -i prox-z1 -o prox-net -m comment --comment proximity:prox-net -j ACCEPT" in saved_rules
     assert docker_rules(SETTINGS, spec, None) == []
+
+
+# -- applying: one transaction, nothing when converged ------------------------------------------------
+def test_up_applies_the_table_with_one_nft_invocation_and_a_converged_host_runs_none():
+    from proximity.network.reconciler import NetworkManager
+    from tests.unit.test_plan import SETTINGS as FAKE, fresh_host, plan_of
+
+    host = fresh_host()
+    NetworkManager(FAKE, host=host).up()
+    assert [argv for argv in host.commands if argv[0] == "nft"] == [["nft", "-f", str(FAKE.ruleset_file)]]
+    assert host.table is not None and not plan_of(host)
+    host.commands.clear()
+    NetworkManager(FAKE, host=host).up()
+    assert host.commands == []
+    host.table = host.table.replace("\t\toifname @bridges drop\n", "", 1)  # a rule deleted by hand
+    assert [c.describe() for c in plan_of(host).changes] == [
+        f"apply the nftables table inet proximity from {FAKE.ruleset_file} (nft -f, one transaction)"]
+    NetworkManager(FAKE, host=host).up()
+    assert [argv for argv in host.commands if argv[0] == "nft"] == [["nft", "-f", str(FAKE.ruleset_file)]]
+    assert not plan_of(host)
+
+
+def test_down_deletes_the_table_and_its_file_and_a_table_already_gone_is_converged():
+    from proximity.network.plan import plan_down
+    from proximity.network.reconciler import NetworkManager
+    from tests.unit.test_plan import SETTINGS as FAKE, converged_host
+
+    host = converged_host()
+    host.table = None  # deleted by someone else
+    NetworkManager(FAKE, host=host).down(force=True)
+    assert host.table is None and str(FAKE.ruleset_file) not in host.files
+    assert str(FAKE.ruleset_state_file) not in host.files
+    assert not plan_down(FAKE, NetworkManager(FAKE, host=host).observe())
