@@ -139,7 +139,7 @@ def test_the_service_heals_toward_what_up_was_given(sb):
             context.converge()
         finally:
             context.stop()
-        assert record(sb)["state"] == "up" and [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
+        assert record(sb)["state"] == "up" and ['oifname "upl1"' in rule for rule in masquerades(sb)] == [True, True]
     finally:
         proximity("down", "--sandbox", sb.name, check=False)
         sandboxes.ns_run(sb.name, ["ip", "link", "delete", "upl1"], check=False)

@@ -13,7 +13,6 @@ from rich.console import Console
 
 from proximity.cli.checks import render_doctor
 from proximity.doctor import doctor_dict, on_bridge, pve_config, pve_containers_on_bridge
-from proximity.host import Result
 from proximity.network.health import Check, health
 from proximity.network.probe import ProbeResult, client_mac, rules_digest
 from proximity.network.reconciler import NetworkManager

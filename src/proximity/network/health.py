@@ -133,7 +133,8 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
           f"give the host a default route, or set `uplink` in the settings; then {up}")
     if uplink:
         name = f"nftables table {nft.FAMILY} {nft.TABLE}"
-        bad = (f"the {name} is missing" if table == "missing" else
+        bad = (f"the {name} is missing" + (f" ({obs.firewall.error})" if obs.firewall.error else "")
+               if table == "missing" else
                f"the {name} differs from the one Proximity applied (a rule changed or deleted by hand?)")
         check("nat_rule", "NAT rule", nat, f"the {name} masquerades {s.subnet} out of {uplink}",
               f"NAT of {s.subnet} out of {uplink} is not in place as Proximity applied it: {bad}")

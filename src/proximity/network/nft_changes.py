@@ -121,7 +121,11 @@ class ApplyRuleset(Change):
 
     def apply(self, env: Env) -> None:
         host, state = env.host, env.settings.ruleset_state_file
-        check = host.query(["nft", "-c", "-f", "-"], input=self.text)
+        try:
+            check = host.query(["nft", "-c", "-f", "-"], input=self.text)
+        except HostError as exc:  # no nft binary
+            raise HostError(f"cannot run nft ({exc}): install nftables (`apt-get install nftables`); "
+                            "nothing was changed") from None
         if not check.ok:
             raise HostError(f"nft refused the ruleset for {self.path} (`nft -c`), so the table was not changed: "
                             f"{(check.stderr or check.stdout).strip()}")
