@@ -85,7 +85,9 @@ def test_kill_9_at_random_points_of_up_and_down(sandbox):
     try:
         for _ in range(4):
             run_killed(sb, "up", rng.uniform(0.1, up_time))
+            left = nft_table(sb.name)  # the table as the kill left it: none (as before) or the whole new one
             proximity("up", "--sandbox", sb.name)
+            assert left in (None, nft_table(sb.name)), left
             settled(sb)
             status = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
             assert status["health_status"] == "healthy", status["reasons"]
