@@ -93,7 +93,8 @@ class Server:
 
 
 def tcp(namespace: str, address: str, port: int = PORT, timeout: float = 1.5) -> bool:
-    code = "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])); s.recv(10)"
+    code = ("import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+            "timeout=float(sys.argv[3])); s.recv(10)")
     return sh(namespace, sys.executable, "-c", code, address, str(port), str(timeout), check=False).returncode == 0
 
 
@@ -210,8 +211,9 @@ def test_a_ruleset_that_nft_refuses_changes_nothing(zones, tmp_path):
 def test_kill_9_of_nft_leaves_the_old_table_or_the_new_one(zones, tmp_path):
     """``nft -f`` is one transaction: killed at any point, the kernel has the old table or the new one."""
     old_spec = zone_spec()
-    big = nft.FirewallSpec(tuple(nft.FirewallZone(f"k{i}", f"k{i}", (ip_interface(f"10.{100 + i // 250}.{i % 250}.1/24"),))
-                                 for i in range(400)), "up0")
+    many = (nft.FirewallZone(f"k{i}", f"k{i}", (ip_interface(f"10.{100 + i // 250}.{i % 250}.1/24"),))
+            for i in range(400))
+    big = nft.FirewallSpec(tuple(many), "up0")
     env = _env(tmp_path)
     path = tmp_path / "big.nft"
     path.write_text(nft.render_table(big))

@@ -138,17 +138,20 @@ def test_own_objects_are_the_inet_proximity_table_without_handles_or_counters():
     objects = nft.own_objects(LISTING)
     assert [next(iter(o)) for o in objects] == ["table", "set", "rule"]
     assert "handle" not in json.dumps(objects) and "packets" not in json.dumps(objects)
-    renumbered = json.loads(json.dumps(LISTING).replace('"handle": 9', '"handle": 99').replace('"packets": 5', '"packets": 6'))
+    renumbered = json.loads(json.dumps(LISTING).replace('"handle": 9', '"handle": 99')
+                            .replace('"packets": 5', '"packets": 6'))
     assert nft.own_objects(renumbered) == objects
     assert nft.own_objects({"nftables": []}) == [] and nft.own_objects({}) == []
 
 
 def test_docker_accepts_go_where_the_forward_policy_drops():
-    saved = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\nCOMMIT\n"
+    saved = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n"
+             "-A FORWARD -j DOCKER-USER\nCOMMIT\n")
     chains = filter_chains(saved)
     assert chains == {"INPUT": "ACCEPT", "FORWARD": "DROP", DOCKER_USER: "-"}
     assert accept_chain(chains) == DOCKER_USER
-    assert accept_chain({"FORWARD": "DROP"}) == "FORWARD" and accept_chain({"FORWARD": "ACCEPT", DOCKER_USER: "-"}) is None
+    assert accept_chain({"FORWARD": "DROP"}) == "FORWARD"
+    assert accept_chain({"FORWARD": "ACCEPT", DOCKER_USER: "-"}) is None
     spec = nft.FirewallSpec(zones(2), "vmbr0", frozenset({frozenset({"prox-net", "z1"})}))
     saved_rules = [rule.saved() for rule in docker_rules(SETTINGS, spec, DOCKER_USER)]
     assert "-A DOCKER-USER -i prox-net -o vmbr0 -m comment --comment proximity:prox-net -j ACCEPT" in saved_rules

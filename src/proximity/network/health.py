@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from proximity.network import nft, render, safety
 from proximity.network.dnsmasq import content_hash
 from proximity.network.intent import Intent
-from proximity.network.nft_changes import spec_of, table_state, wanted_rules
 from proximity.network.intent import reason as intent_reason
+from proximity.network.nft_changes import spec_of, table_state, wanted_rules
 from proximity.network.observe import Observation
 from proximity.network.pool import pool_usage
 from proximity.network.probe import client_mac as probe_mac
@@ -141,7 +141,8 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         check("isolation_rules", "isolation rules", isolation,
               f"the {name} is in place; new connections from outside into {s.bridge} are dropped",
               f"the isolation of {s.bridge} is not in place as Proximity applied it: {bad}" if not nat else
-              f"the iptables FORWARD policy drops, and Proximity's accepts are missing ({'; '.join(r.saved() for r in accepts)})")
+              "the iptables FORWARD policy drops, and Proximity's accepts are missing "
+              f"({'; '.join(r.saved() for r in accepts)})")
     check("ip_forward", "ip_forward", forward, "net.ipv4.ip_forward is 1",
           "net.ipv4.ip_forward is 0, so the host does not route the containers' traffic")
     if dns is not None:

@@ -122,7 +122,8 @@ def _zone_chains(zone: FirewallZone) -> list[str]:
     if gw4:
         dns.append(f"\t\tip daddr {{ {', '.join(gw4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
     if gw6:
-        dns.append(f"\t\tip6 daddr {{ {', '.join([*gw6, 'fe80::/10'])} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
+        own6 = ", ".join([*gw6, "fe80::/10"])  # its link-local address too
+        dns.append(f"\t\tip6 daddr {{ {own6} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
     return [
         f"\tchain {zone.chain('fwd')} {{",
         f"\t\toifname {br} accept",  # inside the bridge (br_netfilter on)
@@ -150,7 +151,8 @@ def render_table(spec: FirewallSpec) -> str:
                    for pair in spec.peers for a in pair for b in pair if a != b)
 
     def masqueraded(version: int) -> list[str]:
-        return [str(net) for zone in zones if zone.nat == "masquerade" for net in zone.subnets if net.version == version]
+        return [str(net) for zone in zones if zone.nat == "masquerade"
+                for net in zone.subnets if net.version == version]
 
     lines = [
         "# Managed by Proximity: 'proximity up' rewrites this file; nft -f loads it as one transaction.",
@@ -166,8 +168,8 @@ def render_table(spec: FirewallSpec) -> str:
     ]
     for kind in ("fwd", "in"):
         elements = ", ".join(f"{_q(zone.bridge)} : jump {zone.chain(kind)}" for zone in zones)
-        lines.append(f"\tmap zone_{kind} {{ type ifname : verdict;" + (f" elements = {{ {elements} }}" if elements else "")
-                     + " }")
+        items = f" elements = {{ {elements} }}" if elements else ""
+        lines.append(f"\tmap zone_{kind} {{ type ifname : verdict;{items} }}")
     for zone in zones:
         lines += _zone_chains(zone)
     uplink = _q(spec.uplink)
