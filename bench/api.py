@@ -79,7 +79,6 @@ def baseline_app(sandbox: str):
 
     from proximity import sandbox as sandboxes
     from proximity.api.auth import TokenStore, require_token
-    from proximity.network import firewall, render
     from proximity.settings import load_settings
 
     settings = load_settings(**sandboxes.load(sandbox).settings_overrides())
@@ -97,9 +96,9 @@ def baseline_app(sandbox: str):
         gateway = bool(bridge) and any(
             a.get("local") == str(settings.gateway.ip) and a.get("prefixlen") == settings.gateway.network.prefixlen
             for a in bridge.get("addr_info", []))
-        rules = run([*in_ns, "iptables-save"]).stdout
-        nat = f"proximity:{settings.bridge}" in rules and "MASQUERADE" in rules
-        comment = firewall.comment(settings)
+        rules = run([*in_ns, "nft", "list", "table", "inet", "proximity"]).stdout
+        nat = " masquerade\n" in rules
+        comment = f'"{settings.bridge}"'
         dnsmasq = run(["pgrep", "-F", str(settings.dns_pid_file), "-x", "dnsmasq"]).returncode == 0
         bridge_up = bool(bridge) and "UP" in bridge.get("flags", [])
         healthy = bridge_up and gateway and nat and dnsmasq

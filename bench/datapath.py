@@ -3,8 +3,9 @@
 (a) container to container over ``prox-net`` (two client namespaces, veth -> bridge -> veth)
     against a direct veth pair between two fresh namespaces;
 (b) container to the "internet" test host 203.0.113.10 through Proximity's NAT (bridge, routing,
-    iptables MASQUERADE out of vmbr0) against the same path routed without NAT (the MASQUERADE
-    rule deleted in the sandbox host, a return route 10.10.0.0/16 via 198.51.100.2 in NAME-lan).
+    the nft table's masquerade out of vmbr0) against the same path routed without NAT (the table's
+    postrouting chain flushed in the sandbox host, a return route 10.10.0.0/16 via 198.51.100.2 in
+    NAME-lan).
 
 Everything happens inside this module's own sandbox namespaces. Run alone:
 ``.venv/bin/python bench/datapath.py [--quick]``.
@@ -33,7 +34,6 @@ from scale import (
 
 from proximity import sandbox as sandboxes
 from proximity.host import Host
-from proximity.network import firewall, render
 
 SERVER_ADDR, CLIENT_ADDR = "10.10.0.21", "10.10.0.22"  # outside the default DHCP range
 PAIR_A, PAIR_B = "192.0.2.1", "192.0.2.2"  # the direct veth pair (TEST-NET-1, inside its namespaces)
@@ -126,17 +126,16 @@ def run(quick: bool = False) -> list[Row]:
             gbps["veth"].append(iperf3(pair.b, pair.a, PAIR_B, seconds))
 
         # (b) container to the internet host: through NAT against the same path routed without NAT
-        masquerade = next(r for r in firewall.firewall_rules(settings, sandboxes.UPLINK, False) if "MASQUERADE" in r.spec)
         for _ in range(rounds):
             gbps["nat"].append(iperf3(sb.lan_ns, client_ns, sandboxes.INTERNET_HOST, seconds))
-            host.run(masquerade.argv("-D"))
+            host.run(["nft", "flush", "chain", "inet", "proximity", "postrouting"])
             ip_batch([f"route add {settings.subnet.supernet(new_prefix=16)} via {sandboxes.HOST_UPLINK_ADDR.split('/')[0]}"],
                      ns=sb.lan_ns)
             try:
                 gbps["routed"].append(iperf3(sb.lan_ns, client_ns, sandboxes.INTERNET_HOST, seconds))
             finally:
                 ip_batch([f"route del {settings.subnet.supernet(new_prefix=16)}"], ns=sb.lan_ns)
-                host.run(masquerade.argv("-A"))
+                host.run(["nft", "-f", str(settings.ruleset_file)])
         pair.destroy()
         clients.destroy()
     finally:
@@ -152,7 +151,7 @@ def run(quick: bool = False) -> list[Row]:
             samples={"prox_net": gbps["bridge"], "veth_pair": gbps["veth"]}),
         Row("TCP container -> internet host through NAT", nat, routed, "Gbit/s", ">= 80% of the same path without NAT",
             nat >= 0.8 * routed, lower_is_better=False,
-            notes=f"{nat / routed:.0%} of the baseline (MASQUERADE removed, return route in the LAN); {runs}",
+            notes=f"{nat / routed:.0%} of the baseline (masquerade removed, return route in the LAN); {runs}",
             samples={"nat": gbps["nat"], "routed": gbps["routed"]}),
     ]
 

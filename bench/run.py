@@ -1,7 +1,8 @@
 """`make bench`: every benchmark on a fresh sandbox, each against a baseline measured in the same run.
 
 Writes bench/results.md (what, Proximity, baseline, ratio, target, met) and bench/results.json
-(the same rows with their raw samples and the machine). `--quick` runs every row at small sizes.
+(the same rows with their raw samples and the machine). `--quick` runs every row at small sizes;
+`--only firewall,data path` runs only those parts and prints their rows (results.md is left alone).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import api  # noqa: E402
 import containers  # noqa: E402
 import datapath  # noqa: E402
 import dnsload  # noqa: E402
+import ruleset  # noqa: E402
 import scale  # noqa: E402
 from common import Row, machine, median, percentile  # noqa: E402
 
@@ -126,6 +128,8 @@ def main() -> None:
         os.environ.setdefault("BENCH_API_SECONDS", "2")
         os.environ.setdefault("BENCH_API_RATES", "500")
         api.SECONDS, api.RATES = float(os.environ["BENCH_API_SECONDS"]), [500.0]
+    # --only LABEL[,LABEL]: just those parts (converge, network-ready, status API, scale, DNS, data path, firewall)
+    only = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else set()
     start = time.perf_counter()
     rows: list[Row] = []
     for label, part in [
@@ -135,9 +139,15 @@ def main() -> None:
         ("scale", lambda: scale.run(quick)),
         ("DNS", lambda: dnsload.run(quick)),
         ("data path", lambda: datapath.run(quick)),
+        ("firewall", lambda: ruleset.run(quick)),
     ]:
+        if only and label not in only:
+            continue
         print(f"bench: {label} ...", flush=True)
         rows += part()
+    if only:  # a few rows: printed, and results.md (the whole table) is left alone
+        scale.print_rows(rows)
+        return
     write_results(rows, quick, time.perf_counter() - start)
     sys.stdout.write((BENCH / "results.md").read_text())
 

@@ -111,9 +111,10 @@ print("%d.%d" % max(versions))
 PY
 )
 # What Proximity drives on the host: the bridge (ifupdown2, iproute2), DHCP and DNS (dnsmasq),
-# the probe's DHCP client (busybox udhcpc) and dhcp_release (dnsmasq-utils), NAT (iptables). nftables joins
-# this list with the zones work. Not lxc: it conflicts with Proxmox's lxc-pve.
-depends="ifupdown2, dnsmasq-base, dnsmasq-utils, busybox, iproute2, iptables"
+# the probe's DHCP client (busybox udhcpc) and dhcp_release (dnsmasq-utils), the firewall (nftables: the
+# table inet proximity; iptables: the accepts a Docker FORWARD drop needs, and removing an old release's
+# rules). Not lxc: it conflicts with Proxmox's lxc-pve.
+depends="ifupdown2, dnsmasq-base, dnsmasq-utils, busybox, iproute2, nftables, iptables"
 next_py=${py%.*}.$((${py#*.} + 1))
 size=$(du -sk --apparent-size "$root" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" -e "s/@PY@/$py/" \

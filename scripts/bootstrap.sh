@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils iptables busybox python3 python3-venv)
+packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils nftables iptables busybox python3 python3-venv)
 # The test suite's browser (Playwright drives Debian's Chromium; no browser download) and its font,
 # and what Proxmox's own interfaces writer needs (../shared/pve/pve-rewrite, a test oracle).
 [ "${1:-}" = "--test" ] && packages+=(chromium fonts-dejavu-core perl libstring-shellquote-perl libjson-perl

@@ -145,9 +145,10 @@ environment() {
 }
 
 # -- install -------------------------------------------------------------------------------
-# What Proximity runs on a host: the bridge (iproute2, ifupdown2), DHCP and DNS (dnsmasq), NAT
-# (iptables), and Python for its virtual environment. Proxmox's own lxc-pve is left alone.
-packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils iptables python3 python3-venv)
+# What Proximity runs on a host: the bridge (iproute2, ifupdown2), DHCP and DNS (dnsmasq), the firewall
+# (nftables; iptables for Docker's FORWARD drop), and Python for its virtual environment. Proxmox's own
+# lxc-pve is left alone.
+packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils nftables iptables python3 python3-venv)
 
 install_packages() {
     local missing=() pkg

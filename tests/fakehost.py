@@ -1,8 +1,8 @@
 """An in-memory host: the planner and the reconciler run against it without root.
 
 It models just enough of what Proximity touches for the effects of its commands to be seen
-by the next observation: links with masters and addresses, routes, iptables rules, sysctls,
-files, ifupdown2 (``ifreload -a``, ``ifup``, ``ifquery --check``), a supervised dnsmasq
+by the next observation: links with masters and addresses, routes, iptables rules, the nftables
+table (``nft -f`` loads a file's text whole, ``nft -j list ruleset`` lists it back), sysctls, files, ifupdown2 (``ifreload -a``, ``ifup``, ``ifquery --check``), a supervised dnsmasq
 (pid file, signals, ``ss`` and DNS answers). ``fail`` makes one mutating command fail, to
 test that a failed step undoes the earlier ones.
 """
@@ -43,6 +43,8 @@ class FakeHost(Host):
         self.links: dict[str, FakeLink] = {}
         self.routes: list[dict] = []
         self.rules: list[Rule] = []
+        self.table: str | None = None  # Proximity's nft table: the text nft -f loaded
+        self.chains: dict[str, str] = {"INPUT": "ACCEPT", "FORWARD": "ACCEPT", "OUTPUT": "ACCEPT"}
         self.sysctls: dict[str, str] = {"net.ipv4.ip_forward": "0"}
         self.processes: dict[int, list[str]] = {}
         self.commands: list[list[str]] = []  # every mutating command, in order
@@ -64,12 +66,12 @@ class FakeHost(Host):
         links = {n: (l.up, l.kind, l.master, tuple(l.addresses)) for n, l in self.links.items()}
         files = {p: t for p, t in self.files.items() if "/backups/" not in p and "/run/" not in p}
         dns = sorted(tuple(argv) for argv in self.processes.values())
-        return {"links": links, "rules": sorted(self.rules, key=repr), "sysctls": dict(self.sysctls), "files": files,
-                "dns": dns}
+        return {"links": links, "rules": sorted(self.rules, key=repr), "table": self.table,
+                "sysctls": dict(self.sysctls), "files": files, "dns": dns}
 
     def clone(self) -> FakeHost:
         other = copy.copy(self)
-        for name in ("files", "links", "routes", "rules", "sysctls", "processes"):
+        for name in ("files", "links", "routes", "rules", "chains", "sysctls", "processes"):
             setattr(other, name, copy.deepcopy(getattr(self, name)))
         other.commands = []
         return other
@@ -137,6 +139,8 @@ class FakeHost(Host):
         cmd = argv[0].rsplit("/", 1)[-1]
         if cmd == "iptables-save":
             return self._ok(argv, self._saved())
+        if cmd == "nft":
+            return self._nft_query(argv)
         if cmd == "iptables" and "-C" in argv:
             return self._ok(argv) if self._rule(argv) in self.rules else Result(argv, 1, "", "Bad rule")
         if cmd == "ss":
@@ -161,16 +165,18 @@ class FakeHost(Host):
 
     def run(self, argv: list[str], timeout: float = 30, check: bool = True, input: str | None = None) -> Result:
         try:
-            return self._run(argv)
+            return self._run(argv, input)
         except CommandError as exc:
             if check:
                 raise
             return Result(argv, exc.returncode or 1, "", exc.stderr)
 
-    def _run(self, argv: list[str]) -> Result:
+    def _run(self, argv: list[str], input: str | None = None) -> Result:
         self._mutate(argv)
         cmd = argv[0].rsplit("/", 1)[-1]
-        if cmd == "iptables":
+        if cmd == "nft":
+            self._nft_run(argv, input)
+        elif cmd == "iptables":
             rule = self._rule(argv)
             op = next(a for a in argv if a in ("-A", "-I", "-D"))
             if op == "-D":
@@ -231,10 +237,33 @@ class FakeHost(Host):
         op = next(i for i, a in enumerate(argv) if a in ("-A", "-I", "-D", "-C"))
         return Rule(table, argv[op + 1], tuple(argv[op + 2:]))
 
+    def _nft_query(self, argv: list[str]) -> Result:
+        if argv[1:] == ["-j", "list", "ruleset"]:
+            items: list[dict] = [{"metainfo": {"version": "fake"}}]
+            if self.table is not None:
+                items += [{"table": {"family": "inet", "name": "proximity", "handle": 1}},
+                          {"rule": {"family": "inet", "table": "proximity", "handle": 2, "text": self.table}}]
+            return self._ok(argv, json.dumps({"nftables": items}))
+        if argv[1:] == ["list", "table", "inet", "proximity"]:
+            return self._ok(argv, self.table) if self.table is not None else Result(argv, 1, "", "No such file")
+        return self._ok(argv)  # nft -c: the fake accepts every ruleset
+
+    def _nft_run(self, argv: list[str], input: str | None) -> None:
+        if argv[1:] == ["delete", "table", "inet", "proximity"]:
+            if self.table is None:
+                raise CommandError(argv, 1, "Error: No such file or directory")
+            self.table = None
+        elif argv[1] == "-f":
+            text = input if argv[2] == "-" else self.files[argv[2]]
+            self.table = "".join(line for line in text.splitlines(keepends=True)
+                                 if not line.startswith(("add table", "delete table", "#")))
+
     def _saved(self) -> str:
         out = []
         for table in ("raw", "nat", "filter"):
             out.append(f"*{table}")
+            if table == "filter":
+                out += [f":{chain} {policy} [0:0]" for chain, policy in self.chains.items()]
             out += [f"-A {r.chain} {shlex.join(r.spec)}" for r in self.rules if r.table == table]
             out.append("COMMIT")
         return "\n".join(out) + "\n"

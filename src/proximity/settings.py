@@ -266,6 +266,16 @@ class Settings:
         return self.state_dir / "hosts"
 
     @property
+    def ruleset_file(self) -> Path:
+        """The nftables table (``table inet proximity``), beside dnsmasq's config; post-up loads it at boot."""
+        return self.dnsmasq_conf.parent / "proximity.nft"
+
+    @property
+    def ruleset_state_file(self) -> Path:
+        """The digests of the table Proximity last applied: as rendered, and as nft listed it back."""
+        return self.state_dir / "ruleset.json"
+
+    @property
     def api_token_file(self) -> Path:
         return self.dnsmasq_conf.parent / "api-token"
 

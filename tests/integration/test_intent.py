@@ -23,7 +23,7 @@ from proximity.network.interfaces import MARKER
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import Reservations
 from proximity.settings import load_settings
-from tests.integration.tools import PROXIMITY, proximity
+from tests.integration.tools import PROXIMITY, delete_nft_rule, nft_table, proximity
 
 needs_lxc = pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed")
 
@@ -113,8 +113,8 @@ def test_up_records_what_it_was_given_and_a_second_up_writes_nothing(sb):
 
 
 def masquerades(sb) -> list[str]:
-    saved = sandboxes.ns_run(sb.name, ["iptables-save", "-t", "nat"]).stdout
-    return [line for line in saved.splitlines() if "MASQUERADE" in line]
+    """The masquerade rules of Proximity's nft table."""
+    return [line.strip() for line in (nft_table(sb.name) or "").splitlines() if line.endswith(" masquerade")]
 
 
 def test_the_service_heals_toward_what_up_was_given(sb):
@@ -122,12 +122,11 @@ def test_the_service_heals_toward_what_up_was_given(sb):
     try:
         proximity("up", "--uplink", "upl1", "--sandbox", sb.name)
         service = NetworkManager(settings_of(sb))  # the service's settings name no uplink
-        assert service.heal().actions == [] and [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
-        rule = masquerades(sb)[0]
-        sandboxes.ns_run(sb.name, ["iptables", "-t", "nat", *rule.replace("-A", "-D", 1).replace('"', "").split()])
+        assert service.heal().actions == [] and ['oifname "upl1"' in rule for rule in masquerades(sb)] == [True, True]
+        delete_nft_rule(sb.name, "postrouting", "masquerade")
         healed = service.heal()
-        assert len(healed.actions) == 1 and "-o upl1" in healed.actions[0], healed.actions
-        assert [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
+        assert len(healed.actions) == 1 and "nftables table" in healed.actions[0], healed.actions
+        assert ['oifname "upl1"' in rule for rule in masquerades(sb)] == [True, True]
         code, st = status(sb)  # status, too, judges by the uplink `up` was given
         assert st["uplink"] == "upl1" and "NAT" not in " ".join(st["reasons"]), st
         # down keeps what up was given: the API's converge (the dashboard's button) brings the same network up.
@@ -140,7 +139,7 @@ def test_the_service_heals_toward_what_up_was_given(sb):
             context.converge()
         finally:
             context.stop()
-        assert record(sb)["state"] == "up" and [" -o upl1 " in rule for rule in masquerades(sb)] == [True]
+        assert record(sb)["state"] == "up" and ['oifname "upl1"' in rule for rule in masquerades(sb)] == [True, True]
     finally:
         proximity("down", "--sandbox", sb.name, check=False)
         sandboxes.ns_run(sb.name, ["ip", "link", "delete", "upl1"], check=False)

@@ -1,4 +1,4 @@
-"""The network core for real: ifupdown2, iptables, dnsmasq and DHCP clients in a sandbox host."""
+"""The network core for real: ifupdown2, nftables, dnsmasq and DHCP clients in a sandbox host."""
 
 from __future__ import annotations
 
@@ -28,8 +28,15 @@ def settings_of(sb, **overrides):
 
 
 def own_rules(sb) -> list[str]:
+    """Proximity's iptables rules (none, unless a FORWARD policy drops)."""
     saved = sandboxes.ns_run(sb.name, ["iptables-save"]).stdout
     return [line for line in saved.splitlines() if "proximity:prox-net" in line]
+
+
+def table(sb) -> str | None:
+    """``table inet proximity`` as nft lists it (None: there is none)."""
+    result = sandboxes.ns_run(sb.name, ["nft", "list", "table", "inet", "proximity"], check=False)
+    return result.stdout if result.returncode == 0 else None
 
 
 def bridge_mac(sb) -> str:
@@ -129,12 +136,13 @@ def test_up_builds_the_seed_network_and_down_restores_the_file(host):
     assert json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)["dns_pid"] == pid
     plan = json.loads(proximity("up", "--sandbox", sb.name, "--json", "--dry-run").stdout)
     assert plan["files"] == [] and plan["commands"] == []
-    assert len([r for r in own_rules(sb) if "MASQUERADE" in r]) == 1
+    assert table(sb).count(" masquerade\n") == 2 and own_rules(sb) == []  # IPv4 and IPv6, in the one table
 
     # `down` puts the interfaces file back byte for byte and removes what `up` made.
     proximity("down", "--sandbox", sb.name)
     assert sb.interfaces_file.read_bytes() == original
-    assert not bridge_exists(sb) and own_rules(sb) == []
+    assert not bridge_exists(sb) and own_rules(sb) == [] and table(sb) is None
+    assert not settings_of(sb).ruleset_file.exists() and not settings_of(sb).ruleset_state_file.exists()
     assert not sb.dnsmasq_conf.exists() and sb.leases_file.exists()  # leases kept without --purge
 
 
@@ -147,17 +155,19 @@ def test_dry_run_shows_the_plan_and_changes_nothing(host):
     new_conf = next(c for c in plan["files"] if c["path"] == str(sb.dnsmasq_conf))
     assert new_conf["before"] == "" and "interface=prox-net" in new_conf["after"]
     assert ["ip", "netns", "exec", sb.name, "ifreload", "-a"] in plan["commands"]
-    assert any("MASQUERADE" in argv for argv in plan["commands"])
+    ruleset = str(settings_of(sb).ruleset_file)
+    assert ["ip", "netns", "exec", sb.name, "nft", "-f", ruleset] in plan["commands"]
+    assert "masquerade" in next(c for c in plan["files"] if c["path"] == ruleset)["after"]
     human = proximity("up", "--sandbox", sb.name, "--dry-run").stdout
     assert "+iface prox-net inet static" in human and "would run:" in human
     assert sb.interfaces_file.read_bytes() == before
-    assert not sb.dnsmasq_conf.exists() and not bridge_exists(sb) and own_rules(sb) == []
+    assert not sb.dnsmasq_conf.exists() and not bridge_exists(sb) and own_rules(sb) == [] and table(sb) is None
 
 
 def _assert_untouched(sb, original: bytes) -> None:
     assert sb.interfaces_file.read_bytes() == original
     assert not bridge_exists(sb)
-    assert own_rules(sb) == []
+    assert own_rules(sb) == [] and table(sb) is None and not settings_of(sb).ruleset_file.exists()
     assert NetworkManager(settings_of(sb)).dns.running_pid() is None
 
 
@@ -226,7 +236,7 @@ def test_two_ups_at_once_do_not_corrupt_anything(host):
         run.stderr.close()
     assert [code for code, _ in results] == [0, 0], results
     assert sb.interfaces_file.read_text().count(interfaces.MARKER) == 1
-    assert len([r for r in own_rules(sb) if "MASQUERADE" in r]) == 1
+    assert table(sb).count("table inet proximity") == 1
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     # A process may end between the listing and the read (pid_cmdline is then None).
     dnsmasqs = [p for p in pids if f"--conf-file={sb.dnsmasq_conf}" in (pid_cmdline(p) or [])]
@@ -282,22 +292,26 @@ def test_doctor_finds_drift_and_up_repairs_only_that(host):
     assert {"NAT rule", "ip_forward", "dnsmasq running", "DNS answering", "ports 53/67", "FORWARD policy",
             "source interfaces.d", "leases"} <= names
 
-    # Someone deletes the NAT rule and, like Docker, sets the FORWARD policy to DROP.
-    masquerade = next(line for line in own_rules(sb) if "MASQUERADE" in line)
-    sandboxes.ns_run(sb.name, ["iptables", "-t", "nat", *masquerade.replace("-A", "-D", 1).replace('"', "").split()])
+    # Someone deletes the NAT rule from the table by hand and sets the FORWARD policy to DROP.
+    listing = json.loads(sandboxes.ns_run(sb.name, ["nft", "-j", "list", "chain", "inet", "proximity",
+                                                    "postrouting"]).stdout)
+    handle = next(item["rule"]["handle"] for item in listing["nftables"] if "rule" in item)
+    sandboxes.ns_run(sb.name, ["nft", "delete", "rule", "inet", "proximity", "postrouting", "handle", str(handle)])
     sandboxes.ns_run(sb.name, ["iptables", "-P", "FORWARD", "DROP"])
     try:
         result = proximity("doctor", "--sandbox", sb.name, "--json", check=False)
         assert result.returncode == 1
         failed = {c["name"]: c for c in json.loads(result.stdout) if not c["ok"]}
-        assert "proximity up" in failed["NAT rule"]["fix"]
+        assert "proximity up" in failed["NAT rule"]["fix"] and "differs" in failed["NAT rule"]["detail"]
         assert "DROP" in failed["FORWARD policy"]["detail"]
         status = json.loads(proximity("status", "--sandbox", sb.name, "--json", check=False).stdout)
         assert status["health_status"] == "degraded" and any("NAT" in r for r in status["reasons"])
 
         repair = json.loads(proximity("up", "--sandbox", sb.name, "--json").stdout)
-        assert len(repair["actions"]) == 1 and "MASQUERADE" in repair["actions"][0]
-        # With FORWARD on DROP, Proximity's own ACCEPT rules still let containers out.
+        assert "nftables table inet proximity" in repair["actions"][0]
+        assert all("add filter rule -A FORWARD" in action for action in repair["actions"][1:]), repair["actions"]
+        assert table(sb).count(" masquerade\n") == 2
+        # With FORWARD on DROP, Proximity's own iptables ACCEPT rules still let containers out.
         client = sandboxes.attach_client(sb, "web-1")
         with Listener(sb.lan_ns, sandboxes.INTERNET_HOST, 8081) as internet:
             assert connect(client.ns, sandboxes.INTERNET_HOST, 8081).returncode == 0
@@ -309,9 +323,9 @@ def test_doctor_finds_drift_and_up_repairs_only_that(host):
 def test_proxmox_firewall_gets_the_conntrack_zone_rule(host):
     sb = host
     proximity("up", "--sandbox", sb.name, env={"PROXIMITY_PROXMOX_FIREWALL": "on"})
-    raw = sandboxes.ns_run(sb.name, ["iptables-save", "-t", "raw"]).stdout
-    assert [line for line in raw.splitlines() if "CT --zone 1" in line and "-i fwbr+" in line]
-    assert "CT --zone 1" in sb.interfaces_file.read_text()  # and again at boot, from post-up
+    assert 'iifname "fwbr*" ct zone set 1' in table(sb)
+    assert "ct zone set 1" in settings_of(sb).ruleset_file.read_text()  # and again at boot, from post-up
+    assert f"post-up nft -f {settings_of(sb).ruleset_file}" in sb.interfaces_file.read_text()
     # Turning it off again removes exactly that rule.
     proximity("up", "--sandbox", sb.name, env={"PROXIMITY_PROXMOX_FIREWALL": "off"})
-    assert "CT --zone" not in sandboxes.ns_run(sb.name, ["iptables-save", "-t", "raw"]).stdout
+    assert "ct zone" not in table(sb) and "masquerade" in table(sb)

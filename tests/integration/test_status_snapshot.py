@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import threading
@@ -18,7 +17,7 @@ from proximity.api.status import StatusSnapshot
 from proximity.host import pid_cmdline, wait_for
 from proximity.network.reconciler import NetworkManager
 from proximity.settings import load_settings
-from tests.integration.tools import proximity
+from tests.integration.tools import delete_nft_rule, proximity
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +143,7 @@ def test_the_periodic_refresh_sees_a_removed_rule(network):
     snap = StatusSnapshot(NetworkManager(settings), full_every=0.3)
     try:
         assert snap.get().nat_configured
-        nat = next(line for line in sandboxes.ns_run(sb.name, ["iptables-save", "-t", "nat"]).stdout.splitlines()
-                   if "MASQUERADE" in line and f"proximity:{settings.bridge}" in line)
-        sandboxes.ns_run(sb.name, ["iptables", "-t", "nat", "-D", *shlex.split(nat)[1:]])
+        delete_nft_rule(sb.name, "postrouting", "masquerade")
         assert wait_for(lambda: not snap.get().nat_configured, timeout=3)
         assert snap.get().health_status == "degraded"
         NetworkManager(settings).up()

@@ -77,3 +77,22 @@ def resolve(ns: str, name: str, server: str, timeout: float = 2.0) -> list[str]:
     if found is None:
         raise dns.exception.Timeout(f"no answer from {server} for {name}")
     return found
+
+
+def nft_table(ns: str) -> str | None:
+    """Proximity's ``table inet proximity`` as nft lists it in namespace ``ns`` (None: there is none)."""
+    result = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "proximity"],
+                            capture_output=True, text=True, timeout=30)
+    return result.stdout if result.returncode == 0 else None
+
+
+def delete_nft_rule(ns: str, chain: str, needle: str = "") -> None:
+    """Delete by hand (by its handle) the first rule of Proximity's ``chain`` whose JSON contains ``needle``."""
+    import json
+
+    listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "chain", "inet", "proximity", chain],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    rules = [item["rule"] for item in json.loads(listing)["nftables"] if "rule" in item]
+    handle = next(rule["handle"] for rule in rules if needle in json.dumps(rule))
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "rule", "inet", "proximity", chain, "handle",
+                    str(handle)], check=True, timeout=30)

@@ -29,8 +29,8 @@ from tests.unit.test_interfaces import legacy_merge
 
 FIXTURES = Path(__file__).with_name("fixtures") / "interfaces"
 FILES = {path.stem: path.read_bytes().decode() for path in sorted(FIXTURES.glob("*.interfaces"))}
-# The stanza `up` writes, uplink vmbr0, with the Proxmox firewall's conntrack rule.
-BODY = render.bridge_stanza(Settings(), "vmbr0", True)
+# The stanza `up` writes (its post-up loads the nftables table from the ruleset file).
+BODY = render.bridge_stanza(Settings())
 # A bridge an admin adds in the GUI while Proximity's stanza is in the file.
 GUI_BRIDGE = "auto vmbr9\niface vmbr9 inet static\n\taddress 192.0.2.1/24\n\tbridge-ports none\n"
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from proximity.errors import HostError
 from proximity.network import interfaces, render
-from proximity.network.firewall import Rule, comment
+from proximity.network.firewall import Rule, comment, legacy_rules
 from proximity.network.health import health
 from proximity.network.plan import plan_down, plan_up
 from proximity.network.reconciler import NetworkManager
@@ -92,9 +92,13 @@ DRIFT = {
     "bridge deleted": lambda h: h._delete_link("prox-net"),
     "bridge down": lambda h: "prox-net" in h.links and setattr(h.links["prox-net"], "up", False),
     "address removed": lambda h: "prox-net" in h.links and setattr(h.links["prox-net"], "addresses", []),
-    "a rule deleted": lambda h: h.rules.pop(0),
-    "a rule duplicated": lambda h: h.rules.append(h.rules[-1]),
+    "a table rule deleted by hand": lambda h: h.table and setattr(
+        h, "table", h.table.replace("\t\toifname @bridges drop\n", "", 1)),
+    "table deleted": lambda h: setattr(h, "table", None),
+    "ruleset file edited": lambda h: h.files.update({str(SETTINGS.ruleset_file): "# edited\n"}),
     "a stale rule": _stale_rule,
+    "the old release's iptables rules": lambda h: h.rules.extend(legacy_rules(SETTINGS, "eno1", False)),
+    "docker's FORWARD drop": lambda h: h.chains.update({"FORWARD": "DROP", "DOCKER-USER": "-"}),
     "forwarding off": lambda h: h.sysctls.update({"net.ipv4.ip_forward": "0"}),
     "dnsmasq killed": lambda h: h.processes.clear(),
     "config edited": lambda h: h.files.update({str(SETTINGS.dnsmasq_conf): "# edited\n"}),

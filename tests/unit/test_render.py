@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from proximity.network import firewall, render
+from proximity.network import render
 from proximity.settings import load_settings
 
 
@@ -15,40 +15,17 @@ def settings(tmp_path):
     )
 
 
-def test_stanza_is_the_seeds_with_rerunnable_post_up(settings):
-    lines = render.bridge_stanza(settings, "vmbr0", pve_firewall=False)
+def test_stanza_is_the_seeds_and_loads_the_ruleset_file_at_boot(settings):
+    lines = render.bridge_stanza(settings)
     assert lines[:6] == [
         "auto prox-net", "iface prox-net inet static", "\taddress 10.10.0.1/24",
         "\tbridge-ports none", "\tbridge-stp off", "\tbridge-fd 0",
     ]
     assert "\tpost-up echo 1 > /proc/sys/net/ipv4/ip_forward" in lines
-    masquerade = [line for line in lines if "MASQUERADE" in line]
-    assert len(masquerade) == 2  # one post-up, one post-down
-    up, down = masquerade
-    # check-then-add: a second `ifreload -a` must not duplicate the rule
-    assert up.startswith("\tpost-up iptables -w 5 -t nat -C POSTROUTING -s 10.10.0.0/24 -o vmbr0")
-    assert "|| iptables -w 5 -t nat -A POSTROUTING -s 10.10.0.0/24 -o vmbr0" in up
-    assert down.startswith("\tpost-down iptables -w 5 -t nat -D POSTROUTING -s 10.10.0.0/24 -o vmbr0")
-    assert not any("CT --zone" in line for line in lines)
-
-
-def test_proxmox_firewall_adds_the_documented_conntrack_zone_rule(settings):
-    rules = firewall.firewall_rules(settings, "vmbr0", pve_firewall=True)
-    zone = [r for r in rules if r.table == "raw"]
-    assert len(zone) == 1
-    assert zone[0].chain == "PREROUTING" and zone[0].insert
-    assert zone[0].spec[:2] == ("-i", "fwbr+") and zone[0].spec[-4:] == ("-j", "CT", "--zone", "1")
-
-
-def test_rules_keep_the_outside_out(settings):
-    rules = firewall.firewall_rules(settings, "eno1", pve_firewall=False)
-    drop = [r for r in rules if r.spec[-1] == "DROP"]
-    assert len(drop) == 1 and drop[0].insert  # the drop must win over later accepts
-    assert "! -i prox-net -o prox-net" in drop[0].saved()
-    assert "! --ctstate RELATED,ESTABLISHED" in drop[0].saved()
-    assert rules[0].saved() == (
-        "-A POSTROUTING -s 10.10.0.0/24 -o eno1 -m comment --comment proximity:prox-net -j MASQUERADE"
-    )
+    # Each rule is written once, in the ruleset file: the stanza only loads it (nft -f replaces the table).
+    assert [line for line in lines if "nft" in line] == [f"\tpost-up nft -f {settings.ruleset_file}"]
+    assert settings.ruleset_file == settings.dnsmasq_conf.parent / "proximity.nft"
+    assert not any("iptables" in line or "post-down" in line for line in lines)
 
 
 def test_dnsmasq_conf_binds_the_bridge_only_and_reads_nothing_else(settings):

@@ -83,7 +83,7 @@ def iproute_in(netns: str | None) -> IPRoute:
 class _Refresher:
     """Status from observations; a quick refresh reuses the last full one's rules and probes.
 
-    In a full refresh everything is read. In a quick one (after an event), the iptables rules, the
+    In a full refresh everything is read. In a quick one (after an event), the firewall (iptables and nft), the
     DNS probe and the ports check are reused when dnsmasq's pid is the same; a new pid is probed at once.
     """
 
@@ -93,10 +93,10 @@ class _Refresher:
 
     def refresh(self, full: bool) -> NetworkStatus:
         last = None if full else self._last
-        obs = self.network.observe(probe=True, rules=last.rules if last else None,
-                                   probes=last.probes if last else None, digest=last.rules_digest if last else None)
+        obs = self.network.observe(probe=True, firewall=last.firewall if last else None,
+                                   probes=last.probes if last else None)
         if last is not None and (obs.dns and obs.dns.pid) != (last.dns and last.dns.pid):
-            obs = self.network.observe(probe=True, rules=last.rules, digest=last.rules_digest)
+            obs = self.network.observe(probe=True, firewall=last.firewall)
         if full:
             self._last = obs
         return health(self.network.settings, obs)

@@ -120,6 +120,15 @@ class BridgeState:
             if port in links and links[port].get("master") != bridge:
                 env.host.run(["ip", "link", "set", "dev", port, "master", bridge])
 
+    def reattach(self, env: Env, bridge: str) -> None:
+        """Put back the ports an ``ifreload`` took off: ifupdown2 removes (and downs) every port of a
+        changed bridge that ``bridge-ports none`` does not list, containers' and VMs' alike."""
+        links = {link["ifname"]: link for link in env.host.ip_json("link", "show")}
+        for port in self.ports:
+            link = links.get(port)
+            if link is not None and (link.get("master") != bridge or "UP" not in link.get("flags", [])):
+                env.host.run(["ip", "link", "set", "dev", port, "master", bridge, "up"])
+
 
 @dataclass(frozen=True)
 class ApplyInterfaces(Change):
@@ -152,6 +161,7 @@ class ApplyInterfaces(Change):
         _retry_locked(env, ["ifreload", "-a"] if self.whole_file else ["ifup", self.bridge])
         if self.check_bridge and not env.host.dry_run:
             ifquery_check(env)
+            self.bridge_before.reattach(env, self.bridge)
 
     def undo(self, env: Env) -> None:
         """The file differs from the old one only in the bridge's stanza, so putting the bridge, its

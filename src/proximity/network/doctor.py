@@ -5,9 +5,8 @@
 
 from __future__ import annotations
 
-import re
-
 from proximity.network import interfaces
+from proximity.network.firewall import accept_chain, filter_chains
 from proximity.network.health import Check, health
 from proximity.network.reconciler import NetworkManager
 
@@ -60,24 +59,20 @@ def _port_checks(manager: NetworkManager, obs) -> list[Check]:
                   f"except-interface={manager.settings.bridge})")]
 
 
-def _policy(manager: NetworkManager, chain: str) -> str | None:
-    result = manager.host.query(["iptables", "-w", "5", "-S", chain])
-    match = re.match(rf"-P {chain} (\w+)", result.stdout)
-    return match.group(1) if match else None
-
-
 def _firewall_policy_checks(manager: NetworkManager, own_rules_ok: bool) -> list[Check]:
     s, checks = manager.settings, []
-    forward = _policy(manager, "FORWARD")
+    chains = filter_chains(manager.host.query(["iptables-save", "-t", "filter"]).stdout)
+    forward = chains.get("FORWARD")
     if forward == "DROP":
         checks.append(Check(
             "forward_policy", "FORWARD policy", own_rules_ok,
-            "FORWARD policy is DROP (Docker sets this); Proximity's ACCEPT rules for the bridge "
+            "FORWARD policy is DROP (Docker sets this), which Proximity's nftables table cannot override; its "
+            f"iptables ACCEPT rules for the bridge (in {accept_chain(chains)}) "
             + ("are in place" if own_rules_ok else "are missing, so containers cannot reach out"),
             "" if own_rules_ok else f"run `{s.command('up')}`", "warning" if own_rules_ok else "error"))
     else:
         checks.append(Check("forward_policy", "FORWARD policy", True, f"FORWARD policy is {forward or 'unknown'}"))
-    if _policy(manager, "INPUT") == "DROP":
+    if chains.get("INPUT") == "DROP":
         allow = s.host_command(f"iptables -I INPUT -i {s.bridge} -p udp -m multiport --dports 53,67 -j ACCEPT",
                                f"iptables -I INPUT -i {s.bridge} -p tcp --dport 53 -j ACCEPT")
         checks.append(Check(

@@ -1,4 +1,8 @@
-"""Proximity's firewall rules as data: rendered from the settings, parsed back from the host.
+"""Proximity's iptables rules as data: rendered from the settings, parsed back from the host.
+
+The packet filter itself is the nftables table (``network.nft``). iptables keeps two jobs: the
+accepts a FORWARD policy of DROP needs (Docker's), and the rules of releases before the table,
+which ``up`` finds by their comment and removes.
 
 A :class:`Rule` is written in ``iptables-save``'s own word order, so a live rule read back
 from ``iptables-save`` parses into an equal ``Rule`` and the planner compares plain values.
@@ -8,13 +12,16 @@ Every rule carries the comment ``proximity:<bridge>``: that is how Proximity kno
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from proximity.network.nft import FirewallSpec
 from proximity.settings import Settings
 
 # The rule Proxmox documents for masquerading bridges when its firewall is on
 # ("Masquerading (NAT) with iptables", Proxmox VE network configuration).
 PVE_CONNTRACK_ZONE = ("-i", "fwbr+")
+DOCKER_USER = "DOCKER-USER"
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,10 @@ def comment(settings: Settings) -> str:
     return f"proximity:{settings.bridge}"
 
 
-def firewall_rules(settings: Settings, uplink: str, pve_firewall: bool) -> list[Rule]:
-    """NAT out of the uplink, plus the forwarding rules that keep the outside out.
-
-    MASQUERADE alone lets a LAN host that routes the subnet via this host reach
-    containers, so new connections forwarded *into* the bridge are dropped.
-    """
+def legacy_rules(settings: Settings, uplink: str, pve_firewall: bool) -> list[Rule]:
+    """The iptables rules releases before the nftables table installed (NAT, the forwarding rules that
+    kept the outside out, Proxmox's conntrack zone). ``up`` removes them once the table is live; they
+    are kept here for the upgrade test and the benchmark that compares the two."""
     br, net, tag = settings.bridge, str(settings.subnet), ("-m", "comment", "--comment", comment(settings))
     rules = [
         Rule("nat", "POSTROUTING", ("-s", net, "-o", uplink, *tag, "-j", "MASQUERADE")),
@@ -74,6 +79,47 @@ def firewall_rules(settings: Settings, uplink: str, pve_firewall: bool) -> list[
     if pve_firewall:
         rules.append(Rule("raw", "PREROUTING", (*PVE_CONNTRACK_ZONE, *tag, "-j", "CT", "--zone", "1"), insert=True))
     return rules
+
+
+def accept_chain(chains: Mapping[str, str]) -> str | None:
+    """Where iptables needs Proximity's accepts: nowhere unless the filter FORWARD policy is DROP (Docker
+    sets it); then in ``DOCKER-USER`` (Docker's chain for its users' rules) if it exists, else FORWARD.
+
+    An accept in Proximity's nft table cannot override that drop (every base chain at a hook runs)."""
+    if chains.get("FORWARD") != "DROP":
+        return None
+    return DOCKER_USER if DOCKER_USER in chains else "FORWARD"
+
+
+def docker_rules(settings: Settings, spec: FirewallSpec, chain: str | None) -> list[Rule]:
+    """The iptables accepts that let zones out where the FORWARD policy drops: each zone inside its
+    bridge and out of the uplink, peered zones to each other, and the replies back (IPv4)."""
+    if chain is None:
+        return []
+    tag = ("-m", "comment", "--comment", comment(settings))
+    bridges = {zone.name: zone.bridge for zone in spec.zones}
+    pairs = [(bridges[a], bridges[b]) for pair in spec.peers for a in pair for b in pair if a != b]
+    rules = []
+    for zone in spec.zones:
+        br = zone.bridge
+        rules += [Rule("filter", chain, ("-i", br, "-o", spec.uplink, *tag, "-j", "ACCEPT"), insert=True),
+                  Rule("filter", chain, ("-i", spec.uplink, "-o", br, "-m", "conntrack", "--ctstate",
+                                         "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"), insert=True),
+                  Rule("filter", chain, ("-i", br, "-o", br, *tag, "-j", "ACCEPT"), insert=True)]
+    rules += [Rule("filter", chain, ("-i", a, "-o", b, *tag, "-j", "ACCEPT"), insert=True) for a, b in sorted(pairs)]
+    return rules
+
+
+def filter_chains(saved: str) -> dict[str, str]:
+    """The filter table's chains in an ``iptables-save`` dump: name -> policy (``-`` for a user chain)."""
+    chains, table = {}, ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif table == "filter" and line.startswith(":"):
+            name, policy, *_ = line[1:].split()
+            chains[name] = policy
+    return chains
 
 
 def parse_own_rules(saved: str, settings: Settings) -> tuple[Rule, ...]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from proximity.network import render, safety
+from proximity.network import nft, render, safety
 from proximity.network.dnsmasq import content_hash
-from proximity.network.firewall import firewall_rules
 from proximity.network.intent import Intent
 from proximity.network.intent import reason as intent_reason
+from proximity.network.nft_changes import spec_of, table_state, wanted_rules
 from proximity.network.observe import Observation
 from proximity.network.pool import pool_usage
 from proximity.network.probe import client_mac as probe_mac
@@ -90,10 +90,10 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
     uplink = s.uplink or obs.default_route_link()
     link = obs.link(s.bridge)
     gateway_assigned = (s.bridge, s.gateway) in obs.addresses
-    wanted = firewall_rules(s, uplink, obs.pve_firewall) if uplink else []
-    present = {rule: rule in obs.rules for rule in wanted}
-    nat = bool(wanted) and present[wanted[0]]
-    isolation = bool(wanted) and all(present.values())
+    table = table_state(s, obs, nft.render_table(spec_of(s, uplink, obs))) if uplink else "missing"
+    accepts = [rule for rule in wanted_rules(s, uplink, obs) if rule not in obs.rules] if uplink else []
+    nat = table == "current"
+    isolation = nat and not accepts
     forward = obs.sysctls.get("net.ipv4.ip_forward") == "1"
     dns = obs.dns
     current = dns is not None and dns.config == content_hash(render.dnsmasq_conf(s)) and (
@@ -132,12 +132,17 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
           "no uplink: there is no default route and no uplink setting",
           f"give the host a default route, or set `uplink` in the settings; then {up}")
     if uplink:
-        check("nat_rule", "NAT rule", nat, f"traffic from {s.subnet} is masqueraded out of {uplink}",
-              f"the NAT rule for {s.subnet} out of {uplink} is missing")
-        missing = [r.saved() for r, ok in present.items() if not ok and r != wanted[0]]
-        check("isolation_rules", "isolation rules", not missing,
-              f"Proximity's forwarding rules are in place; new connections from outside into {s.bridge} are dropped",
-              f"firewall rules missing ({'; '.join(missing)})")
+        name = f"nftables table {nft.FAMILY} {nft.TABLE}"
+        bad = (f"the {name} is missing" + (f" ({obs.firewall.error})" if obs.firewall.error else "")
+               if table == "missing" else
+               f"the {name} differs from the one Proximity applied (a rule changed or deleted by hand?)")
+        check("nat_rule", "NAT rule", nat, f"the {name} masquerades {s.subnet} out of {uplink}",
+              f"NAT of {s.subnet} out of {uplink} is not in place as Proximity applied it: {bad}")
+        check("isolation_rules", "isolation rules", isolation,
+              f"the {name} is in place; new connections from outside into {s.bridge} are dropped",
+              f"the isolation of {s.bridge} is not in place as Proximity applied it: {bad}" if not nat else
+              "the iptables FORWARD policy drops, and Proximity's accepts are missing "
+              f"({'; '.join(r.saved() for r in accepts)})")
     check("ip_forward", "ip_forward", forward, "net.ipv4.ip_forward is 1",
           "net.ipv4.ip_forward is 0, so the host does not route the containers' traffic")
     if dns is not None:
@@ -164,7 +169,8 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
         verdict = "unhealthy" if any(c.id in FATAL for c in failing) else "degraded"
     if intent is not None and not intent.up:
         refused = [c for c in checks if c.id == "bridge_not_ours"]  # the admin's bridge by that name: never "fine"
-        verdict, checks = _down(s, intent, link is not None, dns is not None, bool(obs.rules))
+        verdict, checks = _down(s, intent, link is not None, dns is not None,
+                                bool(obs.rules) or obs.firewall.table is not None)
         if refused:
             verdict, checks = "unhealthy", [*refused, *checks]
     return NetworkStatus(

@@ -1,14 +1,16 @@
 """Observe: read the whole live state of the host into one typed, immutable observation.
 
 Everything the planner and ``health()`` decide on is here, read once: links and their ports,
-addresses, routes, Proximity's rules (parsed into the same ``Rule`` the renderer makes), the
-sysctls, the files Proximity writes, the dnsmasq process and what it was started with, the
+addresses, routes, the firewall (Proximity's nftables table as data, its iptables rules parsed
+into the same ``Rule`` the renderer makes, the filter chains' policies), the sysctls, the files
+Proximity writes, the dnsmasq process and what it was started with, the
 reservations, the leases and the containers' ports. Nothing here changes the host.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,14 @@ from proximity.errors import HostError
 from proximity.host import Host
 from proximity.network import render
 from proximity.network.dnsmasq import DnsProcess, DnsService, PortHolder, port_holders
-from proximity.network.firewall import Rule, parse_own_rules
+from proximity.network import nft
+from proximity.network.firewall import Rule, filter_chains, parse_own_rules
 from proximity.network.intent import Intent
 from proximity.network.intent import read as read_intent
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
-from proximity.network.probe import rules_digest
+from proximity.network.probe import list_ruleset, rules_digest
 from proximity.network.reservations import Reservation, Reservations
 from proximity.network.stanzas import SourcedFile, sourced_files
 from proximity.settings import Settings
@@ -74,11 +77,23 @@ class Probes:
 
 
 @dataclass(frozen=True)
+class Firewall:
+    """The host's packet filter as Proximity reads it (one ``iptables-save``, one ``nft -j list ruleset``)."""
+
+    rules: tuple[Rule, ...]  # Proximity's live iptables rules, in order, duplicates kept
+    chains: Mapping[str, str]  # iptables' filter chains: name -> policy ("-" for a user chain)
+    table: str | None  # digest of Proximity's nft table as listed, normalised (None: no table)
+    applied: Mapping[str, str] | None  # the digests stored when Proximity last applied the table
+    error: str = ""  # why nft could not be read (not installed...)
+    digest: str | None = None  # of every firewall rule of the host (read with probe=True)
+
+
+@dataclass(frozen=True)
 class Observation:
     links: tuple[Link, ...]
     addresses: tuple[tuple[str, ipaddress.IPv4Interface], ...]  # (link name, address)
     routes: tuple[tuple[str, ipaddress.IPv4Network, str | None], ...]  # (link name, destination, gateway)
-    rules: tuple[Rule, ...]  # Proximity's live rules, in order, duplicates kept
+    firewall: Firewall
     sysctls: Mapping[str, str | None]
     files: Mapping[Path, str | None]  # the files Proximity writes (None: absent)
     dns: DnsProcess | None
@@ -94,8 +109,16 @@ class Observation:
     last_probe: ProbeResult | None = None  # the last end-to-end probe (read with probe=True)
     sourced: tuple[SourcedFile, ...] = ()  # the files the interfaces file sources, as ifupdown2 reads them
     intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
-    rules_digest: str | None = None  # of the host's firewall rules now (read with probe=True)
     full_disks: tuple[tuple[str, int], ...] = ()  # (directory, bytes free): Proximity's state with no room left
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.firewall.rules
+
+    @property
+    def rules_digest(self) -> str | None:
+        """Of the host's firewall rules now (read with probe=True)."""
+        return self.firewall.digest
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
@@ -109,7 +132,7 @@ class Observation:
 
 def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
     s = settings
-    return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
+    return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.ruleset_file, s.ruleset_state_file, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
             s.reservations_db.with_name(s.reservations_db.name + ".bak"), s.leases_file, *render.dns_unit_files(s, systemd))
 
 
@@ -121,10 +144,9 @@ def _read(host: Host, settings: Settings, path: Path) -> str | None:
 
 
 def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
-            rules: tuple[Rule, ...] | None = None, probes: Probes | None = None,
-            digest: str | None = None) -> Observation:
+            firewall: Firewall | None = None, probes: Probes | None = None) -> Observation:
     """Read the host. ``probe`` adds the leases and the probes that status needs (a DNS query, ``ss``);
-    ``rules`` (with their ``digest``) and ``probes`` reuse earlier readings (the snapshot's quick refresh)."""
+    ``firewall`` and ``probes`` reuse earlier readings (the snapshot's quick refresh)."""
     links, addresses = [], []
     for item in host.ip_json("-details", "address", "show"):
         links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
@@ -135,10 +157,8 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         (r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
          ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False), r.get("gateway"))
         for r in host.ip_json("-4", "route", "show", "table", "main"))
-    if rules is None:
-        saved = host.query(["iptables-save"]).stdout
-        rules = parse_own_rules(saved, settings)
-        digest = rules_digest(host, saved) if probe else None
+    if firewall is None:
+        firewall = read_firewall(host, settings, probe)
     reservations = tuple(Reservations(settings, host).all())
     by_name = {link.name: link for link in links}
     attachments = []
@@ -151,7 +171,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
     pve_on = pve_firewall_on(host, settings)
     pve_rules, pve_error = _pve_rules(settings) if pve_on else (None, None)
     obs = Observation(
-        links=tuple(links), addresses=tuple(addresses), routes=routes, rules=rules,
+        links=tuple(links), addresses=tuple(addresses), routes=routes, firewall=firewall,
         sysctls=MappingProxyType({key: host.read_sysctl(key) for key in SYSCTLS}),
         files=MappingProxyType(files),
         dns=dns_process, reservations=reservations, attachments=tuple(attachments),
@@ -170,7 +190,22 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
                                       str(settings.gateway.ip)) is not None)
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
-                          "probes": probes, "last_probe": load_probe(host, settings), "rules_digest": digest})
+                          "probes": probes, "last_probe": load_probe(host, settings)})
+
+
+def read_firewall(host: Host, settings: Settings, digest: bool = False) -> Firewall:
+    """iptables' side (Proximity's rules, the filter chains) and nftables' (Proximity's table, normalised)."""
+    saved = host.query(["iptables-save"]).stdout
+    listing, error = list_ruleset(host)
+    objects = nft.own_objects(listing)
+    table = nft.digest(json.dumps(objects, sort_keys=True)) if objects else None
+    try:
+        applied = json.loads(host.read_text(settings.ruleset_state_file, errors="replace") or "null")
+    except ValueError:  # damaged: as if never applied, so the next `up` applies it again
+        applied = None
+    return Firewall(parse_own_rules(saved, settings), MappingProxyType(filter_chains(saved)), table,
+                    MappingProxyType(applied) if isinstance(applied, dict) else None, error,
+                    rules_digest(saved, listing) if digest else None)
 
 
 def read_sourced(host: Host, path: Path, text: str | None) -> tuple[SourcedFile, ...]:

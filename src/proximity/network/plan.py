@@ -11,7 +11,6 @@ an admin's unrelated, unapplied edits to other interfaces are never applied behi
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,12 +18,12 @@ from proximity.errors import ConflictError
 from proximity.network import interfaces, render, safety
 from proximity.network.dns_changes import ReloadDns, RestartDns, StartDns, StopDns, WriteDnsConfig
 from proximity.network.changes import (
-    AddRule, ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, RemoveFile,
+    ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, RemoveFile,
     SetSysctl, WriteFile, AddPveRule, DeletePveRule,
 )
+from proximity.network.nft_changes import plan_firewall, plan_remove
 from proximity.network.pvefirewall import PveRule, from_live, host_rules, is_own, node_name
 from proximity.network.dnsmasq import content_hash
-from proximity.network.firewall import firewall_rules
 from proximity.network.observe import Observation
 from proximity.network.reservations import render_addn_hosts, render_dhcp_hosts
 from proximity.network.validate import check_subnet_free, resolve_uplink
@@ -61,10 +60,12 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     if refused:
         raise ConflictError(f"Proximity will not run {s.bridge} (nothing was changed):\n  " + "\n  ".join(refused))
     warnings: list[str] = list(_not_built_yet(s))
-    changes: list[Change] = []
+    # 0. The nftables table first: the file the stanza's post-up loads exists before ifreload runs it,
+    #    and an upgrade has NAT all along (the old iptables rules go in step 3, after it).
+    changes, rule_changes = plan_firewall(s, obs, uplink)
 
     # 1. The bridge, declared in the interfaces file and live.
-    new_text = _declared(s, text, uplink, obs.pve_firewall, warnings)
+    new_text = _declared(s, text, warnings)
     link = obs.link(s.bridge)
     live = link is not None and link.up and (s.bridge, s.gateway) in obs.addresses
     remake_bridge = False
@@ -77,7 +78,7 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     # at the next boot, so the stanza goes there too (it is never applied from there by us).
     pending = obs.file(s.pending_interfaces_file)
     if pending is not None:
-        declared = _declared(s, pending, uplink, obs.pve_firewall, [])
+        declared = _declared(s, pending, [])
         if declared != pending:
             changes.append(WriteFile(s.pending_interfaces_file, declared, pending))
 
@@ -85,13 +86,8 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
     if link is not None and not remake_bridge:
         changes += [AttachPort(a.port, s.bridge, a.vmid, a.hostname) for a in obs.attachments if a.master != s.bridge]
 
-    # 3. Rules: exactly one of each wanted rule, nothing else carrying our comment.
-    wanted = firewall_rules(s, uplink, obs.pve_firewall)
-    seen = Counter(obs.rules)
-    for rule, count in seen.items():
-        extra = count - (1 if rule in wanted else 0)
-        changes += [DeleteRule(rule, count)] * extra
-    changes += [AddRule(rule) for rule in wanted if rule not in seen]
+    # 3. iptables: the accepts a FORWARD policy of DROP needs, exactly once; no other rule of ours.
+    changes += rule_changes
 
     # 4. Forwarding.
     forward = obs.sysctls.get("net.ipv4.ip_forward")
@@ -181,6 +177,7 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan
     mine = _stanza(s, new_text) is None and not safety.declared_elsewhere(s, obs)
     if mine and obs.link(s.bridge) is not None:
         changes.append(DeleteLink(s.bridge))
+    changes += plan_remove(s, obs)
     changes += [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules]
     warnings: list[str] = []
     if obs.pve_firewall:
@@ -201,7 +198,7 @@ def _stanza(settings: Settings, text: str) -> interfaces.Stanza | None:
     return next((st for st in interfaces.parse_stanzas(text) if st.name == settings.bridge), None)
 
 
-def _declared(settings: Settings, text: str, uplink: str, pve_firewall: bool, warnings: list[str]) -> str:
+def _declared(settings: Settings, text: str, warnings: list[str]) -> str:
     """The interfaces file with the bridge declared: Proximity's stanza, or the admin's own if it matches."""
     s = settings
     # Only the inet stanza is compared: an inet6 one beside it (what Proxmox's GUI writes when IPv6 is
@@ -209,7 +206,7 @@ def _declared(settings: Settings, text: str, uplink: str, pve_firewall: bool, wa
     hand = next((st for st in interfaces.parse_stanzas(text)
                  if st.name == s.bridge and not st.managed and st.family != "inet6"), None)
     if hand is None:
-        return interfaces.merge_block(text, render.bridge_stanza(s, uplink, pve_firewall))
+        return interfaces.merge_block(text, render.bridge_stanza(s))
     differences = interfaces.compare_bridge(hand, render.bridge_options(s), str(s.interfaces_file))
     if differences:
         raise SettingsError(
@@ -217,6 +214,7 @@ def _declared(settings: Settings, text: str, uplink: str, pve_firewall: bool, wa
             "Proximity's settings:\n  " + "\n  ".join(differences)
             + f"\nMake that stanza match, or delete it and run `proximity up` to let Proximity manage {s.bridge}.")
     warnings.append(
-        f"adopted the hand-written {s.bridge} stanza at {s.interfaces_file} line {hand.first_line}; NAT and "
-        "forwarding rules are applied live, make sure its post-up lines re-create them at boot")
+        f"adopted the hand-written {s.bridge} stanza at {s.interfaces_file} line {hand.first_line}; the firewall "
+        f"(NAT and isolation) is applied live, make sure a post-up line loads it at boot: "
+        f"`post-up nft -f {s.ruleset_file}`")
     return interfaces.remove_block(text)

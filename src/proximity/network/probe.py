@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from proximity.errors import HostError, ProximityError
 from proximity.host import Host
+from proximity.network import nft
 from proximity.network.dnsmasq import port_holders
 from proximity.network.render import stable_mac
 from proximity.settings import Settings
@@ -26,8 +27,8 @@ PROBE_HOSTNAME = "proximity-probe"
 LEASE_RE = re.compile(r"lease of (\d+\.\d+\.\d+\.\d+) obtained")
 COUNTED = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*-j (?:DROP|REJECT).*)$")
 POLICY = re.compile(r"^:(\S+) (DROP|REJECT) \[(\d+):\d+\]$")
-# What changes in a ruleset listing without a rule changing: counters, timeouts, comments.
-VOLATILE = re.compile(r"\[\d+:\d+\]|\b(?:packets|bytes) \d+|\bexpires \S+|\bused \d+ \S+")
+# What changes in an iptables-save listing without a rule changing: counters.
+VOLATILE = re.compile(r"\[\d+:\d+\]")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     s = settings
     ns, veth = f"pxprobe-{os.getpid()}", f"pxp{os.getpid()}"
     root, client = host.sibling(None), host.sibling(ns)
-    digest = rules_digest(host)
+    digest = host_rules_digest(host)
     before = _drop_counters(host)
     _remove_stale_probes(root)
     root.run(["ip", "netns", "add", ns])
@@ -79,22 +80,33 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     return ProbeResult(False, time.time(), lease, resolved, reason, fix, cause, digest)
 
 
-def rules_digest(host: Host, iptables_save: str | None = None) -> str:
-    """A digest of every firewall rule of the host (iptables and nftables), without counters: a probe
-    taken under other rules says nothing about these (``iptables_save``: its output, if read already)."""
-    listings = [iptables_save if iptables_save is not None else _listing(host, ["iptables-save"]),
-                _listing(host, ["nft", "list", "ruleset"])]
-    lines = (VOLATILE.sub("", line).rstrip() for text in listings for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+def rules_digest(iptables_save: str, listing: dict) -> str:
+    """A digest of every firewall rule of the host (``iptables-save`` and ``nft -j list ruleset``), without
+    counters or handles: a probe taken under other rules says nothing about these."""
+    lines = [VOLATILE.sub("", line).rstrip() for line in iptables_save.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    text = "\n".join([*lines, json.dumps(nft.normalise(listing), sort_keys=True)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _listing(host: Host, argv: list[str]) -> str:
+def host_rules_digest(host: Host) -> str:
+    saved = host.query(["iptables-save"])
+    return rules_digest(saved.stdout if saved.ok else "", list_ruleset(host)[0])
+
+
+def list_ruleset(host: Host) -> tuple[dict, str]:
+    """``nft -j list ruleset``, parsed (empty, with the reason, when nft is missing or fails)."""
     try:
-        result = host.query(argv)
-    except HostError:  # no nft on this host: its rules are the iptables ones
-        return ""
-    return result.stdout if result.ok else ""
+        result = host.query(["nft", "-j", "list", "ruleset"])
+    except HostError as exc:  # no nft on this host
+        return {}, str(exc)
+    if not result.ok:
+        return {}, f"`nft -j list ruleset` failed: {result.stderr.strip()}"
+    try:
+        listing = json.loads(result.stdout or "{}")
+    except ValueError:
+        return {}, "`nft -j list ruleset` printed no JSON"
+    return (listing, "") if isinstance(listing, dict) else ({}, "`nft -j list ruleset` printed no JSON object")
 
 
 def is_stale(result: ProbeResult | None, digest: str | None) -> bool:

@@ -19,9 +19,9 @@ from proximity.network.changes import Env
 from proximity.network.dnsmasq import dns_service
 from proximity.network.health import Check, NetworkStatus, health  # noqa: F401 (Check: its old home)
 from proximity.network.leases import Lease, parse_leases
-from proximity.network.observe import Observation, Probes, observe
+from proximity.network.observe import Firewall, Observation, Probes, observe
 from proximity.network.plan import Mode, Plan, plan_down, plan_up
-from proximity.network.probe import ProbeResult, is_stale, probe, rules_digest
+from proximity.network.probe import ProbeResult, host_rules_digest, is_stale, probe
 from proximity.network.probe import load as load_probe
 from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
@@ -63,9 +63,8 @@ class NetworkManager:
         self._leases_cache: tuple[tuple[int, int, int], tuple[list[Lease], list[str]]] | None = None
 
     # -- reading ----------------------------------------------------------------------------
-    def observe(self, probe: bool = False, probes: Probes | None = None, rules=None,
-                digest: str | None = None) -> Observation:
-        return observe(self.host, self.settings, self.dns, probe=probe, probes=probes, rules=rules, digest=digest)
+    def observe(self, probe: bool = False, probes: Probes | None = None, firewall: Firewall | None = None) -> Observation:
+        return observe(self.host, self.settings, self.dns, probe=probe, probes=probes, firewall=firewall)
 
     def status(self, reprobe: bool = False) -> NetworkStatus:
         """The health verdict. With ``reprobe``, a failed end-to-end probe, or one taken under other
@@ -75,13 +74,13 @@ class NetworkManager:
         if reprobe and last is not None and (not last.ok or is_stale(last, obs.rules_digest)) \
                 and obs.link(self.settings.bridge):
             self.run_probe()
-            obs = self.observe(probe=True, probes=obs.probes, rules=obs.rules, digest=obs.rules_digest)
+            obs = self.observe(probe=True, probes=obs.probes, firewall=obs.firewall)
         return health(self.settings, obs)
 
     def probe_due(self) -> bool:
         """The last end-to-end probe failed, or was taken under other firewall rules than the host's now."""
         last = load_probe(self.host, self.settings)
-        return last is not None and (not last.ok or is_stale(last, rules_digest(self.host)))
+        return last is not None and (not last.ok or is_stale(last, host_rules_digest(self.host)))
 
     def run_probe(self) -> ProbeResult:
         """The end-to-end probe (a throwaway client asks for a lease and a name); its result is kept."""

@@ -1,4 +1,4 @@
-"""Pure rendering: settings in, text and rules out. No I/O here."""
+"""Pure rendering: settings in, text out (the firewall's table: ``network.nft``). No I/O here."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import hashlib
 import shlex
 import shutil
 
-from proximity.network.firewall import firewall_rules
 from proximity.settings import RESERVED_HOSTNAMES, Settings
 
 HEADER = "# Managed by Proximity: 'proximity up' rewrites this file from its settings.\n"
@@ -27,11 +26,11 @@ def bridge_mac(settings: Settings) -> str:
     return stable_mac(f"bridge:{settings.bridge}")
 
 
-def bridge_stanza(settings: Settings, uplink: str, pve_firewall: bool) -> list[str]:
+def bridge_stanza(settings: Settings) -> list[str]:
     """The seed's stanza, with post-up commands that are safe to run again.
 
-    The seed's ``iptables -A`` in post-up adds a duplicate rule on every
-    ``ifreload -a``; check-then-add keeps exactly one.
+    The firewall is the one file ``up`` applies (``network.nft``): post-up loads that same file at
+    boot, and ``nft -f`` replaces the table whole, so every ``ifreload -a`` leaves exactly one.
     """
     br = settings.bridge
     lines = [
@@ -44,9 +43,7 @@ def bridge_stanza(settings: Settings, uplink: str, pve_firewall: bool) -> list[s
         f"\thwaddress {bridge_mac(settings)}",
         "\tpost-up echo 1 > /proc/sys/net/ipv4/ip_forward",
     ]
-    rules = firewall_rules(settings, uplink, pve_firewall)
-    lines += [f"\tpost-up {rule.ensure_shell()}" for rule in rules]
-    lines += [f"\tpost-down {rule.remove_shell()}" for rule in rules]
+    lines.append(f"\tpost-up nft -f {shlex.quote(str(settings.ruleset_file))}")
     return lines
 
 
