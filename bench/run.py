@@ -87,7 +87,7 @@ def ready_rows(count: int) -> list[Row]:
         bound, named = (measured[f"{peer.label}: start → {what}"] for what in ("bound", "name"))
         rows.append(Row(f"{count} containers: start → lease and A record, p95, vs {peer.label}", p95, base, "s",
                         target, base >= peer.factor * p95,
-                        notes=f"median {median(ours):.3f} s vs {median(theirs):.3f} s; theirs: lease p95 "
+                        notes=f"median {median(ours):.3f} s vs {median(theirs):.3f} s; theirs: lease held p95 "
                               f"{percentile(bound, 95):.3f} s, name p95 {percentile(named, 95):.3f} s",
                         samples={"proximity": ours, "baseline": theirs}))
     return rows
