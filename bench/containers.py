@@ -1,10 +1,13 @@
 """Network-ready time of containers: from the start call to a lease, and to a name a peer resolves.
 
 Proximity's settings (reservation + addn-hosts, dhcp-rapid-commit, no-ping) against the
-seed's plain dnsmasq (no reservation, ping check on), on the same sandbox host, same run; then
-the same containers on each peer's network (``bench/peers.py``).
+seed's plain dnsmasq (no reservation, ping check on), on the same sandbox host, and against each
+peer's network (``bench/peers.py``), same run.
 
-Every container is started alone and timed by :func:`measure_start` until each probe holds:
+Proximity's containers and the peers' take turns (:func:`start_each`), so that a slow moment of
+this shared machine falls on every network alike; the seed's run after them, as its dnsmasq
+replaces Proximity's. Every container is started alone and timed by :func:`measure_start` until
+each probe holds:
 ``lease`` (the lease file has its MAC), ``bound`` (its udhcpc holds the lease: the bound hook
 configured the address and wrote ``/etc/resolv.conf``, empty until then) and ``name`` (its A
 record resolves from the bridge's DNS). Network-ready is the later of ``bound`` and ``name``.
@@ -12,6 +15,7 @@ record resolves from the bridge's DNS). Network-ready is the later of ``bound`` 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -66,15 +70,26 @@ def measure_start(backend, vmid: int, probes: dict[str, Probe], timeout: float =
     return times
 
 
-def start_each(who: str, backend, count: int, make: Callable[[int], tuple[int, dict[str, Probe]]]
-               ) -> list[tuple[str, list[float]]]:
-    """Make and start ``count`` containers one after another; ``(f"{who}: start → {what}", samples)``."""
-    samples: dict[str, list[float]] = {}
+Make = Callable[[int], tuple[int, dict[str, Probe]]]  # container i -> (vmid, its probes)
+
+
+def start_each(count: int, networks: list[tuple[str, object, Make]]) -> list[tuple[str, list[float]]]:
+    """Make and start ``count`` containers on each network, taking turns (container i on every network,
+    then i + 1), each timed alone; ``(f"{who}: start → {what}", samples)``."""
+    samples: dict[tuple[str, str], list[float]] = {}
     for i in range(count):
-        vmid, probes = make(i)
-        for what, seconds in measure_start(backend, vmid, probes).items():
-            samples.setdefault(what, []).append(seconds)
-    return [(f"{who}: start → {what}", values) for what, values in samples.items()]
+        for who, backend, make in networks:
+            vmid, probes = make(i)
+            for what, seconds in measure_start(backend, vmid, probes).items():
+                samples.setdefault((who, what), []).append(seconds)
+    return [(f"{who}: start → {what}", values) for (who, what), values in samples.items()]
+
+
+def on_peer(net: peers.Network) -> tuple[str, object, Make]:
+    def make(i: int) -> tuple[int, dict[str, Probe]]:
+        vmid, fqdn = net.create(i)
+        return vmid, {"bound": bound(net.backend, vmid), "name": resolves(net.ns, fqdn, net.peer.gateway)}
+    return net.peer.label, net.backend, make
 
 
 def seed_conf(settings) -> str:
@@ -103,7 +118,9 @@ def run(count: int = 20) -> list[tuple[str, list[float]]]:
             return info.vmid, {"lease": leased(settings, info.mac), "bound": bound(backend, info.vmid),
                                "name": resolves(peer.ns, f"{info.hostname}.prox.local")}
 
-        rows += start_each("Proximity", backend, count, ours)
+        with contextlib.ExitStack() as stack:  # the peers: each its own namespace, bridge and dnsmasq
+            nets = [stack.enter_context(peers.network(sb, spec)) for spec in peers.PEERS]
+            rows += start_each(count, [("Proximity", backend, ours), *map(on_peer, nets)])
         for container in backend.list():
             manager.destroy(str(container.vmid))
 
@@ -117,17 +134,7 @@ def run(count: int = 20) -> list[tuple[str, list[float]]]:
             return ct.vmid, {"lease": leased(settings, mac.lower()),
                              "name": resolves(peer.ns, f"{ct.hostname}.prox.local")}
 
-        rows += start_each("baseline (seed dnsmasq)", backend, count, seed)
-
-        # Peers: each its own namespace, bridge and dnsmasq with its shipped defaults.
-        for spec in peers.PEERS:
-            with peers.network(sb, spec) as net:
-                def theirs(i: int, net=net) -> tuple[int, dict[str, Probe]]:
-                    vmid, fqdn = net.create(i)
-                    return vmid, {"bound": bound(net.backend, vmid),
-                                  "name": resolves(net.ns, fqdn, net.peer.gateway)}
-
-                rows += start_each(spec.label, net.backend, count, theirs)
+        rows += start_each(count, [("baseline (seed dnsmasq)", backend, seed)])
     finally:
         sandboxes.destroy(name)
     return rows
