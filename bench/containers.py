@@ -1,14 +1,27 @@
 """Network-ready time of containers: from the start call to a lease, and to a name a peer resolves.
 
 Proximity's settings (reservation + addn-hosts, dhcp-rapid-commit, no-ping) against the
-seed's plain dnsmasq (no reservation, ping check on), on the same sandbox host, same run.
+seed's plain dnsmasq (no reservation, ping check on), on the same sandbox host, and against each
+peer's network (``bench/peers.py``), same run.
+
+Proximity's containers and the peers' take turns (:func:`start_each`), so that a slow moment of
+this shared machine falls on every network alike; the seed's run after them, as its dnsmasq
+replaces Proximity's. Every container is started alone and timed by :func:`measure_start` until
+each probe holds:
+``lease`` (the lease file has its MAC), ``bound`` (its udhcpc holds the lease: the bound hook
+configured the address and wrote ``/etc/resolv.conf``, empty until then) and ``name`` (its A
+record resolves from the bridge's DNS). Network-ready is the later of ``bound`` and ``name``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+
+import peers
 
 from proximity import sandbox as sandboxes
 from proximity.containers.base import ContainerSpec
@@ -20,32 +33,63 @@ from proximity.network.dnsmasq import SupervisedDns
 from proximity.settings import load_settings
 
 GATEWAY = "10.10.0.1"
+READY = "network-ready"
+Probe = Callable[[], object]
 
 
-def resolves(ns: str, name: str) -> str | None:
-    found = Host(ns).resolve(name, GATEWAY, timeout=0.2, attempts=1)
-    return found[0] if found else None
+def resolves(ns: str, name: str, server: str = GATEWAY) -> Probe:
+    return lambda: Host(ns).resolve(name, server, timeout=0.2, attempts=1)
 
 
-def leased(settings, mac: str) -> str | None:
-    text = settings.leases_file.read_text() if settings.leases_file.exists() else ""
-    return next((line.split()[2] for line in text.splitlines() if f" {mac} " in line), None)
+def leased(settings, mac: str) -> Probe:
+    def probe() -> bool:
+        text = settings.leases_file.read_text() if settings.leases_file.exists() else ""
+        return any(f" {mac} " in line for line in text.splitlines())
+    return probe
 
 
-def measure_start(backend, settings, peer_ns: str, vmid: int, hostname: str, mac: str) -> tuple[float, float]:
-    """Seconds from the start call to (lease held, name resolvable from the peer)."""
+def bound(backend: LxcBackend, vmid: int) -> Probe:
+    path = backend.lxcpath / str(vmid) / "rootfs/etc/resolv.conf"
+    return lambda: path.exists() and path.stat().st_size > 0
+
+
+def measure_start(backend, vmid: int, probes: dict[str, Probe], timeout: float = 30) -> dict[str, float]:
+    """Seconds from the start call until each probe first holds (inf: not within ``timeout``)."""
     start = time.perf_counter()
     backend.start(vmid)
-    lease_at = name_at = None
-    deadline = start + 30
-    while (lease_at is None or name_at is None) and time.perf_counter() < deadline:
+    found: dict[str, float] = {}
+    while len(found) < len(probes) and time.perf_counter() < start + timeout:
         now = time.perf_counter()
-        if lease_at is None and leased(settings, mac):
-            lease_at = now - start
-        if name_at is None and resolves(peer_ns, f"{hostname}.prox.local"):
-            name_at = now - start
+        for what, probe in probes.items():
+            if what not in found and probe():
+                found[what] = now - start
         time.sleep(0.005)
-    return lease_at or float("inf"), name_at or float("inf")
+    times = {what: found.get(what, float("inf")) for what in probes}
+    if {"bound", "name"} <= times.keys():
+        times[READY] = max(times["bound"], times["name"])
+    return times
+
+
+Make = Callable[[int], tuple[int, dict[str, Probe]]]  # container i -> (vmid, its probes)
+
+
+def start_each(count: int, networks: list[tuple[str, object, Make]]) -> list[tuple[str, list[float]]]:
+    """Make and start ``count`` containers on each network, taking turns (container i on every network,
+    then i + 1), each timed alone; ``(f"{who}: start → {what}", samples)``."""
+    samples: dict[tuple[str, str], list[float]] = {}
+    for i in range(count):
+        for who, backend, make in networks:
+            vmid, probes = make(i)
+            for what, seconds in measure_start(backend, vmid, probes).items():
+                samples.setdefault((who, what), []).append(seconds)
+    return [(f"{who}: start → {what}", values) for (who, what), values in samples.items()]
+
+
+def on_peer(net: peers.Network) -> tuple[str, object, Make]:
+    def make(i: int) -> tuple[int, dict[str, Probe]]:
+        vmid, fqdn = net.create(i)
+        return vmid, {"bound": bound(net.backend, vmid), "name": resolves(net.ns, fqdn, net.peer.gateway)}
+    return net.peer.label, net.backend, make
 
 
 def seed_conf(settings) -> str:
@@ -69,27 +113,28 @@ def run(count: int = 20) -> list[tuple[str, list[float]]]:
         backend = LxcBackend(name, sb.state_dir / "lxc")
         manager = ContainerManager(NetworkManager(settings), backend)
 
-        lease, named = [], []
-        for i in range(count):
+        def ours(i: int) -> tuple[int, dict[str, Probe]]:
             info = manager.create(f"app-{i:02d}", start=False)
-            lease_s, name_s = measure_start(backend, settings, peer.ns, info.vmid, info.hostname, info.mac)
-            lease.append(lease_s)
-            named.append(name_s)
+            return info.vmid, {"lease": leased(settings, info.mac), "bound": bound(backend, info.vmid),
+                               "name": resolves(peer.ns, f"{info.hostname}.prox.local")}
+
+        with contextlib.ExitStack() as stack:  # the peers: each its own namespace, bridge and dnsmasq
+            nets = [stack.enter_context(peers.network(sb, spec)) for spec in peers.PEERS]
+            rows += start_each(count, [("Proximity", backend, ours), *map(on_peer, nets)])
         for container in backend.list():
             manager.destroy(str(container.vmid))
-        rows += [("Proximity: start → lease", lease), ("Proximity: start → name resolves", named)]
 
         # Baseline: the seed's settings, on the same host.
         settings.dnsmasq_conf.write_text(seed_conf(settings))
         SupervisedDns(Host(name), settings).restart()
-        lease, named = [], []
-        for i in range(count):
+
+        def seed(i: int) -> tuple[int, dict[str, Probe]]:
             mac = random_mac()
             ct = backend.create(ContainerSpec(f"seed-{i:02d}", f"name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr={mac}"))
-            lease_s, name_s = measure_start(backend, settings, peer.ns, ct.vmid, ct.hostname, mac.lower())
-            lease.append(lease_s)
-            named.append(name_s)
-        rows += [("baseline (seed dnsmasq): start → lease", lease), ("baseline (seed dnsmasq): start → name resolves", named)]
+            return ct.vmid, {"lease": leased(settings, mac.lower()),
+                             "name": resolves(peer.ns, f"{ct.hostname}.prox.local")}
+
+        rows += start_each(count, [("baseline (seed dnsmasq)", backend, seed)])
     finally:
         sandboxes.destroy(name)
     return rows

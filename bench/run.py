@@ -2,7 +2,8 @@
 
 Writes bench/results.md (what, Proximity, baseline, ratio, target, met) and bench/results.json
 (the same rows with their raw samples and the machine). `--quick` runs every row at small sizes;
-`--only firewall,data path` runs only those parts and prints their rows (results.md is left alone).
+`--only PART[,PART]` (e.g. `--only network-ready`) runs those parts, prints their rows and writes their
+samples to bench/results-PART.json (results.md keeps the last whole run).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import api  # noqa: E402
 import containers  # noqa: E402
 import datapath  # noqa: E402
 import dnsload  # noqa: E402
+import peers  # noqa: E402
 import ruleset  # noqa: E402
 import scale  # noqa: E402
 from common import Row, machine, median, percentile  # noqa: E402
@@ -71,13 +73,24 @@ def converge_rows(runs: int) -> list[Row]:
 def ready_rows(count: int) -> list[Row]:
     measured = dict(containers.run(count))
     rows = []
-    for what in ("name resolves", "lease"):
-        ours, seed = measured[f"Proximity: start → {what}"], measured[f"baseline (seed dnsmasq): start → {what}"]
+    for what, probe in (("name resolves", "name"), ("lease", "lease")):
+        ours, seed = measured[f"Proximity: start → {probe}"], measured[f"baseline (seed dnsmasq): start → {probe}"]
         p95, base = percentile(ours, 95), percentile(seed, 95)
         rows.append(Row(f"{count} containers: start → {what}, p95", p95, base, "s",
                         "p95 < 1 s and >= 3x faster than the seed's dnsmasq", p95 < 1 and base >= 3 * p95,
                         notes=f"median {median(ours):.3f} s vs {median(seed):.3f} s",
                         samples={"proximity": ours, "baseline": seed}))
+    ours = measured[f"Proximity: start → {containers.READY}"]
+    for peer in peers.PEERS:
+        theirs = measured[f"{peer.label}: start → {containers.READY}"]
+        p95, base = percentile(ours, 95), percentile(theirs, 95)
+        target = f">= {peer.factor:g}x faster than {peer.label}" if peer.factor > 1 else f"not slower than {peer.label}"
+        bound, named = (measured[f"{peer.label}: start → {what}"] for what in ("bound", "name"))
+        rows.append(Row(f"{count} containers: start → lease and A record, p95, vs {peer.label}", p95, base, "s",
+                        target, base >= peer.factor * p95,
+                        notes=f"median {median(ours):.3f} s vs {median(theirs):.3f} s; theirs: lease held p95 "
+                              f"{percentile(bound, 95):.3f} s, name p95 {percentile(named, 95):.3f} s",
+                        samples={"proximity": ours, "baseline": theirs}))
     return rows
 
 
@@ -100,6 +113,17 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.3g} {unit}" if abs(value) < 1000 else f"{value:,.0f} {unit}"
 
 
+def table(rows: list[Row]) -> list[str]:
+    lines = ["| what | Proximity | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[row.met]
+        ratio = f"{row.ratio:.2f}x" if row.ratio else "-"
+        note = f" ({row.notes})" if row.notes else ""
+        lines.append(f"| {row.what}{note} | {fmt(row.proximity, row.unit)} | {fmt(row.baseline, row.unit)} | "
+                     f"{ratio} | {row.target or '-'} | {met} |")
+    return lines
+
+
 def write_results(rows: list[Row], quick: bool, seconds: float) -> None:
     facts = machine()
     lines = [
@@ -108,14 +132,8 @@ def write_results(rows: list[Row], quick: bool, seconds: float) -> None:
         f"Python {facts['python']}. Mode: {'quick' if quick else 'full'}, {seconds:.0f} s in all. "
         f"Written by `make bench{' BENCH_QUICK=1' if quick else ''}` on {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
         "Ratio: how many times better Proximity is than the baseline (higher is better).", "",
-        "| what | Proximity | baseline | ratio | target | met |", "|---|---|---|---|---|---|",
+        *table(rows),
     ]
-    for row in rows:
-        met = {True: "yes", False: "**no**", None: "-"}[row.met]
-        ratio = f"{row.ratio:.2f}x" if row.ratio else "-"
-        note = f" ({row.notes})" if row.notes else ""
-        lines.append(f"| {row.what}{note} | {fmt(row.proximity, row.unit)} | {fmt(row.baseline, row.unit)} | "
-                     f"{ratio} | {row.target or '-'} | {met} |")
     (BENCH / "results.md").write_text("\n".join(lines) + "\n")
     (BENCH / "results.json").write_text(json.dumps(
         {"machine": facts, "quick": quick, "seconds": seconds,
@@ -128,26 +146,31 @@ def main() -> None:
         os.environ.setdefault("BENCH_API_SECONDS", "2")
         os.environ.setdefault("BENCH_API_RATES", "500")
         api.SECONDS, api.RATES = float(os.environ["BENCH_API_SECONDS"]), [500.0]
-    # --only LABEL[,LABEL]: just those parts (converge, network-ready, status API, scale, DNS, data path, firewall)
-    only = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else set()
     start = time.perf_counter()
+    parts = {
+        "converge": lambda: converge_rows(3 if quick else 7),
+        "network-ready": lambda: ready_rows(5 if quick else 20),
+        "status API": api_rows,
+        "scale": lambda: scale.run(quick),
+        "DNS": lambda: dnsload.run(quick),
+        "data path": lambda: datapath.run(quick),
+        "firewall": lambda: ruleset.run(quick),
+    }
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    if only is not None:  # some parts, printed; the results files keep the last whole run
+        chosen = only.split(",")
+        unknown = [name for name in chosen if name not in parts]
+        if unknown:
+            sys.exit(f"--only {only!r}: the parts are {', '.join(map(repr, parts))}")
+        rows = [row for name in chosen for row in parts[name]()]
+        print("\n".join(table(rows)))
+        (BENCH / f"results-{only.replace(' ', '-').replace(',', '+')}.json").write_text(json.dumps(
+            {"machine": machine(), "quick": quick, "rows": [row.as_dict() for row in rows]}, indent=1) + "\n")
+        return
     rows: list[Row] = []
-    for label, part in [
-        ("converge", lambda: converge_rows(3 if quick else 7)),
-        ("network-ready", lambda: ready_rows(5 if quick else 20)),
-        ("status API", api_rows),
-        ("scale", lambda: scale.run(quick)),
-        ("DNS", lambda: dnsload.run(quick)),
-        ("data path", lambda: datapath.run(quick)),
-        ("firewall", lambda: ruleset.run(quick)),
-    ]:
-        if only and label not in only:
-            continue
+    for label, part in parts.items():
         print(f"bench: {label} ...", flush=True)
         rows += part()
-    if only:  # a few rows: printed, and results.md (the whole table) is left alone
-        scale.print_rows(rows)
-        return
     write_results(rows, quick, time.perf_counter() - start)
     sys.stdout.write((BENCH / "results.md").read_text())
 
