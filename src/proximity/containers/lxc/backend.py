@@ -88,6 +88,7 @@ class LxcBackend(LxcCommands, RootfsBuilder, Snapshots):
         self.command_timeout = command_timeout
         self.cgroups = cgroup_layout()
         self._busybox_files: list[tuple[Path, str]] | None = None  # (source, path in rootfs)
+        self._dhcpcd_files: list[tuple[Path, str]] | None = None
         self._applets: list[str] | None = None
 
     # -- files ---------------------------------------------------------------------
@@ -149,6 +150,8 @@ class LxcBackend(LxcCommands, RootfsBuilder, Snapshots):
         if not net.get("hwaddr"):  # Proxmox generates one and stores it in net0
             net = Net0({**net.options, "hwaddr": random_mac()})
         self._busybox()  # fail before anything is created
+        if net.get("ip6") == "dhcp":
+            self._dhcpcd()
         try:
             self.lxcpath.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

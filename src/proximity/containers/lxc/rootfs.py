@@ -4,6 +4,11 @@ No download: the rootfs is a directory with busybox (plus the shared libraries i
 not the static build) and an applet symlink for each of its commands, ``/sbin/init`` =
 ``data/ct-init.sh``, ``/usr/share/udhcpc/default.script`` = ``data/udhcpc.script`` and
 ``/etc/proximity/net0.env``, net0 as the init reads it.
+
+IPv6: busybox has no DHCPv6 client in Debian (no ``udhcpc6``), so a container whose net0 says
+``ip6=dhcp`` also gets this machine's dhcpcd (Debian's dhcpcd-base: one binary on libc, stateful
+DHCPv6, the FQDN option, a DUID-LL) with ``data/dhcpcd.conf``, and the user its privilege
+separation runs as. SLAAC (``ip6=auto``) needs no client: the kernel does it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,17 @@ from proximity.host import ETC_NETNS, Host
 NET_ENV = "etc/proximity/net0.env"
 INIT_LOG = "var/log/ct-init.log"
 ROOTFS = "rootfs"
+DHCPCD_USER = "dhcpcd:x:101:65534:DHCP client (privilege separation):/usr/lib/dhcpcd:/bin/false\n"
+_DHCPCD_DIRS = ("usr/lib/dhcpcd", "var/lib/dhcpcd", "run/dhcpcd")  # chroot, lease and DUID store, sockets
 
 
 def _data_file(name: str) -> bytes:
     return resources.files("proximity").joinpath("data", name).read_bytes()
+
+
+def _program(name: str, *paths: str) -> Path | None:
+    found = shutil.which(name) or next((p for p in paths if os.access(p, os.X_OK)), None)
+    return Path(found).resolve() if found else None
 
 
 class RootfsBuilder:
@@ -34,30 +46,59 @@ class RootfsBuilder:
     domain: str
     netns: str | None
     _busybox_files: list[tuple[Path, str]] | None  # (source, path in rootfs)
+    _dhcpcd_files: list[tuple[Path, str]] | None
     _applets: list[str] | None
 
     def _busybox(self) -> list[tuple[Path, str]]:
         """busybox and, unless it is static, the shared libraries it loads (from ldd)."""
-        if self._busybox_files is not None:
-            return self._busybox_files
-        found = shutil.which("busybox") or next(
-            (p for p in ("/bin/busybox", "/usr/bin/busybox") if os.access(p, os.X_OK)), None)
-        if not found:
-            raise BackendError("busybox is not installed: 'apt-get install busybox' (or busybox-static); "
-                               "the local containers are built from it")
-        busybox = Path(found).resolve()
-        files = [(busybox, "bin/busybox")]
-        proc = self._run(["ldd", str(busybox)], check=False, in_ns=False)
+        if self._busybox_files is None:
+            found = _program("busybox", "/bin/busybox", "/usr/bin/busybox")
+            if not found:
+                raise BackendError("busybox is not installed: 'apt-get install busybox' (or busybox-static); "
+                                   "the local containers are built from it")
+            self._busybox_files = self._with_libraries(found, "bin/busybox", "install busybox-static instead")
+        return self._busybox_files
+
+    def _dhcpcd(self) -> list[tuple[Path, str]]:
+        """dhcpcd and the shared libraries it loads: the DHCPv6 client of a container with ip6=dhcp."""
+        if self._dhcpcd_files is None:
+            found = _program("dhcpcd", "/usr/sbin/dhcpcd", "/sbin/dhcpcd")
+            if not found:
+                raise BackendError("net0 ip6=dhcp needs a DHCPv6 client in the container, taken from this machine: "
+                                   "install dhcpcd ('apt-get install dhcpcd-base'), or use ip6=auto (SLAAC)")
+            self._dhcpcd_files = self._with_libraries(found, "usr/sbin/dhcpcd", "install dhcpcd-base again")
+        return self._dhcpcd_files
+
+    def _with_libraries(self, program: Path, target: str, fix: str) -> list[tuple[Path, str]]:
+        files = [(program, target)]
+        proc = self._run(["ldd", str(program)], check=False, in_ns=False)
         if proc.returncode == 0:  # dynamic: copy what the loader needs, at the same paths
             for line in proc.stdout.splitlines():
                 m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
                 if m:
                     files.append((Path(m.group(1)).resolve(), m.group(1).lstrip("/")))
         elif "not a dynamic executable" not in (proc.stdout + proc.stderr):
-            raise BackendError(f"cannot tell which libraries {busybox} needs ('ldd {busybox}': "
-                               f"{(proc.stderr or proc.stdout).strip()}); install busybox-static instead")
-        self._busybox_files = files
+            raise BackendError(f"cannot tell which libraries {program} needs ('ldd {program}': "
+                               f"{(proc.stderr or proc.stdout).strip()}); {fix}")
         return files
+
+    @staticmethod
+    def _copy_files(rootfs: Path, files: list[tuple[Path, str]]) -> None:
+        for source, target in files:
+            dest = rootfs / target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+
+    def _install_dhcpcd(self, rootfs: Path) -> None:
+        """dhcpcd, its config, its directories and its privilege-separation user (idempotent)."""
+        self._copy_files(rootfs, self._dhcpcd())
+        for d in _DHCPCD_DIRS:
+            (rootfs / d).mkdir(parents=True, exist_ok=True)
+        Host().write_text(rootfs / "etc/dhcpcd.conf", _data_file("dhcpcd.conf").decode())
+        passwd = rootfs / "etc/passwd"
+        text = passwd.read_text() if passwd.exists() else ""
+        if DHCPCD_USER not in text:
+            Host().write_text(passwd, text + DHCPCD_USER)
 
     def _applet_names(self) -> list[str]:
         if self._applets is None:
@@ -72,10 +113,7 @@ class RootfsBuilder:
             (rootfs / d).mkdir(parents=True, exist_ok=True)
         (rootfs / "tmp").chmod(0o1777)
         (rootfs / "root").chmod(0o700)
-        for source, target in self._busybox():
-            dest = rootfs / target
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest)
+        self._copy_files(rootfs, self._busybox())
         for applet in self._applet_names():
             link = rootfs / "bin" / applet
             if not link.exists() and not link.is_symlink():
@@ -120,7 +158,9 @@ class RootfsBuilder:
     def _write_net_env(self, vmid: int, net: Net0) -> None:
         rootfs = self._dir(vmid) / ROOTFS
         env = {"NET0_IFACE": net.get("name") or "eth0", "NET0_IP": net.get("ip") or "manual",
-               "NET0_GW": net.get("gw") or ""}
+               "NET0_GW": net.get("gw") or "", "NET0_IP6": net.get("ip6") or "manual", "NET0_GW6": net.get("gw6") or ""}
+        if env["NET0_IP6"] == "dhcp":  # first: a missing dhcpcd changes nothing
+            self._install_dhcpcd(rootfs)
         path = rootfs / NET_ENV
         path.parent.mkdir(parents=True, exist_ok=True)
         Host().write_text(path, "# written by proximity from net0; read by /sbin/init\n"

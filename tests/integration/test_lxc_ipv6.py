@@ -1,0 +1,242 @@
+"""IPv6 in local LXC containers, for real: DHCPv6 (dhcpcd in the rootfs) and SLAAC (the kernel), with a
+dnsmasq of the test's own that sends router advertisements, hands out DHCPv6 addresses and answers AAAA.
+
+The test makes one network namespace (``v6<pid>``) with two bridges: ``br6d`` (2001:db8:60::1/64 and
+10.60.0.1/24; a stateful DHCPv6 range and a DHCPv4 range) and ``br6s`` (2001:db8:61::1/64,
+``ra-stateless``: SLAAC). Containers start inside that namespace; everything is stopped by pid and the
+namespace deleted at the end, even on failure. Nothing is created in the machine's own namespace.
+
+The timing test measures, per container, lxc-start to a global IPv6 address that passed DAD (no longer
+``tentative``) and to dnsmasq answering its AAAA record; PROXIMITY_V6_CONTAINERS sets how many (5).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from proximity.containers.base import ContainerSpec
+from proximity.containers.lxc import LxcBackend
+from proximity.host import inside_netns
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, LXC)"),
+    pytest.mark.skipif(shutil.which("lxc-start") is None, reason="LXC is not installed: apt-get install lxc"),
+    pytest.mark.skipif(shutil.which("dhcpcd") is None and not Path("/usr/sbin/dhcpcd").exists(),
+                       reason="dhcpcd is not installed: apt-get install dhcpcd-base (scripts/bootstrap.sh does)"),
+]
+
+NS = f"v6{os.getpid() % 100000}"
+DOMAIN = "v6.test"
+DHCP_BRIDGE, SLAAC_BRIDGE = "br6d", "br6s"
+DHCP_PREFIX, SLAAC_PREFIX = "2001:db8:60:", "2001:db8:61:"  # ::/64 each
+SERVER6 = f"{DHCP_PREFIX}:1"
+IFA_F_TENTATIVE, IFA_F_DADFAILED = 0x40, 0x08
+
+
+def wait_for(check, timeout: float, what: str):
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {result!r})")
+        time.sleep(0.01)
+
+
+def ns(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, text=True, check=check, timeout=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def global_addrs(pid: int) -> dict[str, int]:
+    """The container's global IPv6 addresses on eth0 and their flags, read in its network namespace."""
+    out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-6", "-j", "addr", "show", "dev", "eth0",
+                          "scope", "global"], capture_output=True, text=True, timeout=10).stdout
+    found: dict[str, int] = {}
+    for link in json.loads(out or "[]"):
+        for a in link.get("addr_info", []):
+            if "local" not in a:  # ip prints an empty entry when there is none
+                continue
+            flags = (IFA_F_TENTATIVE if a.get("tentative") else 0) | (IFA_F_DADFAILED if a.get("dadfailed") else 0)
+            found[a["local"]] = flags
+    return found
+
+
+def passed_dad(pid: int, prefix: str) -> str | None:
+    """A global address in ``prefix`` that is past DAD (neither tentative nor failed), or None."""
+    return next((a for a, flags in global_addrs(pid).items() if a.startswith(prefix) and not flags), None)
+
+
+def aaaa(name: str, server: str = SERVER6) -> list[str] | None:
+    """AAAA records of ``name`` asked of ``server`` from inside the test namespace; None without an answer."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    with inside_netns(NS):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        answer = dns.query.udp(dns.message.make_query(name, "AAAA"), server, timeout=0.5, sock=sock)
+    except (dns.exception.DNSException, OSError):
+        return None
+    finally:
+        sock.close()
+    return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.AAAA for item in rrset]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """The namespace, its two bridges and dnsmasq (RA, DHCPv6, DHCPv4, DNS); torn down even on failure."""
+    root = tmp_path_factory.mktemp("v6")
+    root.chmod(0o755)  # dnsmasq drops to nobody
+    pidfile, log = root / "dnsmasq.pid", root / "dnsmasq.log"
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    backend = LxcBackend(NS, root / "lxc", domain=DOMAIN)
+    try:
+        ip = ["ip", "-n", NS]
+        subprocess.run([*ip, "link", "set", "lo", "up"], check=True)
+        # The test's router does no DAD (as Incus sets accept_dad=0 on its bridges): a bridge gets its
+        # link-local address only once a port brings carrier, and dnsmasq ignores DHCPv6 and RS on a
+        # bridge whose link-local address is still tentative, which would cost the first container 1-2 s.
+        ns("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
+        for bridge, addrs in ((DHCP_BRIDGE, [f"{SERVER6}/64", "10.60.0.1/24"]), (SLAAC_BRIDGE, [f"{SLAAC_PREFIX}:1/64"])):
+            subprocess.run([*ip, "link", "add", bridge, "type", "bridge"], check=True)
+            for addr in addrs:  # the test's own router: no DAD, so dnsmasq can bind at once
+                subprocess.run([*ip, "addr", "add", addr, "dev", bridge, *(["nodad"] if ":" in addr else [])],
+                               check=True)
+            subprocess.run([*ip, "link", "set", bridge, "up"], check=True)
+        ns("dnsmasq", "--conf-file=/dev/null", "--no-hosts", "--no-resolv", "--bind-interfaces",
+           f"--interface={DHCP_BRIDGE}", f"--interface={SLAAC_BRIDGE}", "--except-interface=lo",
+           "--enable-ra", f"--dhcp-range={DHCP_PREFIX}:100,{DHCP_PREFIX}:1ff,64,1h",
+           f"--dhcp-range={SLAAC_PREFIX}:,ra-stateless", "--dhcp-range=10.60.0.100,10.60.0.200,1h",
+           f"--domain={DOMAIN}", "--dhcp-authoritative", "--no-ping", "--dhcp-rapid-commit", "--log-dhcp", f"--log-facility={log}",
+           f"--pid-file={pidfile}", f"--dhcp-leasefile={root / 'dnsmasq.leases'}")
+        pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "dnsmasq's pid file")
+        yield backend, root
+    finally:
+        for container in backend.list():
+            backend.destroy(container.vmid)
+        if pidfile.exists() and pidfile.read_text().strip():
+            pid = int(pidfile.read_text())
+            if alive(pid):
+                os.kill(pid, 15)
+            wait_for(lambda: not alive(pid), 10, "dnsmasq to exit")
+        subprocess.run(["ip", "netns", "delete", NS], check=True)
+
+
+def start(backend: LxcBackend, hostname: str, net0: str) -> tuple[int, float, int]:
+    """Create and start a container; returns its vmid, when lxc-start was called, and its init's pid."""
+    ct = backend.create(ContainerSpec(hostname=hostname, net0=net0, memory=64))
+    t0 = time.monotonic()
+    backend.start(ct.vmid)
+    pid = backend.container_pid(ct.vmid)
+    assert pid
+    return ct.vmid, t0, pid
+
+
+def diagnostics(backend: LxcBackend, vmid: int, root: Path) -> str:
+    rootfs = backend.lxcpath / str(vmid) / "rootfs"
+    parts = [f"{p}: {(rootfs / p).read_text(errors='replace')[-1500:]}" for p in
+             ("var/log/ct-init.log", "var/log/dhcpcd.log") if (rootfs / p).exists()]
+    return "\n".join(parts + [f"dnsmasq: {(root / 'dnsmasq.log').read_text(errors='replace')[-1500:]}"])
+
+
+def test_dhcpv6_address_and_aaaa(lab) -> None:
+    backend, root = lab
+    vmid, t0, pid = start(backend, "v6dhcp", f"name=eth0,bridge={DHCP_BRIDGE},ip=dhcp,ip6=dhcp,hwaddr=02:60:00:00:00:01")
+    try:
+        addr = wait_for(lambda: passed_dad(pid, DHCP_PREFIX), 15, "a DHCPv6 address past DAD")
+    except BaseException:
+        print(diagnostics(backend, vmid, root))
+        raise
+    dad_seconds = time.monotonic() - t0
+    stateful = [f"{DHCP_PREFIX}:{n:x}" for n in range(0x100, 0x200)]
+    assert addr in stateful, f"{addr} is not from the DHCPv6 range"
+    assert wait_for(lambda: aaaa(f"v6dhcp.{DOMAIN}") == [addr], 5, "dnsmasq's AAAA record for v6dhcp")
+    lease = (root / "dnsmasq.leases").read_text()
+    assert re.search(rf"^\d+ \d+ {re.escape(addr)} v6dhcp 00:03:00:01:02:60:00:00:00:01$", lease, re.M), lease
+    # the kernel keeps the router advertisements: the default route via the router's link-local address
+    routes = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-6", "route", "show", "default"],
+                            capture_output=True, text=True).stdout
+    assert "via fe80::" in routes and "proto ra" in routes, routes
+    # IPv4 as before: udhcpc's lease on the same link
+    v4 = wait_for(lambda: re.search(r"inet (10\.60\.0\.\d+)/24", backend.exec(vmid, ["ip", "-4", "-o", "addr", "show",
+                                                                                   "eth0"]).stdout), 10, "an IPv4 lease")
+    assert v4
+    # both ways over IPv6: the container reaches its router, the router the container
+    assert backend.exec(vmid, ["ping", "-6", "-c1", "-W2", SERVER6]).returncode == 0
+    assert ns("busybox", "ping", "-6", "-c1", "-W2", addr, check=False).returncode == 0
+    print(f"DHCPv6: lxc-start to {addr} past DAD {dad_seconds:.2f} s")
+    backend.destroy(vmid)
+
+
+def test_slaac_by_the_kernel(lab) -> None:
+    backend, root = lab
+    vmid, t0, pid = start(backend, "v6slaac", f"name=eth0,bridge={SLAAC_BRIDGE},ip=manual,ip6=auto,hwaddr=02:61:00:00:00:01")
+    try:
+        addr = wait_for(lambda: passed_dad(pid, SLAAC_PREFIX), 15, "a SLAAC address past DAD")
+    except BaseException:
+        print(diagnostics(backend, vmid, root))
+        raise
+    dad_seconds = time.monotonic() - t0
+    eui64 = ipaddress.IPv6Address(f"{SLAAC_PREFIX}:61:ff:fe00:1")
+    assert ipaddress.IPv6Address(addr) == eui64, f"{addr} is not the EUI-64 address of 02:61:00:00:00:01"
+    assert not (backend.lxcpath / str(vmid) / "rootfs/usr/sbin/dhcpcd").exists()  # no client for SLAAC
+    conf = "/proc/sys/net/ipv6/conf/eth0"
+    settings = backend.exec(vmid, ["cat", f"{conf}/optimistic_dad", f"{conf}/use_optimistic",
+                                   f"{conf}/router_solicitation_delay"]).stdout.split()
+    assert settings == ["1", "1", "0"], "the init did not set up optimistic DAD"
+    assert ns("busybox", "ping", "-6", "-c1", "-W2", addr, check=False).returncode == 0
+    print(f"SLAAC: lxc-start to {addr} past DAD {dad_seconds:.2f} s")
+    backend.destroy(vmid)
+
+
+def test_time_to_ipv6(lab) -> None:
+    """Dual-stack containers started one after another: start to DAD-passed DHCPv6 address and AAAA."""
+    backend, root = lab
+    count = int(os.environ.get("PROXIMITY_V6_CONTAINERS", "5"))
+    started = [start(backend, f"ct{n:02d}", f"name=eth0,bridge={DHCP_BRIDGE},ip=dhcp,ip6=dhcp,"
+                                            f"hwaddr=02:60:00:00:01:{n:02x}") for n in range(count)]
+    dad: dict[int, float] = {}
+    named: dict[int, float] = {}
+    deadline = time.monotonic() + 30
+    while len(named) < count and time.monotonic() < deadline:
+        for n, (vmid, t0, pid) in enumerate(started):
+            if n not in dad and (addr := passed_dad(pid, DHCP_PREFIX)):
+                dad[n] = time.monotonic() - t0
+            if n in dad and n not in named and aaaa(f"ct{n:02d}.{DOMAIN}"):
+                named[n] = time.monotonic() - t0
+        time.sleep(0.01)
+    if len(named) < count:
+        missing = next(n for n in range(count) if n not in named)
+        print(diagnostics(backend, started[missing][0], root))
+    assert len(named) == count, f"only {len(named)} of {count} containers got an IPv6 address and an AAAA record"
+
+    def p95(values: list[float]) -> float:
+        return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
+
+    print(f"{count} containers, lxc-start to DAD-passed DHCPv6 address: median {statistics.median(dad.values()):.2f} s,"
+          f" p95 {p95(list(dad.values())):.2f} s, max {max(dad.values()):.2f} s; to AAAA answered: median "
+          f"{statistics.median(named.values()):.2f} s, p95 {p95(list(named.values())):.2f} s")
