@@ -7,19 +7,23 @@ The test makes one network namespace (``v6<pid>``) with two bridges: ``br6d`` (2
 namespace deleted at the end, even on failure. Nothing is created in the machine's own namespace.
 
 The timing test measures, per container, lxc-start to a global IPv6 address that passed DAD (no longer
-``tentative``) and to dnsmasq answering its AAAA record; PROXIMITY_V6_CONTAINERS sets how many (5).
+``tentative``) and to dnsmasq answering its AAAA record; V6_CONTAINERS sets how many (5; the zones
+issue's target is 20 with p95 under 2 s).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import datetime
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -147,9 +151,9 @@ def lab(tmp_path_factory):
 
 
 def start(backend: LxcBackend, hostname: str, net0: str) -> tuple[int, float, int]:
-    """Create and start a container; returns its vmid, when lxc-start was called, and its init's pid."""
+    """Create and start a container; returns its vmid, when lxc-start was called (time.time()), its init's pid."""
     ct = backend.create(ContainerSpec(hostname=hostname, net0=net0, memory=64))
-    t0 = time.monotonic()
+    t0 = time.time()
     backend.start(ct.vmid)
     pid = backend.container_pid(ct.vmid)
     assert pid
@@ -171,7 +175,7 @@ def test_dhcpv6_address_and_aaaa(lab) -> None:
     except BaseException:
         print(diagnostics(backend, vmid, root))
         raise
-    dad_seconds = time.monotonic() - t0
+    dad_seconds = time.time() - t0
     stateful = [f"{DHCP_PREFIX}:{n:x}" for n in range(0x100, 0x200)]
     assert addr in stateful, f"{addr} is not from the DHCPv6 range"
     assert wait_for(lambda: aaaa(f"v6dhcp.{DOMAIN}") == [addr], 5, "dnsmasq's AAAA record for v6dhcp")
@@ -200,7 +204,7 @@ def test_slaac_by_the_kernel(lab) -> None:
     except BaseException:
         print(diagnostics(backend, vmid, root))
         raise
-    dad_seconds = time.monotonic() - t0
+    dad_seconds = time.time() - t0
     eui64 = ipaddress.IPv6Address(f"{SLAAC_PREFIX}:61:ff:fe00:1")
     assert ipaddress.IPv6Address(addr) == eui64, f"{addr} is not the EUI-64 address of 02:61:00:00:00:01"
     assert not (backend.lxcpath / str(vmid) / "rootfs/usr/sbin/dhcpcd").exists()  # no client for SLAAC
@@ -213,30 +217,74 @@ def test_slaac_by_the_kernel(lab) -> None:
     backend.destroy(vmid)
 
 
+class Watch:
+    """When container ``name`` (init ``pid``) has a global address in ``prefix`` past DAD, and when dnsmasq
+    answers its AAAA record: ``ip -ts monitor address`` in its namespace timestamps the kernel's event as it
+    arrives (a poll of the address list covers an event before the monitor listened), then DNS is polled."""
+
+    def __init__(self, pid: int, name: str, prefix: str):
+        self.pid, self.name, self.prefix = pid, name, prefix
+        self.dad: float | None = None
+        self.named: float | None = None
+        self.proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-ts", "-o", "monitor",
+                                      "address", "dev", "eth0"], stdout=subprocess.PIPE, text=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 30
+        while self.dad is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if not ready:
+                if passed_dad(self.pid, self.prefix):
+                    self.dad = time.time()
+                continue
+            line = self.proc.stdout.readline()
+            m = re.match(r"\[([0-9T:.-]+)\] (?!Deleted).*inet6 (\S+)/\d+ scope global (.*)", line)
+            if m and m.group(2).startswith(self.prefix) and "tentative" not in m.group(3):
+                self.dad = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+        while self.dad is not None and self.named is None and time.monotonic() < deadline:
+            if aaaa(self.name):
+                self.named = time.time()
+            else:
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+        self.thread.join(timeout=35)
+
+
 def test_time_to_ipv6(lab) -> None:
-    """Dual-stack containers started one after another: start to DAD-passed DHCPv6 address and AAAA."""
+    """Dual-stack containers started one after another: lxc-start to a DAD-passed DHCPv6 address and to
+    dnsmasq answering the container's AAAA record."""
     backend, root = lab
-    count = int(os.environ.get("PROXIMITY_V6_CONTAINERS", "5"))
-    started = [start(backend, f"ct{n:02d}", f"name=eth0,bridge={DHCP_BRIDGE},ip=dhcp,ip6=dhcp,"
-                                            f"hwaddr=02:60:00:00:01:{n:02x}") for n in range(count)]
-    dad: dict[int, float] = {}
-    named: dict[int, float] = {}
-    deadline = time.monotonic() + 30
-    while len(named) < count and time.monotonic() < deadline:
-        for n, (vmid, t0, pid) in enumerate(started):
-            if n not in dad and (addr := passed_dad(pid, DHCP_PREFIX)):
-                dad[n] = time.monotonic() - t0
-            if n in dad and n not in named and aaaa(f"ct{n:02d}.{DOMAIN}"):
-                named[n] = time.monotonic() - t0
-        time.sleep(0.01)
-    if len(named) < count:
-        missing = next(n for n in range(count) if n not in named)
-        print(diagnostics(backend, started[missing][0], root))
-    assert len(named) == count, f"only {len(named)} of {count} containers got an IPv6 address and an AAAA record"
+    count = int(os.environ.get("V6_CONTAINERS", "5"))
+    started: list[tuple[int, float, Watch]] = []
+    try:
+        for n in range(count):
+            vmid, wall, pid = start(backend, f"ct{n:02d}", f"name=eth0,bridge={DHCP_BRIDGE},ip=dhcp,ip6=dhcp,"
+                                                        f"hwaddr=02:60:00:00:01:{n:02x}")
+            started.append((vmid, wall, Watch(pid, f"ct{n:02d}.{DOMAIN}", DHCP_PREFIX)))
+        for _, _, watch in started:
+            watch.thread.join(timeout=35)
+    finally:
+        for _, _, watch in started:
+            watch.stop()
+    late = [vmid for vmid, _, watch in started if watch.named is None]
+    if late:
+        print(diagnostics(backend, late[0], root))
+    assert not late, f"CTs {late} got no IPv6 address past DAD or no AAAA record within 30 s"
+    dad = [watch.dad - wall for _, wall, watch in started]
+    named = [watch.named - wall for _, wall, watch in started]
+
+    # The floor, kept on purpose: dhcpcd's link-local address, then the DHCPv6 address, each wait one DAD
+    # probe and RetransTimer (1 s, RFC 4861) before they are usable; nothing here may skip DAD.
+    assert min(dad) >= 1.9, f"a DHCPv6 address passed DAD {min(dad):.2f} s after lxc-start: was DAD skipped?"
 
     def p95(values: list[float]) -> float:
         return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
 
-    print(f"{count} containers, lxc-start to DAD-passed DHCPv6 address: median {statistics.median(dad.values()):.2f} s,"
-          f" p95 {p95(list(dad.values())):.2f} s, max {max(dad.values()):.2f} s; to AAAA answered: median "
-          f"{statistics.median(named.values()):.2f} s, p95 {p95(list(named.values())):.2f} s")
+    print(f"{count} containers, lxc-start to DAD-passed DHCPv6 address: median {statistics.median(dad):.2f} s, "
+          f"p95 {p95(dad):.2f} s, max {max(dad):.2f} s; to the AAAA record answered: median "
+          f"{statistics.median(named):.2f} s, p95 {p95(named):.2f} s, max {max(named):.2f} s")
