@@ -2,7 +2,7 @@
 dnsmasq of the test's own that sends router advertisements, hands out DHCPv6 addresses and answers AAAA.
 
 The test makes one network namespace (``v6<pid>``) with two bridges: ``br6d`` (2001:db8:60::1/64 and
-10.60.0.1/24; a stateful DHCPv6 range and a DHCPv4 range) and ``br6s`` (2001:db8:61::1/64,
+10.60.0.1/24; a stateful DHCPv6 range and a DHCPv4 range) and ``br6s`` (2001:db8:61::1/64 and 10.61.0.1/24,
 ``ra-stateless``: SLAAC). Containers start inside that namespace; everything is stopped by pid and the
 namespace deleted at the end, even on failure. Nothing is created in the machine's own namespace.
 
@@ -125,7 +125,7 @@ def lab(tmp_path_factory):
         # link-local address only once a port brings carrier, and dnsmasq ignores DHCPv6 and RS on a
         # bridge whose link-local address is still tentative, which would cost the first container 1-2 s.
         ns("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
-        for bridge, addrs in ((DHCP_BRIDGE, [f"{SERVER6}/64", "10.60.0.1/24"]), (SLAAC_BRIDGE, [f"{SLAAC_PREFIX}:1/64"])):
+        for bridge, addrs in ((DHCP_BRIDGE, [f"{SERVER6}/64", "10.60.0.1/24"]), (SLAAC_BRIDGE, [f"{SLAAC_PREFIX}:1/64", "10.61.0.1/24"])):
             subprocess.run([*ip, "link", "add", bridge, "type", "bridge"], check=True)
             for addr in addrs:  # the test's own router: no DAD, so dnsmasq can bind at once
                 subprocess.run([*ip, "addr", "add", addr, "dev", bridge, *(["nodad"] if ":" in addr else [])],
@@ -198,7 +198,8 @@ def test_dhcpv6_address_and_aaaa(lab) -> None:
 
 def test_slaac_by_the_kernel(lab) -> None:
     backend, root = lab
-    vmid, t0, pid = start(backend, "v6slaac", f"name=eth0,bridge={SLAAC_BRIDGE},ip=manual,ip6=auto,hwaddr=02:61:00:00:00:01")
+    vmid, t0, pid = start(backend, "v6slaac", f"name=eth0,bridge={SLAAC_BRIDGE},ip=10.61.0.50/24,gw=10.61.0.1,ip6=auto,"
+                                               "hwaddr=02:61:00:00:00:01")
     try:
         addr = wait_for(lambda: passed_dad(pid, SLAAC_PREFIX), 15, "a SLAAC address past DAD")
     except BaseException:
@@ -212,6 +213,9 @@ def test_slaac_by_the_kernel(lab) -> None:
     settings = backend.exec(vmid, ["cat", f"{conf}/optimistic_dad", f"{conf}/use_optimistic",
                                    f"{conf}/router_solicitation_delay"]).stdout.split()
     assert settings == ["1", "1", "0"], "the init did not set up optimistic DAD"
+    # static IPv4 as before, though the init restarted the link's IPv6 (the link went down and up)
+    assert "default via 10.61.0.1 dev eth0" in backend.exec(vmid, ["ip", "-4", "route", "show", "default"]).stdout
+    assert backend.exec(vmid, ["ping", "-c1", "-W2", "10.61.0.1"]).returncode == 0
     assert ns("busybox", "ping", "-6", "-c1", "-W2", addr, check=False).returncode == 0
     print(f"SLAAC: lxc-start to {addr} past DAD {dad_seconds:.2f} s")
     backend.destroy(vmid)
