@@ -286,29 +286,50 @@ def test_lifecycle(make_name: Callable[[str], str]) -> None:
     print(f"create {create_seconds:.2f}s, destroy {destroy_seconds:.3f}s")
 
 
-def test_routed_prefix(make_name: Callable[[str], str]) -> None:
-    """A zone with a routed global prefix: the internet host reaches it once the LAN routes it to the uplink."""
+def test_zone_reaches_internet_by_nat66_or_a_routed_prefix(make_name: Callable[[str], str]) -> None:
+    """A guest on a stand-in zone bridge reaches the internet host over IPv6 through the host: with NAT66 out
+    of vmbr0 (the test's own rule), or with the zone's global prefix routed back by the LAN (route_prefix)."""
     name = make_name("d")
     sb = sandbox.create(name)
-    zone_addr = "2001:db8:100::1"
+    guest, guest_addr, zone_gw = f"{name}-g6", "2001:db8:100::50", "2001:db8:100::1"
     ip(name, "link", "add", "zone6", "type", "bridge")  # a stand-in for a zone's bridge
-    ip(name, "addr", "add", f"{zone_addr}/64", "dev", "zone6", "nodad")
+    ip(name, "addr", "add", f"{zone_gw}/64", "dev", "zone6", "nodad")
     ip(name, "link", "set", "zone6", "up")
+    sandbox.ns_run(name, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+    subprocess.run(["ip", "netns", "add", guest], check=True)
+    try:
+        ip(name, "link", "add", "g6h", "type", "veth", "peer", "name", "eth0", "netns", guest)
+        ip(name, "link", "set", "g6h", "master", "zone6", "up")
+        ip(guest, "link", "set", "lo", "up")
+        ip(guest, "addr", "add", f"{guest_addr}/64", "dev", "eth0", "nodad")
+        ip(guest, "link", "set", "eth0", "up")
+        ip(guest, "-6", "route", "add", "default", "via", zone_gw)
 
-    def internet_reaches_zone() -> bool:
-        ping = sandbox.ns_run(sb.lan_ns, ["busybox", "ping", "-6", "-c1", "-W1", "-I", sandbox.INTERNET_HOST6,
-                                          zone_addr], check=False)
-        return ping.returncode == 0
+        def ping(ns: str, target: str, *source: str) -> bool:
+            argv = ["busybox", "ping", "-6", "-c1", "-W1", *(["-I", *source] if source else []), target]
+            return sandbox.ns_run(ns, argv, check=False).returncode == 0
 
-    assert not internet_reaches_zone()  # NAT66 territory: the LAN knows no route to the zone
-    assert sandbox.route_prefix(sb, "2001:db8:100::/56") == "2001:db8:100::/56"
-    assert sandbox.route_prefix(sb, "2001:db8:100::/56")  # replacing it is fine
-    route = ip(sb.lan_ns, "-6", "route", "show", "exact", "2001:db8:100::/56").stdout
-    assert f"via {sandbox.HOST_UPLINK_ADDR6.split('/')[0]} dev lan0" in route, route
-    assert internet_reaches_zone()
-    sandbox.unroute_prefix(sb, "2001:db8:100::/56")
-    sandbox.unroute_prefix(sb, "2001:db8:100::/56")  # idempotent
-    assert not internet_reaches_zone()
+        assert ping(guest, zone_gw)
+        assert not ping(guest, sandbox.INTERNET_HOST6)  # the LAN knows no way back to the zone
+
+        nat66 = ('add table ip6 t_nat66; add chain ip6 t_nat66 post { type nat hook postrouting priority 100; }; '
+                 'add rule ip6 t_nat66 post oifname "vmbr0" masquerade')
+        sandbox.ns_run(name, ["nft", nat66])
+        assert ping(guest, sandbox.INTERNET_HOST6)  # NAT66: the internet sees the uplink's address
+        sandbox.ns_run(name, ["nft", "delete", "table", "ip6", "t_nat66"])
+        assert not ping(sb.lan_ns, guest_addr, sandbox.INTERNET_HOST6)
+
+        assert sandbox.route_prefix(sb, "2001:db8:100::/56") == "2001:db8:100::/56"
+        assert sandbox.route_prefix(sb, "2001:db8:100::/56")  # replacing it is fine
+        route = ip(sb.lan_ns, "-6", "route", "show", "exact", "2001:db8:100::/56").stdout
+        assert f"via {sandbox.HOST_UPLINK_ADDR6.split('/')[0]} dev lan0" in route, route
+        assert ping(guest, sandbox.INTERNET_HOST6)  # routed: no NAT, both ways
+        assert ping(sb.lan_ns, guest_addr, sandbox.INTERNET_HOST6)
+        sandbox.unroute_prefix(sb, "2001:db8:100::/56")
+        sandbox.unroute_prefix(sb, "2001:db8:100::/56")  # idempotent
+        assert not ping(sb.lan_ns, guest_addr, sandbox.INTERNET_HOST6)
+    finally:
+        subprocess.run(["ip", "netns", "delete", guest], check=True)
 
     for bad, says in (("2001:db8:100::1/56", "not an IPv6 network"), ("10.10.0.0/24", "not an IPv6 network"),
                       ("2001:db9::/48", "outside 2001:db8::/32"), ("2001:db8::/32", "overlaps"),
