@@ -121,9 +121,10 @@ def lab(tmp_path_factory):
     try:
         ip = ["ip", "-n", NS]
         subprocess.run([*ip, "link", "set", "lo", "up"], check=True)
-        # The test's router does no DAD (as Incus sets accept_dad=0 on its bridges): a bridge gets its
-        # link-local address only once a port brings carrier, and dnsmasq ignores DHCPv6 and RS on a
-        # bridge whose link-local address is still tentative, which would cost the first container 1-2 s.
+        # The test's router does no DAD (Incus sets accept_dad=0 on its bridges too): a bridge gets its
+        # link-local address only when the first port brings carrier, and while that address is tentative
+        # dnsmasq sends no router advertisement: the first container's RS goes unanswered and it has no
+        # IPv6 default route until a later unsolicited RA (seen here: the route check below fails).
         ns("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
         for bridge, addrs in ((DHCP_BRIDGE, [f"{SERVER6}/64", "10.60.0.1/24"]), (SLAAC_BRIDGE, [f"{SLAAC_PREFIX}:1/64", "10.61.0.1/24"])):
             subprocess.run([*ip, "link", "add", bridge, "type", "bridge"], check=True)
