@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils nftables iptables busybox python3 python3-venv)
+# dhcpcd-base: the DHCPv6 client copied into local test containers (Debian's busybox has no udhcpc6).
+packages=(iproute2 ifupdown2 bridge-utils dnsmasq-base dnsmasq-utils nftables iptables busybox dhcpcd-base python3 python3-venv)
 # The test suite's browser (Playwright drives Debian's Chromium; no browser download) and its font,
 # and what Proxmox's own interfaces writer needs (../shared/pve/pve-rewrite, a test oracle).
 [ "${1:-}" = "--test" ] && packages+=(chromium fonts-dejavu-core perl libstring-shellquote-perl libjson-perl

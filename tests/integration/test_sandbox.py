@@ -29,6 +29,7 @@ pytestmark = [
 
 BASE = f"t{os.getpid() % 100000}"  # + one letter per test: at most 7 characters
 STANDIN_BRIDGE = "prox-net"
+IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,13 +184,37 @@ def test_lifecycle(make_name: Callable[[str], str]) -> None:
         assert defaults == ["198.51.100.1"]
         (eno1,) = ipr.link_lookup(ifname="eno1")
         assert list(ipr.get_links(eno1))[0].get_attr("IFLA_MASTER") == idx
+        # IPv6 beside it: the inet6 stanza's address (past DAD: not tentative) and its default route
+        addrs6 = {
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}": a.get_attr("IFA_FLAGS")
+            for a in ipr.get_addr(family=socket.AF_INET6, index=idx)
+        }
+        assert addrs6.get(sandbox.HOST_UPLINK_ADDR6) is not None, addrs6
+        assert not addrs6[sandbox.HOST_UPLINK_ADDR6] & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
+        defaults6 = [
+            (r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF"))
+            for r in ipr.get_routes(family=socket.AF_INET6, table=254)
+            if r["dst_len"] == 0
+        ]
+        assert defaults6 == [(sandbox.LAN_GATEWAY6, idx)]
+    # only the uplink skipped DAD: links Proximity creates later get the namespace's (kernel) default
+    assert sandbox.ns_run(name, ["sysctl", "-n", "net.ipv6.conf.default.accept_dad"]).stdout.strip() == "1"
+
+    # the host namespace reaches the internet host over both families (ping from inside it)
+    for family, target in (("-4", sandbox.INTERNET_HOST), ("-6", sandbox.INTERNET_HOST6)):
+        ping = sandbox.ns_run(name, ["busybox", "ping", family, "-c1", "-W2", target], check=False)
+        assert ping.returncode == 0 and "1 packets received" in ping.stdout, ping
 
     # the LAN side: gateway, internet test host, no forwarding
     with IPRoute(netns=sb.lan_ns, flags=0) as ipr:
         lan_addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
+        lan_addrs6 = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6)}
     assert {"198.51.100.1", "203.0.113.10"} <= lan_addrs
+    assert {sandbox.LAN_GATEWAY6, sandbox.INTERNET_HOST6} <= lan_addrs6
     fwd = sandbox.ns_run(sb.lan_ns, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
     assert fwd == "0"
+    fwd6 = sandbox.ns_run(sb.lan_ns, ["cat", "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.strip()
+    assert fwd6 == "0"
 
     # ifupdown2 agrees with the interfaces file (and uses the sandbox's own state dir)
     sandbox.ns_run(name, ["ifquery", "-a", "--check"])
@@ -200,6 +225,10 @@ def test_lifecycle(make_name: Callable[[str], str]) -> None:
         name, ["busybox", "nslookup", "-type=a", "internet.test", "198.51.100.1"], check=False
     ).stdout
     assert "203.0.113.10" in out, out
+    out = sandbox.ns_run(
+        name, ["busybox", "nslookup", "-type=aaaa", "internet.test", sandbox.LAN_GATEWAY6], check=False
+    ).stdout
+    assert sandbox.INTERNET_HOST6 in out, out
 
     upstream_pid = int((sb.run_dir / "upstream-dns.pid").read_text())
     assert alive(upstream_pid)
@@ -255,6 +284,58 @@ def test_lifecycle(make_name: Callable[[str], str]) -> None:
     with pytest.raises(sandbox.SandboxError, match="does not exist"):
         sandbox.load(name)
     print(f"create {create_seconds:.2f}s, destroy {destroy_seconds:.3f}s")
+
+
+def test_zone_reaches_internet_by_nat66_or_a_routed_prefix(make_name: Callable[[str], str]) -> None:
+    """A guest on a stand-in zone bridge reaches the internet host over IPv6 through the host: with NAT66 out
+    of vmbr0 (the test's own rule), or with the zone's global prefix routed back by the LAN (route_prefix)."""
+    name = make_name("d")
+    sb = sandbox.create(name)
+    guest, guest_addr, zone_gw = f"{name}-g6", "2001:db8:100::50", "2001:db8:100::1"
+    ip(name, "link", "add", "zone6", "type", "bridge")  # a stand-in for a zone's bridge
+    ip(name, "addr", "add", f"{zone_gw}/64", "dev", "zone6", "nodad")
+    ip(name, "link", "set", "zone6", "up")
+    sandbox.ns_run(name, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+    subprocess.run(["ip", "netns", "add", guest], check=True)
+    try:
+        ip(name, "link", "add", "g6h", "type", "veth", "peer", "name", "eth0", "netns", guest)
+        ip(name, "link", "set", "g6h", "master", "zone6", "up")
+        ip(guest, "link", "set", "lo", "up")
+        ip(guest, "addr", "add", f"{guest_addr}/64", "dev", "eth0", "nodad")
+        ip(guest, "link", "set", "eth0", "up")
+        ip(guest, "-6", "route", "add", "default", "via", zone_gw)
+
+        def ping(ns: str, target: str, *source: str) -> bool:
+            argv = ["busybox", "ping", "-6", "-c1", "-W1", *(["-I", *source] if source else []), target]
+            return sandbox.ns_run(ns, argv, check=False).returncode == 0
+
+        assert ping(guest, zone_gw)
+        assert not ping(guest, sandbox.INTERNET_HOST6)  # the LAN knows no way back to the zone
+
+        nat66 = ('add table ip6 t_nat66; add chain ip6 t_nat66 post { type nat hook postrouting priority 100; }; '
+                 'add rule ip6 t_nat66 post oifname "vmbr0" masquerade')
+        sandbox.ns_run(name, ["nft", nat66])
+        assert ping(guest, sandbox.INTERNET_HOST6)  # NAT66: the internet sees the uplink's address
+        sandbox.ns_run(name, ["nft", "delete", "table", "ip6", "t_nat66"])
+        assert not ping(sb.lan_ns, guest_addr, sandbox.INTERNET_HOST6)
+
+        assert sandbox.route_prefix(sb, "2001:db8:100::/56") == "2001:db8:100::/56"
+        assert sandbox.route_prefix(sb, "2001:db8:100::/56")  # replacing it is fine
+        route = ip(sb.lan_ns, "-6", "route", "show", "exact", "2001:db8:100::/56").stdout
+        assert f"via {sandbox.HOST_UPLINK_ADDR6.split('/')[0]} dev lan0" in route, route
+        assert ping(guest, sandbox.INTERNET_HOST6)  # routed: no NAT, both ways
+        assert ping(sb.lan_ns, guest_addr, sandbox.INTERNET_HOST6)
+        sandbox.unroute_prefix(sb, "2001:db8:100::/56")
+        sandbox.unroute_prefix(sb, "2001:db8:100::/56")  # idempotent
+        assert not ping(sb.lan_ns, guest_addr, sandbox.INTERNET_HOST6)
+    finally:
+        subprocess.run(["ip", "netns", "delete", guest], check=True)
+
+    for bad, says in (("2001:db8:100::1/56", "not an IPv6 network"), ("10.10.0.0/24", "not an IPv6 network"),
+                      ("2001:db9::/48", "outside 2001:db8::/32"), ("2001:db8::/32", "overlaps"),
+                      ("2001:db8:203:113::/64", "overlaps")):
+        with pytest.raises(sandbox.SandboxError, match=says):
+            sandbox.route_prefix(sb, bad)
 
 
 def test_failed_create_is_cleaned_up(

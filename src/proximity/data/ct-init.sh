@@ -9,6 +9,10 @@
 #                     default route, /etc/resolv.conf);
 #        ip=CIDR   -> nothing to do: LXC has set lxc.net.0.ipv4.address/gateway
 #                     before init runs (init only checks and logs it);
+#        ip6=dhcp  -> dhcpcd (DHCPv6 only, /etc/dhcpcd.conf) in the background;
+#        ip6=auto  -> SLAAC by the kernel (accept_ra), no client;
+#        with either, the kernel's own IPv6 addresses do optimistic DAD (see fast_ipv6);
+#        ip6=CIDR  -> LXC has set lxc.net.0.ipv6.address/gateway;
 #   3. serves /www on port 80 with busybox httpd (the stand-in application);
 #   4. waits for SIGTERM (lxc.signal.halt), SIGPWR (LXC's default halt signal) or
 #      SIGINT (lxc.signal.reboot) and exits, which ends the container at once.
@@ -34,12 +38,30 @@ mounted /run || mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 
 ip link set lo up
 
+fast_ipv6() {
+	# fast_ipv6 IFACE: what the kernel offers to get IPv6 going quickly, without skipping DAD:
+	# optimistic DAD (RFC 4429) makes the link-local and SLAAC addresses usable while DAD runs,
+	# and no random delay (up to router_solicitation_delay, 1 s) comes before the first DAD probe.
+	# LXC brought the link up before init ran, so it goes down first: IPv6 then starts again
+	# under these settings. (Down drops the IPv4 routes LXC set: the static case restores them.)
+	conf=/proc/sys/net/ipv6/conf/$1
+	ip link set "$1" down
+	for setting in optimistic_dad=1 use_optimistic=1 router_solicitation_delay=0 accept_ra=1; do
+		echo "${setting#*=}" >"$conf/${setting%=*}" || echo "ct-init: cannot set $conf/${setting%=*}"
+	done
+}
+
 NET0_IFACE=eth0
 NET0_IP=
 NET0_GW=
+NET0_IP6=
+NET0_GW6=
 [ -r /etc/proximity/net0.env ] && . /etc/proximity/net0.env
 
 if ip link show "$NET0_IFACE" >/dev/null 2>&1; then
+	case "$NET0_IP6" in
+		dhcp | auto) fast_ipv6 "$NET0_IFACE" ;;
+	esac
 	ip link set "$NET0_IFACE" up
 	case "$NET0_IP" in
 		dhcp)
@@ -53,6 +75,9 @@ if ip link show "$NET0_IFACE" >/dev/null 2>&1; then
 			;;
 		*)
 			if ip -4 -o addr show dev "$NET0_IFACE" | grep -q " $NET0_IP "; then
+				if [ -n "$NET0_GW" ] && [ -z "$(ip -4 route show default)" ]; then
+					ip route replace default via "$NET0_GW" dev "$NET0_IFACE"  # gone with fast_ipv6's down
+				fi
 				echo "ct-init: $NET0_IFACE has the static address $NET0_IP (gateway ${NET0_GW:-none})"
 			else
 				# LXC normally did this; do it here if it did not.
@@ -60,6 +85,21 @@ if ip link show "$NET0_IFACE" >/dev/null 2>&1; then
 				[ -n "$NET0_GW" ] && ip route replace default via "$NET0_GW" dev "$NET0_IFACE"
 				echo "ct-init: configured $NET0_IFACE with $NET0_IP (gateway ${NET0_GW:-none})"
 			fi
+			;;
+	esac
+	case "$NET0_IP6" in
+		dhcp)
+			# DHCPv6 for the life of the container (renews; -B: stays in the foreground of its job).
+			dhcpcd -B -f /etc/dhcpcd.conf -j /var/log/dhcpcd.log "$NET0_IFACE" >>/var/log/dhcpcd.log 2>&1 &
+			echo "ct-init: dhcpcd (DHCPv6) on $NET0_IFACE (pid $!)"
+			;;
+		auto)
+			echo "ct-init: $NET0_IFACE takes IPv6 from router advertisements (SLAAC)"
+			;;
+		"" | manual)
+			;;
+		*)
+			echo "ct-init: $NET0_IFACE has the static IPv6 address $NET0_IP6 (gateway ${NET0_GW6:-none})"
 			;;
 	esac
 else

@@ -27,10 +27,18 @@ UPLINK = "vmbr0"
 HOST_UPLINK_ADDR = "198.51.100.2/24"
 LAN_GATEWAY = "198.51.100.1"
 INTERNET_HOST = "203.0.113.10"
-INTERNET_NAME = "internet.test"  # the upstream DNS answers this name with INTERNET_HOST
+INTERNET_NAME = "internet.test"  # the upstream DNS answers this name with INTERNET_HOST (and INTERNET_HOST6)
+# IPv6: subranges of the documentation prefix 2001:db8::/32 (RFC 3849), one /64 per wire, named after the
+# IPv4 ranges above. Zones may route prefixes of their own out of DOC_PREFIX6 (lan.route_prefix).
+DOC_PREFIX6 = "2001:db8::/32"
+HOST_UPLINK_ADDR6 = "2001:db8:198:51::2/64"
+LAN_GATEWAY6 = "2001:db8:198:51::1"
+INTERNET_HOST6 = "2001:db8:203:113::10"
 
 LAN_PREFIXLEN = 24
 INTERNET_PREFIXLEN = 24
+LAN_PREFIXLEN6 = 64
+INTERNET_PREFIXLEN6 = 64
 HOST_NIC = "eno1"  # physical-NIC stand-in in the host namespace
 LAN_NIC = "lan0"  # its peer in the LAN namespace, holds LAN_GATEWAY
 INTERNET_NIC = "inet0"  # holds INTERNET_HOST in the LAN namespace

@@ -33,7 +33,14 @@ from proximity.sandbox.layout import (
     write_json,
 )
 from proximity.sandbox.processes import stop_all
-from proximity.sandbox.pve_host import etc_netns_is_ours, ifreload, uplink_problem, write_etc_netns, write_host_files
+from proximity.sandbox.pve_host import (
+    etc_netns_is_ours,
+    ifreload,
+    uplink_problem,
+    without_dad,
+    write_etc_netns,
+    write_host_files,
+)
 
 
 def _build(sb: Sandbox) -> dict[str, Any]:
@@ -56,7 +63,8 @@ def _build(sb: Sandbox) -> dict[str, Any]:
         meta["links"][sb.lan_ns].append(INTERNET_NIC_PEER)
 
     write_etc_netns(sb)
-    ifreload(sb.name)
+    with without_dad(sb.name):  # vmbr0 only: Proximity's bridges get a real host's defaults
+        ifreload(sb.name)
     problems: list[str] = []
 
     def uplink_ok() -> bool:

@@ -3,22 +3,43 @@
 ``ip netns exec NAME`` bind-mounts each entry of ``/etc/netns/NAME/`` over ``/etc/<entry>``;
 ``/etc/netns/NAME/network`` is a symlink to ``<root>/etc/network`` (the mount follows it) and
 ``/etc/netns/NAME/resolv.conf`` points the host at the upstream DNS.
+
+The uplink is dual-stack, as a Proxmox node's often is: an ``inet`` and an ``inet6`` stanza for
+``vmbr0``, each with its gateway on the LAN router. ``vmbr0`` skips duplicate address detection
+(``accept_dad=0``): the sandbox plays a node that has been up for a while, whose uplink passed
+DAD long ago, and it would otherwise be tentative for 1-2 s after each create (optimistic DAD
+does not help: the kernel applies it to autoconfigured addresses only, not to ifupdown2's
+static one). Only the uplink is spared: the namespace's default is put back after the first
+``ifreload``, so the bridges Proximity creates do full DAD, as on a real host.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from proximity.host import ETC_NETNS, Host
 from proximity.host.ifupdown import is_locked, retry_while_locked
 from proximity.sandbox.commands import netlink, ns_run
-from proximity.sandbox.layout import HOST_NIC, HOST_UPLINK_ADDR, LAN_GATEWAY, UPLINK, Sandbox, SandboxError
+from proximity.sandbox.layout import (
+    HOST_NIC,
+    HOST_UPLINK_ADDR,
+    HOST_UPLINK_ADDR6,
+    LAN_GATEWAY,
+    LAN_GATEWAY6,
+    UPLINK,
+    Sandbox,
+    SandboxError,
+)
 
 HOST_IFUPDOWN2_DIR = Path("/etc/network/ifupdown2")
 IFUPDOWN2_LOCK_DIR = Path("/run/network")  # ifupdown2's global lock lives here
 _IFF_UP = 0x1
+_IFA_F_DADFAILED = 0x08
 
 INTERFACES_TEMPLATE = f"""\
 auto lo
@@ -33,6 +54,10 @@ iface {UPLINK} inet static
 \tbridge-ports {HOST_NIC}
 \tbridge-stp off
 \tbridge-fd 0
+
+iface {UPLINK} inet6 static
+\taddress {HOST_UPLINK_ADDR6}
+\tgateway {LAN_GATEWAY6}
 
 source /etc/network/interfaces.d/*
 """
@@ -115,6 +140,18 @@ def ifreload(ns: str, timeout: float = 60) -> None:
         )
 
 
+@contextmanager
+def without_dad(ns: str) -> Iterator[None]:
+    """Links created in ``ns`` inside this block skip DAD; the namespace's default is put back after."""
+    key = "net.ipv6.conf.default.accept_dad"
+    before = ns_run(ns, ["sysctl", "-n", key]).stdout.strip()
+    ns_run(ns, ["sysctl", "-qw", f"{key}=0"])
+    try:
+        yield
+    finally:
+        ns_run(ns, ["sysctl", "-qw", f"{key}={before}"])
+
+
 def apply_pending(sb: Sandbox) -> None:
     """"Apply Configuration" as Proxmox does it: ``interfaces.new`` renamed over ``interfaces``, then ``ifreload -a``."""
     pending = sb.interfaces_file.with_name(sb.interfaces_file.name + ".new")
@@ -125,8 +162,8 @@ def apply_pending(sb: Sandbox) -> None:
 
 
 def uplink_problem(ns: str) -> str | None:
-    """None if vmbr0 is up with HOST_UPLINK_ADDR and a default route via LAN_GATEWAY."""
-    addr, prefixlen = HOST_UPLINK_ADDR.split("/")
+    """None if vmbr0 is up with HOST_UPLINK_ADDR and HOST_UPLINK_ADDR6 and default routes via LAN_GATEWAY
+    and LAN_GATEWAY6."""
     with netlink(ns) as ipr:
         idx = ipr.link_lookup(ifname=UPLINK)
         if not idx:
@@ -137,17 +174,30 @@ def uplink_problem(ns: str) -> str | None:
         operstate = link.get_attr("IFLA_OPERSTATE")
         if operstate != "UP":
             return f"{UPLINK} is not operationally up (operstate {operstate})"
-        addrs = {
-            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-            for a in ipr.get_addr(family=socket.AF_INET, index=idx[0])
-        }
-        if (addr, int(prefixlen)) not in addrs:
-            return f"{UPLINK} does not have {HOST_UPLINK_ADDR} (has {sorted(addrs)})"
-        for route in ipr.get_routes(family=socket.AF_INET, table=254):
-            if (
-                route["dst_len"] == 0
-                and route.get_attr("RTA_GATEWAY") == LAN_GATEWAY
-                and route.get_attr("RTA_OIF") == idx[0]
-            ):
-                return None
-        return f"there is no default route via {LAN_GATEWAY} dev {UPLINK}"
+        for family, address, gateway in ((socket.AF_INET, HOST_UPLINK_ADDR, LAN_GATEWAY),
+                                         (socket.AF_INET6, HOST_UPLINK_ADDR6, LAN_GATEWAY6)):
+            problem = _family_problem(ipr, idx[0], family, address, gateway)
+            if problem:
+                return problem
+        return None
+
+
+def _family_problem(ipr: Any, index: int, family: int, address: str, gateway: str) -> str | None:
+    addr, prefixlen = address.split("/")
+    addrs = {}
+    for a in ipr.get_addr(family=family, index=index):
+        flags = a.get_attr("IFA_FLAGS")
+        addrs[(a.get_attr("IFA_ADDRESS"), a["prefixlen"])] = a["flags"] if flags is None else flags
+    found = addrs.get((addr, int(prefixlen)))
+    if found is None:
+        return f"{UPLINK} does not have {address} (has {sorted(addrs)})"
+    if found & _IFA_F_DADFAILED:
+        return f"{address} on {UPLINK} failed duplicate address detection: another host on the LAN has it"
+    for route in ipr.get_routes(family=family, table=254):
+        if (
+            route["dst_len"] == 0
+            and route.get_attr("RTA_GATEWAY") == gateway
+            and route.get_attr("RTA_OIF") == index
+        ):
+            return None
+    return f"there is no default route via {gateway} dev {UPLINK}"
