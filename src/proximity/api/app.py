@@ -237,10 +237,12 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
         body = context.status_json() or await run_in_threadpool(context.status_json, True)
         return Response(body, media_type="application/json")
 
-    @app.get("/api/v1/system/network/leases", tags=["network"], dependencies=auth)
-    def network_leases() -> dict[str, Any]:
+    @app.get("/api/v1/system/network/leases", tags=["network"], dependencies=auth, response_model=dict[str, Any])
+    def network_leases() -> Response:
+        # Plain values, encoded at once: FastAPI's generic encoder took ~10 ms for 1,000 leases.
         leases, warnings = context.network.leases()
-        return {"data": [lease.as_dict() for lease in leases], "warnings": warnings}
+        body = {"data": [lease.as_dict() for lease in leases], "warnings": warnings}
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     @app.get("/api/v1/system/network/doctor", tags=["network"], dependencies=auth)
     def network_doctor() -> dict[str, Any]:
