@@ -21,7 +21,7 @@ import pytest
 from proximity import sandbox as sandboxes
 from proximity.containers.base import BackendError, ContainerSpec, Net0
 from proximity.containers.lxc import LxcBackend
-from tests.integration.tools import Listener, proximity
+from tests.integration.tools import Listener, proximity, wait_or_fail
 
 pytestmark = [
     pytest.mark.root,
@@ -38,20 +38,6 @@ TIMINGS: dict[str, float] = {}
 
 def dhcp_net0(hostname: str) -> str:
     return f"name=eth0,bridge=prox-net,ip=dhcp,firewall=1,hwaddr={MACS[hostname]}"
-
-
-def wait_for(check, timeout: float, what: str):
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {result!r})")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
 
 
 def ipv4(backend: LxcBackend, vmid: int) -> str | None:
@@ -156,7 +142,7 @@ def pair(lab):
         started = time.monotonic()
         backend.start(vmid)
         TIMINGS[f"start {hostname}"] = time.monotonic() - started
-        ip = wait_for(lambda: ipv4(backend, vmid), 20, f"a DHCP lease in {hostname}")
+        ip = wait_or_fail(lambda: ipv4(backend, vmid), 20, f"a DHCP lease in {hostname}")
         TIMINGS[f"start->lease {hostname}"] = time.monotonic() - started
         state[hostname] = ip
     return sb, backend, vmids, state
@@ -197,7 +183,7 @@ def test_dns_route_and_http_between_containers(pair):
     def page() -> str:  # no wget -T: Debian's busybox < 1.36.1-5 lacks it and segfaults; exec's timeout is enough
         return backend.exec(wp, ["wget", "-qO-", f"http://{NGINX}.prox.local"], timeout=5).stdout
 
-    assert wait_for(lambda: "hello from nginx-01" in page(), 10, "http://nginx-01.prox.local")
+    assert wait_or_fail(lambda: "hello from nginx-01" in page(), 10, "http://nginx-01.prox.local")
     lookup = backend.exec(wp, ["nslookup", f"{NGINX}.prox.local"], timeout=5).stdout
     assert ips[NGINX] in lookup
 
@@ -248,14 +234,14 @@ def test_stop_start_keeps_mac_and_address(pair):
     assert backend.status(nginx).state == "stopped"
     assert backend.container_pid(nginx) is None
     backend.start(nginx)
-    assert wait_for(lambda: ipv4(backend, nginx), 20, "a lease after restart") == ips[NGINX]
+    assert wait_or_fail(lambda: ipv4(backend, nginx), 20, "a lease after restart") == ips[NGINX]
     assert backend.exec(nginx, ["cat", "/sys/class/net/eth0/address"]).stdout.strip() == MACS[NGINX]
     started = time.monotonic()
     backend.stop(nginx)
     TIMINGS["stop -k"] = time.monotonic() - started
     assert backend.status(nginx).state == "stopped"
     backend.start(nginx)
-    assert wait_for(lambda: ipv4(backend, nginx), 20, "a lease after a hard stop") == ips[NGINX]
+    assert wait_or_fail(lambda: ipv4(backend, nginx), 20, "a lease after a hard stop") == ips[NGINX]
 
 
 def test_snapshot_static_net0_and_rollback(pair):
@@ -270,7 +256,7 @@ def test_snapshot_static_net0_and_rollback(pair):
     net0 = Net0.parse(backend.get_net0(wp))
     assert net0.options == {**Net0.parse(STATIC_NET0).options, "hwaddr": MACS[WORDPRESS]}  # the MAC stays
     backend.start(wp)
-    assert wait_for(lambda: ipv4(backend, wp), 10, "the static address") == "198.51.100.50"
+    assert wait_or_fail(lambda: ipv4(backend, wp), 10, "the static address") == "198.51.100.50"
     assert re.search(r"^default via 198\.51\.100\.1 dev eth0", backend.exec(wp, ["ip", "route"]).stdout, re.M)
     assert backend.exec(wp, ["ping", "-c", "1", "-W", "2", sandboxes.LAN_GATEWAY], timeout=5).returncode == 0
     out = sandboxes.ns_run(sb.name, ["ip", "-o", "link", "show", f"veth{wp}i0"]).stdout
@@ -281,7 +267,7 @@ def test_snapshot_static_net0_and_rollback(pair):
     assert backend.get_net0(wp) == dhcp_net0(WORDPRESS)
     assert backend.status(wp).state == "stopped"
     backend.start(wp)
-    assert wait_for(lambda: ipv4(backend, wp), 20, "a lease after rollback") == ips[WORDPRESS]
+    assert wait_or_fail(lambda: ipv4(backend, wp), 20, "a lease after rollback") == ips[WORDPRESS]
     backend.delete_snapshot(wp, "premigrate")
     assert backend.snapshots(wp) == []
     with pytest.raises(BackendError, match="no snapshot"):

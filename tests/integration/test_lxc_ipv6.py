@@ -32,6 +32,7 @@ import pytest
 from proximity.containers.base import ContainerSpec
 from proximity.containers.lxc import LxcBackend
 from proximity.host import inside_netns
+from tests.integration.tools import wait_or_fail
 
 pytestmark = [
     pytest.mark.root,
@@ -49,16 +50,18 @@ SERVER6 = f"{DHCP_PREFIX}:1"
 IFA_F_TENTATIVE, IFA_F_DADFAILED = 0x40, 0x08
 
 
-def wait_for(check, timeout: float, what: str):
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {result!r})")
-        time.sleep(0.01)
+def wait_v6(check, timeout: float, what: str):
+    """``wait_or_fail`` polling every 10 ms."""
+    return wait_or_fail(check, timeout, what, max_delay=0.01)
+
+
+def past_dad(backend, vmid: int, root: Path, pid: int, prefix: str, what: str) -> str:
+    """The container's address in ``prefix`` once it passed DAD; on a timeout, what the container shows."""
+    try:
+        return wait_v6(lambda: passed_dad(pid, prefix), 15, what)
+    except BaseException:
+        print(diagnostics(backend, vmid, root))
+        raise
 
 
 def ns(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -138,7 +141,7 @@ def lab(tmp_path_factory):
            f"--dhcp-range={SLAAC_PREFIX}:,ra-stateless", "--dhcp-range=10.60.0.100,10.60.0.200,1h",
            f"--domain={DOMAIN}", "--dhcp-authoritative", "--no-ping", "--dhcp-rapid-commit", "--log-dhcp", f"--log-facility={log}",
            f"--pid-file={pidfile}", f"--dhcp-leasefile={root / 'dnsmasq.leases'}")
-        pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "dnsmasq's pid file")
+        pid = wait_v6(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "dnsmasq's pid file")
         yield backend, root
     finally:
         for container in backend.list():
@@ -147,7 +150,7 @@ def lab(tmp_path_factory):
             pid = int(pidfile.read_text())
             if alive(pid):
                 os.kill(pid, 15)
-            wait_for(lambda: not alive(pid), 10, "dnsmasq to exit")
+            wait_v6(lambda: not alive(pid), 10, "dnsmasq to exit")
         subprocess.run(["ip", "netns", "delete", NS], check=True)
 
 
@@ -171,15 +174,11 @@ def diagnostics(backend: LxcBackend, vmid: int, root: Path) -> str:
 def test_dhcpv6_address_and_aaaa(lab) -> None:
     backend, root = lab
     vmid, t0, pid = start(backend, "v6dhcp", f"name=eth0,bridge={DHCP_BRIDGE},ip=dhcp,ip6=dhcp,hwaddr=02:60:00:00:00:01")
-    try:
-        addr = wait_for(lambda: passed_dad(pid, DHCP_PREFIX), 15, "a DHCPv6 address past DAD")
-    except BaseException:
-        print(diagnostics(backend, vmid, root))
-        raise
+    addr = past_dad(backend, vmid, root, pid, DHCP_PREFIX, "a DHCPv6 address past DAD")
     dad_seconds = time.time() - t0
     stateful = [f"{DHCP_PREFIX}:{n:x}" for n in range(0x100, 0x200)]
     assert addr in stateful, f"{addr} is not from the DHCPv6 range"
-    assert wait_for(lambda: aaaa(f"v6dhcp.{DOMAIN}") == [addr], 5, "dnsmasq's AAAA record for v6dhcp")
+    assert wait_v6(lambda: aaaa(f"v6dhcp.{DOMAIN}") == [addr], 5, "dnsmasq's AAAA record for v6dhcp")
     lease = (root / "dnsmasq.leases").read_text()
     assert re.search(rf"^\d+ \d+ {re.escape(addr)} v6dhcp 00:03:00:01:02:60:00:00:00:01$", lease, re.M), lease
     # the kernel keeps the router advertisements: the default route via the router's link-local address
@@ -187,7 +186,7 @@ def test_dhcpv6_address_and_aaaa(lab) -> None:
                             capture_output=True, text=True).stdout
     assert "via fe80::" in routes and "proto ra" in routes, routes
     # IPv4 as before: udhcpc's lease on the same link
-    v4 = wait_for(lambda: re.search(r"inet (10\.60\.0\.\d+)/24", backend.exec(vmid, ["ip", "-4", "-o", "addr", "show",
+    v4 = wait_v6(lambda: re.search(r"inet (10\.60\.0\.\d+)/24", backend.exec(vmid, ["ip", "-4", "-o", "addr", "show",
                                                                                    "eth0"]).stdout), 10, "an IPv4 lease")
     assert v4
     # both ways over IPv6: the container reaches its router, the router the container
@@ -201,11 +200,7 @@ def test_slaac_by_the_kernel(lab) -> None:
     backend, root = lab
     vmid, t0, pid = start(backend, "v6slaac", f"name=eth0,bridge={SLAAC_BRIDGE},ip=10.61.0.50/24,gw=10.61.0.1,ip6=auto,"
                                                "hwaddr=02:61:00:00:00:01")
-    try:
-        addr = wait_for(lambda: passed_dad(pid, SLAAC_PREFIX), 15, "a SLAAC address past DAD")
-    except BaseException:
-        print(diagnostics(backend, vmid, root))
-        raise
+    addr = past_dad(backend, vmid, root, pid, SLAAC_PREFIX, "a SLAAC address past DAD")
     dad_seconds = time.time() - t0
     eui64 = ipaddress.IPv6Address(f"{SLAAC_PREFIX}:61:ff:fe00:1")
     assert ipaddress.IPv6Address(addr) == eui64, f"{addr} is not the EUI-64 address of 02:61:00:00:00:01"

@@ -26,6 +26,7 @@ from proximity.network import nft
 from proximity.network.changes import Env
 from proximity.network.nft_changes import ApplyRuleset, live_digest
 from proximity.settings import load_settings
+from tests.integration.tools import Listener
 
 TAG = f"nf{os.getpid() % 100000}"
 H, W = f"{TAG}-h", f"{TAG}-w"
@@ -38,15 +39,6 @@ GW = {"zA": ("10.61.0.1", "fd61::1"), "zB": ("10.62.0.1", "fd62::1")}
 UP4, UP6, WAN4, WAN6 = "198.51.100.2", "2001:db8:1::2", "198.51.100.1", "2001:db8:1::1"
 PORT = 7000
 
-SERVER = r"""
-import socket, sys
-srv = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6, dualstack_ipv6=True)
-print("ready", flush=True)
-while True:
-    conn, peer = srv.accept()
-    print(peer[0].removeprefix("::ffff:"), flush=True)
-    conn.sendall(b"hi\n"); conn.close()
-"""
 
 
 def ns(name: str) -> str:
@@ -75,21 +67,9 @@ def load(spec: nft.FirewallSpec) -> None:
                    text=True, timeout=30)
 
 
-class Server:
+def listening(namespace: str, port: int = PORT) -> Listener:
     """A dual-stack TCP server in a namespace that prints each peer; stopped by pid."""
-
-    def __init__(self, namespace: str, port: int = PORT):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", SERVER, str(port)],
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def peer(self) -> str:
-        return self.proc.stdout.readline().strip()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=5)
-        self.proc.stdout.close()
+    return Listener(namespace, "::", port)
 
 
 def tcp(namespace: str, address: str, port: int = PORT, timeout: float = 1.5) -> bool:
@@ -105,7 +85,7 @@ def ping(namespace: str, address: str) -> bool:
 @pytest.fixture(scope="module")
 def zones():
     names = [H, W, *(ns(c) for c in CLIENTS)]
-    servers: list[Server] = []
+    servers: list[Listener] = []
     try:
         for name in names:
             subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
@@ -138,9 +118,9 @@ def zones():
                     "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"):
             sh(H, "sysctl", "-q", "-w", key)
         load(zone_spec())
-        servers = [Server(name) for name in (H, W, *(ns(c) for c in CLIENTS))]
+        servers = [listening(name) for name in (H, W, *(ns(c) for c in CLIENTS))]
         # The host's own services: ssh on 22 and DNS on 53 (tcp), on every address.
-        servers += [Server(H, 22), Server(H, 53)]
+        servers += [listening(H, 22), listening(H, 53)]
         yield servers
     finally:
         for server in servers:
@@ -173,8 +153,8 @@ def test_inside_a_bridge_traffic_flows_with_br_netfilter_on(zones):
 def test_zones_reach_the_uplink_masqueraded_or_routed_and_the_outside_cannot_reach_in(zones):
     wan = zones[1]
     for family, (seen_a, wan_addr) in ((1, (UP4, WAN4)), (2, (UP6, WAN6))):
-        assert tcp(ns("a1"), wan_addr) and wan.peer() == seen_a  # masqueraded
-        assert tcp(ns("b1"), wan_addr) and wan.peer() == CLIENTS["b1"][family]  # routed: its own address
+        assert tcp(ns("a1"), wan_addr) and wan.next_peer() == seen_a  # masqueraded
+        assert tcp(ns("b1"), wan_addr) and wan.next_peer() == CLIENTS["b1"][family]  # routed: its own address
         assert not tcp(W, CLIENTS["b1"][family])  # routed to, yet new connections in are dropped
         assert not ping(W, CLIENTS["b1"][family])
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 PROXIMITY = [sys.executable, "-m", "proximity"]
 
@@ -18,14 +21,16 @@ def proximity(*args: str, check: bool = True, timeout: float = 120, env: dict | 
     return result
 
 
+# "::" listens on both families (an IPv4 peer is printed as its IPv4 address).
 LISTENER = r"""
 import socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(8)
+address = sys.argv[1]
+family = socket.AF_INET6 if ":" in address else socket.AF_INET
+srv = socket.create_server((address, int(sys.argv[2])), family=family, dualstack_ipv6=address == "::")
 print("ready", flush=True)
 while True:
     conn, peer = srv.accept()
-    print(peer[0], flush=True)
+    print(peer[0].removeprefix("::ffff:"), flush=True)
     conn.sendall(b"hello from " + sys.argv[1].encode() + b"\n"); conn.close()
 """
 
@@ -52,6 +57,7 @@ class Listener:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=5)
+        self.proc.stdout.close()
 
     def __enter__(self):
         return self
@@ -96,3 +102,18 @@ def delete_nft_rule(ns: str, chain: str, needle: str = "") -> None:
     handle = next(rule["handle"] for rule in rules if needle in json.dumps(rule))
     subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "rule", "inet", "proximity", chain, "handle",
                     str(handle)], check=True, timeout=30)
+
+
+def wait_or_fail(check, timeout: float, what: str, max_delay: float = 0.25):
+    """Poll ``check`` until it returns something truthy (each wait longer, up to ``max_delay``); fail
+    the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = min(0.02, max_delay)
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {result!r})")
+        time.sleep(delay)
+        delay = min(delay * 1.5, max_delay)
