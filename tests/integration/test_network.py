@@ -16,6 +16,7 @@ from proximity import sandbox as sandboxes
 from proximity.host import ETC_NETNS, Host, pid_cmdline, wait_for
 from proximity.network import interfaces, render
 from proximity.network.reconciler import ConvergeError, NetworkManager
+from proximity.sandbox import pve_host
 from proximity.settings import load_settings
 
 from tests.integration.tools import Listener, connect, proximity, resolve
@@ -278,8 +279,8 @@ def test_hand_written_bridge_is_adopted_or_refused(host):
     finally:
         proximity("down", "--sandbox", sb.name, check=False)
         sb.interfaces_file.write_bytes(original)
-        if bridge_exists(sb):  # ifupdown2's lock is machine-wide: another reload may hold it (exit 89)
-            assert wait_for(lambda: sandboxes.ns_run(sb.name, ["ifreload", "-a"], check=False).returncode == 0, 30)
+        if bridge_exists(sb):
+            pve_host.ifreload(sb.name)
             sandboxes.ns_run(sb.name, ["ip", "link", "delete", "prox-net"], check=False)
 
 

@@ -14,6 +14,7 @@ import pytest
 from proximity import sandbox as sandboxes
 from proximity.network import interfaces, render
 from proximity.network.firewall import legacy_rules
+from proximity.sandbox import pve_host
 from proximity.settings import load_settings
 from tests.integration.tools import Listener, connect, delete_nft_rule, nft_table, proximity
 
@@ -138,7 +139,7 @@ def _old_release(sb) -> None:
     s.ruleset_file.unlink()
     s.ruleset_state_file.unlink()
     sb.interfaces_file.write_text(interfaces.merge_block(sb.interfaces_file.read_text(), stanza))
-    sandboxes.ns_run(sb.name, ["ifreload", "-a"], timeout=60)
+    pve_host.ifreload(sb.name)  # retried: ifupdown2's lock is machine-wide, other tests reload too
     assert len(own_rules(sb)) == 4 and nft_table(sb.name) is None
 
 

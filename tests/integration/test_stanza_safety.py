@@ -65,7 +65,7 @@ def lan_nic(sandbox):
     finally:
         admin.unlink(missing_ok=True)
         proximity("down", "--sandbox", sb.name, check=False)
-        ns(sb, "ifreload", "-a", check=False)
+        ifreload(sb.name)
         ns(sb, "ip", "link", "delete", "prox-net", check=False)
         ns(sb, "ip", "link", "delete", "eno2", check=False)
 
