@@ -94,6 +94,9 @@ class FakeHost(Host):
     def mkdir(self, path: Path) -> None:
         pass
 
+    def as_seen(self, pattern: str) -> str:
+        return pattern
+
     def glob(self, pattern: str) -> list[Path]:
         """Files and their directories, matched like glob.glob (``*`` stops at ``/``)."""
         names = set(self.files) | {str(Path(p).parent) for p in self.files}

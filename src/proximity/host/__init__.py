@@ -202,15 +202,19 @@ class Host:
             path.unlink()
 
     def glob(self, pattern: str) -> list[Path]:
-        """The paths a glob matches as programs in this namespace see them: ``ip netns exec NAME``
-        mounts ``/etc/netns/NAME/X`` over ``/etc/X`` (ifreload runs that way in a sandbox)."""
+        """The paths a glob matches as programs in this namespace see them."""
+        return sorted(Path(p) for p in _glob.glob(self.as_seen(pattern)))
+
+    def as_seen(self, pattern: str) -> str:
+        """A path (or glob) as programs in this namespace see it: ``ip netns exec NAME`` mounts
+        ``/etc/netns/NAME/X`` over ``/etc/X`` (ifreload runs that way in a sandbox)."""
         if self.netns and pattern.startswith("/etc/"):
             first, _, rest = pattern[len("/etc/"):].partition("/")
             over = ETC_NETNS / self.netns / first
             if first and over.exists():
                 over = Path(os.path.realpath(over))  # name the files where the admin edits them
                 pattern = str(over / rest) if rest else str(over)
-        return sorted(Path(p) for p in _glob.glob(pattern))
+        return pattern
 
     def mkdir(self, path: Path, mode: int | None = None, exist_ok: bool = True) -> None:
         """Create ``path`` and its parents; ``mode`` is set exactly (no umask).

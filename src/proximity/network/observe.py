@@ -30,7 +30,7 @@ from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
 from proximity.network.probe import list_ruleset, rules_digest
 from proximity.network.reservations import Reservation, Reservations
-from proximity.network.stanzas import SourcedFile, sourced_files
+from proximity.network.stanzas import SourcedFile, source_patterns, sourced_files
 from proximity.settings import Settings
 
 SYSCTLS = ("net.ipv4.ip_forward",)
@@ -110,6 +110,7 @@ class Observation:
     sourced: tuple[SourcedFile, ...] = ()  # the files the interfaces file sources, as ifupdown2 reads them
     intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
     full_disks: tuple[tuple[str, int], ...] = ()  # (directory, bytes free): Proximity's state with no room left
+    sources: tuple[tuple[str, str], ...] = ()  # the host's interfaces file's source lines, as this host sees them
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -143,10 +144,19 @@ def _read(host: Host, settings: Settings, path: Path) -> str | None:
     return host.read_text(path)
 
 
+# What one observation of the host holds for every zone (the rest is the zone's own).
+HOST_FIELDS = ("links", "addresses", "routes", "firewall", "sysctls", "pve_firewall", "systemd", "pve_rules",
+               "pve_error", "sourced", "intent", "full_disks", "sources")
+
+
 def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
-            firewall: Firewall | None = None, probes: Probes | None = None) -> Observation:
+            firewall: Firewall | None = None, probes: Probes | None = None,
+            base: Observation | None = None) -> Observation:
     """Read the host. ``probe`` adds the leases and the probes that status needs (a DNS query, ``ss``);
-    ``firewall`` and ``probes`` reuse earlier readings (the snapshot's quick refresh)."""
+    ``firewall`` and ``probes`` reuse earlier readings (the snapshot's quick refresh). ``base``, an
+    observation of another zone of this host, gives the host's part: only the zone's own is read."""
+    if base is not None:
+        return _zone_observation(host, settings, dns, base, probe, probes)
     links, addresses = [], []
     for item in host.ip_json("-details", "address", "show"):
         links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
@@ -160,12 +170,6 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
     if firewall is None:
         firewall = read_firewall(host, settings, probe)
     reservations = tuple(Reservations(settings, host).all())
-    by_name = {link.name: link for link in links}
-    attachments = []
-    for r in reservations:
-        port = next((by_name[n] for n in container_port_names(r.vmid) if n in by_name), None) if r.vmid else None
-        if port is not None:
-            attachments.append(Attachment(r.vmid, r.hostname, port.name, port.master))
     dns_process = dns.process()
     files = {path: _read(host, settings, path) for path in watched_files(settings, host.has_systemd)}
     pve_on = pve_firewall_on(host, settings)
@@ -174,19 +178,45 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         links=tuple(links), addresses=tuple(addresses), routes=routes, firewall=firewall,
         sysctls=MappingProxyType({key: host.read_sysctl(key) for key in SYSCTLS}),
         files=MappingProxyType(files),
-        dns=dns_process, reservations=reservations, attachments=tuple(attachments),
+        dns=dns_process, reservations=reservations, attachments=_attachments(reservations, links),
         pve_firewall=pve_on, systemd=host.has_systemd, pve_rules=pve_rules, pve_error=pve_error,
         sourced=read_sourced(host, settings.interfaces_file, files.get(settings.interfaces_file)),
         intent=read_intent(host, settings),
         full_disks=full_disks(host, settings),
+        sources=source_patterns(settings.interfaces_file, files.get(settings.interfaces_file), host.as_seen),
     )
-    if not probe:
-        return obs
+    return _with_probes(host, settings, obs, probes) if probe else obs
+
+
+def _zone_observation(host: Host, settings: Settings, dns: DnsService, base: Observation, probe: bool,
+                      probes: Probes | None) -> Observation:
+    """The zone's files, dnsmasq, reservations and ports, with the host's part of ``base``."""
+    reservations = tuple(Reservations(settings, host).all())
+    obs = Observation(**{name: getattr(base, name) for name in HOST_FIELDS},
+                      files=MappingProxyType({p: _read(host, settings, p) for p in watched_files(settings, host.has_systemd)}),
+                      dns=dns.process(), reservations=reservations,
+                      attachments=_attachments(reservations, base.links))
+    return _with_probes(host, settings, obs, probes) if probe else obs
+
+
+def _attachments(reservations: tuple[Reservation, ...], links) -> tuple[Attachment, ...]:
+    """The managed containers' ports that exist now, wherever they are attached."""
+    by_name = {link.name: link for link in links}
+    found = []
+    for r in reservations:
+        port = next((by_name[n] for n in container_port_names(r.vmid) if n in by_name), None) if r.vmid else None
+        if port is not None:
+            found.append(Attachment(r.vmid, r.hostname, port.name, port.master))
+    return tuple(found)
+
+
+def _with_probes(host: Host, settings: Settings, obs: Observation, probes: Probes | None) -> Observation:
+    dns_process, addresses = obs.dns, obs.addresses
     leases, warnings = parse_leases(obs.file(settings.leases_file) or "", str(settings.leases_file))
     if probes is None:
         link = obs.link(settings.bridge)
         answering = (dns_process is not None and link is not None and (settings.bridge, settings.gateway) in addresses
-                     and host.resolve(f"{settings.service_name}-probe.{settings.domain}",
+                     and host.resolve(f"{settings.service_name.replace('@', '-')}-probe.{settings.domain}",
                                       str(settings.gateway.ip)) is not None)
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),

@@ -4,11 +4,12 @@ whether a hand-written bridge stanza says what Proximity's settings say (pure, n
 from __future__ import annotations
 
 import ipaddress
+import fnmatch
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from proximity.network.interface_lines import is_keyword, split_lines
 
@@ -344,6 +345,24 @@ def sourced_files(
 
     walk(path, text)
     return found
+
+
+def is_sourced(path: Path, patterns: Iterable[tuple[str, str]]) -> bool:
+    """Whether ifupdown2 would read a file at ``path`` through one of ``(keyword, absolute pattern)``
+    (the file need not exist yet: a zone's file is checked before it is written)."""
+    for keyword, pattern in patterns:
+        if keyword == "source" and fnmatch.fnmatchcase(str(path), pattern):
+            return True
+        if keyword == "source-directory" and fnmatch.fnmatchcase(str(path.parent), pattern.rstrip("/")) \
+                and SOURCE_DIRECTORY_NAME.fullmatch(path.name):
+            return True
+    return False
+
+
+def source_patterns(path: Path, text: str | None, as_seen: Callable[[str], str]) -> tuple[tuple[str, str], ...]:
+    """The ``source`` lines of the file at ``path``, each pattern absolute and as this host sees it."""
+    return tuple((keyword, as_seen(argument if argument.startswith("/") else str(path.parent / argument)))
+                 for keyword, argument, _ in source_lines(text or ""))
 
 
 def declared_in(sourced: list[SourcedFile] | tuple[SourcedFile, ...], name: str) -> list[tuple[SourcedFile, Stanza]]:

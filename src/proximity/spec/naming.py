@@ -71,7 +71,7 @@ class ZonePaths:
     dns_pid_file: Path
     dns_log_file: Path
     service_name: str  # the systemd unit, without ".service"
-    unit_file: Path  # the unit file that defines it (a template's for the further zones)
+    unit_file: Path  # the unit file that defines it
 
 
 def default_zone_paths(settings: Settings) -> ZonePaths:
@@ -103,7 +103,7 @@ def zone_paths(settings: Settings, zone: str) -> ZonePaths:
         dhcp_hosts_file=state / "dhcp-hosts",
         addn_hosts_file=state / "hosts",
         dns_pid_file=settings.run_dir / f"{service}.pid",
-        dns_log_file=state / "dnsmasq.log",
+        dns_log_file=state / f"{service}.log",
         service_name=service,
-        unit_file=settings.systemd_dir / f"{TEMPLATE_SERVICE}.service",
+        unit_file=settings.systemd_dir / f"{service}.service",  # an instance's own file: systemd reads it first
     )

@@ -106,6 +106,12 @@ class HostSpec:
     def default(self) -> ZoneSpec:
         return self.zones[0]
 
+    def views(self):
+        """Every zone as settings (:mod:`proximity.spec.view`), the default first."""
+        from proximity.spec.view import zone_view
+
+        return tuple(zone_view(self.settings, zone) for zone in self.zones)
+
     def zone(self, name: str) -> ZoneSpec:
         for zone in self.zones:
             if zone.name == name:
