@@ -26,7 +26,8 @@ from proximity.names import (  # noqa: F401
     is_hostname_label,
 )
 from proximity.spec.checks import check_domain, check_gateway, check_range
-from proximity.spec.config import ZoneConfig, parse_ipv6_mode, parse_zones
+from proximity.spec.config import ZoneConfig, parse_ipv6_mode, parse_peers, parse_zones
+from proximity.zones_file import merge_zones, read_zones_file
 from proximity.setting_sources import (  # noqa: F401
     DEFAULT_CONFIG_FILE,
     ENV_PREFIX,
@@ -130,6 +131,7 @@ class Settings:
     # "auto" (a /64 of the install's ULA prefix), a routed /64 such as "2001:db8:0:1::/64", or "off".
     ipv6: str = "off"
     zones: tuple[ZoneConfig, ...] = ()  # the further zones, from proximity.toml's [zones.NAME] tables
+    peers: tuple[tuple[str, str], ...] = ()  # pairs of zones that may reach each other (`proximity zone peer`)
 
     @_check("bridge")
     @staticmethod
@@ -224,6 +226,11 @@ class Settings:
     def _zones(value: Any) -> tuple[ZoneConfig, ...]:
         return parse_zones(value)
 
+    @_check("peers")
+    @staticmethod
+    def _peers(value: Any) -> tuple[tuple[str, str], ...]:
+        return parse_peers(value)
+
     def _range_inside_subnet(self) -> Settings:
         check_range(self.gateway, self.dhcp_start, self.dhcp_end)
         return self
@@ -276,6 +283,11 @@ class Settings:
         return self.state_dir / "ruleset.json"
 
     @property
+    def zones_file(self) -> Path:
+        """The zones `proximity zone create` made, and their peers: Proximity's own file beside its config."""
+        return self.dnsmasq_conf.parent / "zones.toml"
+
+    @property
     def api_token_file(self) -> Path:
         return self.dnsmasq_conf.parent / "api-token"
 
@@ -324,7 +336,10 @@ def load_settings(defaults: dict[str, Any] | None = None, **overrides: Any) -> S
     Strongest first: ``overrides``, the environment, the config file, ``defaults``, the seed's defaults.
     """
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    return validate({**(defaults or {}), **config_file_values(), **environment_values(_hints()), **overrides})
+    values = {**(defaults or {}), **config_file_values(), **environment_values(_hints()), **overrides}
+    settings = validate(values)
+    made = read_zones_file(settings.zones_file)  # zones made with `proximity zone create`, and peers
+    return validate(merge_zones(values, made, settings.zones_file)) if made else settings
 
 
 def validate(values: dict[str, Any]) -> Settings:

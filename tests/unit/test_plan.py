@@ -181,14 +181,3 @@ def test_down_removes_everything_and_a_failure_undoes_it():
         with pytest.raises(HostError):
             NetworkManager(SETTINGS, host=victim).down(purge=True, force=True)
         assert victim.state() == host.state(), f"step {failing} of {rehearsal.commands}"
-
-
-def test_zones_and_ipv6_that_are_not_built_yet_are_said_and_change_nothing():
-    """The settings check further zones and the default zone's ipv6; until up builds them, it says so."""
-    host = converged_host()
-    zoned = make_settings(zones={"web": {"subnet": "10.20.0.0/24"}}, ipv6="auto")
-    plan = plan_of(host, zoned)
-    assert not plan.changes
-    assert any("zones.web" in warning and "nothing was made" in warning for warning in plan.warnings), plan.warnings
-    assert any("ipv6 = 'auto'" in warning for warning in plan.warnings), plan.warnings
-    assert not plan_of(host).warnings

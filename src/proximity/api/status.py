@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proximity.host import NETNS_RUN_DIR, inside_netns
-from proximity.network.health import NetworkStatus, health, unknown_status
+from proximity.network.health import NetworkStatus, unknown_status
 from proximity.network.intent import intent_file
 from proximity.network.observe import Observation
 from proximity.network.reconciler import NetworkManager
@@ -99,7 +99,7 @@ class _Refresher:
             obs = self.network.observe(probe=True, firewall=last.firewall)
         if full:
             self._last = obs
-        return health(self.network.settings, obs)
+        return self.network.verdict(obs)
 
 
 def _poll(fds: list[int], timeout: float) -> list[int]:

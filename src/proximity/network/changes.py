@@ -139,8 +139,8 @@ class ApplyInterfaces(Change):
     """
 
     path: Path
-    text: str
-    before: str
+    text: str | None  # None: remove the file (a zone's own, on `down`)
+    before: str | None  # None: the file was not there (a new zone's)
     bridge: str
     bridge_before: BridgeState  # the undo puts the bridge back as it was
     rules_before: tuple[Rule, ...]  # ... and removes the rules that post-up lines added
@@ -150,17 +150,21 @@ class ApplyInterfaces(Change):
 
     def describe(self) -> str:
         how = "`ifreload -a`" if self.whole_file else f"`ifup {self.bridge}`"
+        if self.text is None:
+            return f"remove {self.path} and apply the change with {how}"
         return (f"write {self.path} and apply it with {how}" if self.text != self.before
                 else f"apply {self.path} with {how}")
 
     def apply(self, env: Env) -> None:
-        if self.text != self.before:
+        if self.text is None:
+            env.host.remove(self.path)
+        elif self.text != self.before:
             WriteFile(self.path, self.text, self.before, backup=True).apply(env)
         env.host.mkdir(IFUPDOWN_RUN_DIR)
         self._reached.add("reload")
         _retry_locked(env, ["ifreload", "-a"] if self.whole_file else ["ifup", self.bridge])
         if self.check_bridge and not env.host.dry_run:
-            ifquery_check(env)
+            ifquery_check(env, self.bridge)
             self.bridge_before.reattach(env, self.bridge)
 
     def undo(self, env: Env) -> None:
@@ -168,7 +172,7 @@ class ApplyInterfaces(Change):
         addresses, ports and rules back is the whole undo. A bridge this change made or deleted is
         reloaded away or back, so that ifupdown2's own state follows too."""
         if self.text != self.before:
-            env.host.write_text(self.path, self.before)
+            WriteFile(self.path, "", self.before).undo(env)  # the old text back, or no file
         if "reload" not in self._reached:
             return
         links = {link["ifname"] for link in env.host.ip_json("link", "show")}
@@ -342,9 +346,9 @@ def _retry_locked(env: Env, argv: list[str]) -> None:
         raise failure
 
 
-def ifquery_check(env: Env) -> None:
+def ifquery_check(env: Env, bridge: str | None = None) -> None:
     """``ifquery -a --check`` must pass for the bridge: ifupdown2's own word that it is applied."""
-    bridge = env.settings.bridge
+    bridge = bridge or env.settings.bridge
     result = env.host.query(["ifquery", "-a", "--check", "-o", "json"], timeout=30)
     try:
         entries = json.loads(result.stdout or "[]")

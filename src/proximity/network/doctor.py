@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from proximity.network import interfaces
 from proximity.network.firewall import accept_chain, filter_chains
-from proximity.network.health import Check, health
+from proximity.network.health import Check
 from proximity.network.reconciler import NetworkManager
 
 
@@ -26,7 +26,7 @@ def network_checks(manager: NetworkManager) -> list[Check]:
             replaced = Check("end_to_end_probe", "end-to-end probe", False,
                              f"the end-to-end probe could not run: {exc}", "see the message")
     obs = manager.observe(probe=True)
-    st = health(s, obs)
+    st = manager.verdict(obs)
     checks = [replaced if replaced is not None and c.id == replaced.id else c for c in st.checks]
     checks.append(_leases_check(manager))
     checks += _port_checks(manager, obs)

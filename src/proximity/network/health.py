@@ -21,6 +21,7 @@ from proximity.network.pool import pool_usage
 from proximity.network.probe import client_mac as probe_mac
 from proximity.network.probe import is_stale
 from proximity.settings import Settings
+from proximity.spec.view import default_view
 
 # A failing check of these means containers are cut off: unhealthy. Any other failing check: degraded.
 FATAL = frozenset({"bridge_not_ours", "bridge", "gateway_address", "dnsmasq_running", "dnsmasq_bridge", "container_ports"})
@@ -78,8 +79,9 @@ class NetworkStatus:
         return asdict(self)
 
 
-def health(settings: Settings, obs: Observation) -> NetworkStatus:
+def health(settings: Settings, obs: Observation, firewall: nft.FirewallSpec | None = None) -> NetworkStatus:
     """The verdict, its checks and reasons; probes that were not taken (``obs.probes`` None) count as passed.
+    ``firewall``: the host's whole table (every zone); None: the default zone's alone.
 
     While the admin's intent is down, the verdict is ``down`` (a damaged record: ``unhealthy``, named)."""
     intent = obs.intent
@@ -90,8 +92,9 @@ def health(settings: Settings, obs: Observation) -> NetworkStatus:
     uplink = s.uplink or obs.default_route_link()
     link = obs.link(s.bridge)
     gateway_assigned = (s.bridge, s.gateway) in obs.addresses
-    table = table_state(s, obs, nft.render_table(spec_of(s, uplink, obs))) if uplink else "missing"
-    accepts = [rule for rule in wanted_rules(s, uplink, obs) if rule not in obs.rules] if uplink else []
+    spec = (firewall or spec_of([default_view(s)], uplink, obs)) if uplink else None
+    table = table_state(s, obs, nft.render_table(spec)) if spec else "missing"
+    accepts = [rule for rule in wanted_rules(s, spec, obs) if rule not in obs.rules] if spec else []
     nat = table == "current"
     isolation = nat and not accepts
     forward = obs.sysctls.get("net.ipv4.ip_forward") == "1"

@@ -30,6 +30,7 @@ class Intent:
     interfaces_file: str | None = None
     since: float | None = None  # when it was recorded (Unix time)
     error: str | None = None  # why the record could not be read (source "damaged")
+    zones_down: tuple[str, ...] = ()  # zones `down --zone` took down while the rest stays up
 
     @property
     def up(self) -> bool:
@@ -42,11 +43,17 @@ class Intent:
             changes["uplink"] = self.uplink
         if self.interfaces_file is not None:
             changes["interfaces_file"] = Path(self.interfaces_file)
+        if getattr(settings, "is_default", True) is False:  # a further zone's view: its own file follows the host's
+            from proximity.spec.view import zone_file
+
+            host = replace(settings.host, **changes)
+            changes.update(host_settings=host, interfaces_file=zone_file(host, settings.zone))
         return replace(settings, **changes) if changes else settings
 
     def as_dict(self) -> dict:
         return {"state": self.state, "source": self.source, "uplink": self.uplink,
-                "interfaces_file": self.interfaces_file, "since": self.since, "error": self.error}
+                "interfaces_file": self.interfaces_file, "since": self.since, "error": self.error,
+                "zones_down": list(self.zones_down)}
 
 
 def intent_file(settings: Settings) -> Path:
@@ -67,24 +74,26 @@ def read(host: Host, settings: Settings) -> Intent:
         if not isinstance(data, dict) or data.get("state") not in (UP, DOWN):
             raise ValueError('no "state" of "up" or "down"')
         uplink, file, since = data.get("uplink"), data.get("interfaces_file"), data.get("since")
+        zones_down = data.get("zones_down", [])
         if not all(v is None or isinstance(v, str) for v in (uplink, file)) or not (
-                since is None or isinstance(since, (int, float))):
-            raise ValueError("uplink, interfaces_file or since has the wrong type")
+                since is None or isinstance(since, (int, float))) or not (
+                isinstance(zones_down, list) and all(isinstance(z, str) for z in zones_down)):
+            raise ValueError("uplink, interfaces_file, since or zones_down has the wrong type")
     except RecursionError:
         return _damaged(path, "it is nested too deeply to be an intent record")
     except ValueError as exc:
         return _damaged(path, str(exc))
-    return Intent(data["state"], "record", uplink, file, since)
+    return Intent(data["state"], "record", uplink, file, since, zones_down=tuple(zones_down))
 
 
-def record(host: Host, settings: Settings, state: str) -> bool:
+def record(host: Host, settings: Settings, state: str, zones_down: tuple[str, ...] = ()) -> bool:
     """Record ``state`` with the uplink and interfaces file of ``settings``, atomically (`down` keeps
     them too: the dashboard's converge brings the same network up again). False when the record
     already says so (nothing written: a second `up` writes no file)."""
     old = read(host, settings)
-    new = Intent(state, "record", settings.uplink, str(settings.interfaces_file))
-    if old.source == "record" and (old.state, old.uplink, old.interfaces_file) == (
-            new.state, new.uplink, new.interfaces_file):
+    new = Intent(state, "record", settings.uplink, str(settings.interfaces_file), zones_down=tuple(zones_down))
+    if old.source == "record" and (old.state, old.uplink, old.interfaces_file, old.zones_down) == (
+            new.state, new.uplink, new.interfaces_file, new.zones_down):
         return False
     write(host, settings, replace(new, since=time.time()))
     return True
@@ -93,6 +102,8 @@ def record(host: Host, settings: Settings, state: str) -> bool:
 def write(host: Host, settings: Settings, intent: Intent) -> None:
     data = {"state": intent.state, "uplink": intent.uplink, "interfaces_file": intent.interfaces_file,
             "since": intent.since}
+    if intent.zones_down:
+        data["zones_down"] = list(intent.zones_down)
     host.write_text(intent_file(settings), json.dumps(data, indent=2) + "\n")
 
 

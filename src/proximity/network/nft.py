@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from proximity.settings import Settings
+from proximity.spec.view import ZoneSettings, default_view
 
 TABLE = "proximity"
 FAMILY = "inet"
@@ -60,6 +61,7 @@ class FirewallZone:
     addresses: tuple[Address, ...]  # the gateway's addresses on the bridge, with their prefix
     nat: Literal["masquerade", "routed"] = "masquerade"
     host_services: bool = False  # the host's own services (ssh, pveproxy...) reachable from the zone
+    routed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # subnets routed, never masqueraded
 
     def __post_init__(self) -> None:
         if not ZONE_NAME.fullmatch(self.name):
@@ -98,13 +100,24 @@ class FirewallSpec:
                 raise ValueError(f"peers {sorted(pair)}: a pair of two zones of {names}")
 
 
-def from_settings(settings: Settings, uplink: str, pve_firewall: bool) -> FirewallSpec:
-    """Today's settings as a spec: one zone, the bridge's IPv4 subnet, masqueraded.
+def from_views(views: Iterable[ZoneSettings], uplink: str, pve_firewall: bool,
+               peers: Iterable[Iterable[str]] = ()) -> FirewallSpec:
+    """The zones (as :mod:`proximity.spec.view` sees them) as a spec; ``peers``: pairs of zone names.
 
     The default zone keeps reaching the host's own services, as it always could: moving its rules to
     this table is the one change an existing host sees. New zones are closed to them by default."""
-    zone = FirewallZone(settings.bridge, settings.bridge, (settings.gateway,), host_services=True)
-    return FirewallSpec((zone,), uplink, frozenset(), pve_firewall)
+    zones = []
+    for v in views:
+        addresses = (v.gateway, v.ipv6_gateway) if v.ipv6_gateway else (v.gateway,)
+        routed = (v.ipv6_gateway.network,) if v.ipv6_gateway and not v.ipv6_nat else ()
+        zones.append(FirewallZone(v.zone, v.bridge, addresses, "masquerade" if v.nat else "routed",
+                                  v.host_services, routed))
+    return FirewallSpec(tuple(zones), uplink, frozenset(frozenset(pair) for pair in peers), pve_firewall)
+
+
+def from_settings(settings: Settings, uplink: str, pve_firewall: bool) -> FirewallSpec:
+    """The default zone alone, from the settings."""
+    return from_views((default_view(settings),), uplink, pve_firewall)
 
 
 def _q(name: str) -> str:
@@ -155,7 +168,7 @@ def render_table(spec: FirewallSpec) -> str:
 
     def masqueraded(version: int) -> list[str]:
         return [str(net) for zone in zones if zone.nat == "masquerade"
-                for net in zone.subnets if net.version == version]
+                for net in zone.subnets if net.version == version and net not in zone.routed]
 
     lines = [
         "# Managed by Proximity: 'proximity up' rewrites this file; nft -f loads it as one transaction.",

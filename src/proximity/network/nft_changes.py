@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Sequence
 
 from proximity.errors import HostError
 from proximity.network import nft
@@ -21,12 +22,14 @@ from proximity.network.firewall import accept_chain, docker_rules
 from proximity.network.observe import Observation
 from proximity.network.probe import list_ruleset
 from proximity.settings import Settings
+from proximity.spec.view import ZoneSettings
 
 TABLE = f"{nft.FAMILY} {nft.TABLE}"
 
 
-def spec_of(settings: Settings, uplink: str, obs: Observation) -> nft.FirewallSpec:
-    return nft.from_settings(settings, uplink, obs.pve_firewall)
+def spec_of(views: Sequence[ZoneSettings], uplink: str, obs: Observation,
+            peers: Iterable[Iterable[str]] = ()) -> nft.FirewallSpec:
+    return nft.from_views(views, uplink, obs.pve_firewall, peers)
 
 
 def table_state(settings: Settings, obs: Observation, text: str) -> str:
@@ -39,19 +42,19 @@ def table_state(settings: Settings, obs: Observation, text: str) -> str:
     return "current" if current else "differs"
 
 
-def wanted_rules(settings: Settings, uplink: str, obs: Observation):
+def wanted_rules(settings: Settings, spec: nft.FirewallSpec, obs: Observation):
     """The iptables rules Proximity wants now: only the accepts a FORWARD policy of DROP needs."""
-    return docker_rules(settings, spec_of(settings, uplink, obs), accept_chain(obs.firewall.chains))
+    return docker_rules(settings, spec, accept_chain(obs.firewall.chains))
 
 
-def plan_firewall(settings: Settings, obs: Observation, uplink: str) -> tuple[list[Change], list[Change]]:
-    """(before the bridge, after it): the table first, so that an upgrade from the iptables rules is
+def plan_firewall(settings: Settings, obs: Observation, spec: nft.FirewallSpec) -> tuple[list[Change], list[Change]]:
+    """(before the bridges, after them): the table first, so that an upgrade from the iptables rules is
     never without NAT; then the iptables accepts, then every other rule of ours is removed."""
-    text = nft.render_table(spec_of(settings, uplink, obs))
+    text = nft.render_table(spec)
     first: list[Change] = []
     if table_state(settings, obs, text) != "current":
         first.append(ApplyRuleset(settings.ruleset_file, text, obs.file(settings.ruleset_file)))
-    wanted = wanted_rules(settings, uplink, obs)
+    wanted = wanted_rules(settings, spec, obs)
     after: list[Change] = [AddRule(rule) for rule in wanted if rule not in obs.rules]
     seen: set = set()
     for rule in obs.rules:  # exactly one of each wanted rule; the old release's rules all go

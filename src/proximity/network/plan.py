@@ -1,4 +1,4 @@
-"""Plan: a pure function from (settings, observation) to the list of changes that converge the host.
+"""Plan: a pure function from (the zones, an observation of each) to the changes that converge the host.
 
 An empty plan means converged; that is the only definition of converged. ``up`` applies a plan,
 observes again and plans again until the plan is empty (a change can reveal the next one: a
@@ -12,30 +12,28 @@ an admin's unrelated, unapplied edits to other interfaces are never applied behi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal, Sequence
 
 from proximity.errors import ConflictError
-from proximity.network import interfaces, render, safety
-from proximity.network.dns_changes import ReloadDns, RestartDns, StartDns, StopDns, WriteDnsConfig
-from proximity.network.changes import (
-    ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, DeleteRule, RemoveFile,
-    SetSysctl, WriteFile, AddPveRule, DeletePveRule,
-)
-from proximity.network.nft_changes import plan_firewall, plan_remove
-from proximity.network.pvefirewall import PveRule, from_live, host_rules, is_own, node_name
-from proximity.network.dnsmasq import content_hash
+from proximity.network import interfaces, safety
+from proximity.network.changes import AddPveRule, Change, DeletePveRule, DeleteRule, SetSysctl
+from proximity.network.nft_changes import plan_firewall, plan_remove, spec_of
 from proximity.network.observe import Observation
-from proximity.network.reservations import render_addn_hosts, render_dhcp_hosts
-from proximity.network.validate import check_subnet_free, resolve_uplink
-from proximity.settings import Settings, SettingsError
+from proximity.network.plan_zone import check_zone, plan_zone_down, plan_zone_up, zone_text
+from proximity.network.pvefirewall import PveRule, from_live, host_rules, is_own, node_name
+from proximity.network.validate import resolve_uplink
+from proximity.settings import Settings
+from proximity.spec.view import ZoneSettings, default_view
 
 Mode = Literal["up", "heal"]
+Zone = tuple[ZoneSettings, Observation]  # a zone's view and the host observed with its files
 
 
 @dataclass(frozen=True)
 class Plan:
     changes: tuple[Change, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    zones: tuple[str, ...] = field(default=(), compare=False)  # the zone each change acts for, in order
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -43,94 +41,97 @@ class Plan:
     def describe(self) -> list[str]:
         return [change.describe() for change in self.changes]
 
+    def zone_of(self, index: int) -> str | None:
+        return self.zones[index] if index < len(self.zones) else None
 
-def plan_up(settings: Settings, obs: Observation, mode: Mode = "up") -> Plan:
-    """What makes the host match the settings."""
-    s = settings
-    text = obs.file(s.interfaces_file)
-    if text is None:
-        raise SettingsError(f"setting 'interfaces_file': {s.interfaces_file} does not exist; "
-                            "point --interfaces-file at the host's interfaces file")
-    uplink = resolve_uplink(s, obs)
-    check_subnet_free(s, obs, interfaces.remove_block(text))
-    refused = safety.refusals(s, obs)
-    cut_off = safety.undeclared_uplink(s, obs, text, uplink)
+
+class _Builder:
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+        self.zones: list[str] = []
+        self.warnings: list[str] = []
+
+    def add(self, zone: str, changes: Iterable[Change]) -> None:
+        for change in changes:
+            self.changes.append(change)
+            self.zones.append(zone)
+
+    def plan(self) -> Plan:
+        return Plan(tuple(self.changes), tuple(self.warnings), tuple(self.zones))
+
+
+def plan_up(settings: Settings, obs: Observation, mode: Mode = "up", *, zones: Sequence[Zone] = (),
+            peers: Iterable[Iterable[str]] = (), before: Iterable[Change] = ()) -> Plan:
+    """What makes the host match the settings: the default zone (``settings``, ``obs``) and ``zones``,
+    the further ones; ``peers``: pairs of zone names; ``before``: changes of Proximity's own state
+    that come first (the zones' allocations)."""
+    default = default_view(settings)
+    every: list[Zone] = [(default, obs), *zones]
+    host_text = interfaces.remove_block(zone_text(default, obs))
+    uplink = resolve_uplink(default, obs)
+    refused = {v.zone: check_zone(v, o, host_text) for v, o in every}
+    cut_off = safety.undeclared_uplink(default, obs, zone_text(default, obs), uplink)
     if cut_off:
         raise ConflictError(cut_off)
-    if refused:
-        raise ConflictError(f"Proximity will not run {s.bridge} (nothing was changed):\n  " + "\n  ".join(refused))
-    warnings: list[str] = list(_not_built_yet(s))
-    # 0. The nftables table first: the file the stanza's post-up loads exists before ifreload runs it,
+    for v, _ in every:
+        if refused[v.zone]:
+            raise ConflictError(f"Proximity will not run {v.bridge} (nothing was changed):\n  "
+                                + "\n  ".join(refused[v.zone]))
+    out = _Builder()
+    out.warnings += _not_built_yet([v for v, _ in every])
+    out.add(default.zone, before)
+    # 0. The nftables table first: the file the stanzas' post-up loads exists before ifreload runs it,
     #    and an upgrade has NAT all along (the old iptables rules go in step 3, after it).
-    changes, rule_changes = plan_firewall(s, obs, uplink)
-
-    # 1. The bridge, declared in the interfaces file and live.
-    new_text = _declared(s, text, warnings)
-    link = obs.link(s.bridge)
-    live = link is not None and link.up and (s.bridge, s.gateway) in obs.addresses
-    remake_bridge = False
-    if new_text != text or not live:
-        changes.append(ApplyInterfaces(s.interfaces_file, new_text, text, s.bridge, _bridge_state(s, obs),
-                                       obs.rules, whole_file=mode == "up"))
-        remake_bridge = link is None
-
-    # Pending GUI changes: Proxmox moves interfaces.new over interfaces on "Apply Configuration" or
-    # at the next boot, so the stanza goes there too (it is never applied from there by us).
-    pending = obs.file(s.pending_interfaces_file)
-    if pending is not None:
-        declared = _declared(s, pending, [])
-        if declared != pending:
-            changes.append(WriteFile(s.pending_interfaces_file, declared, pending))
-
-    # 2. Managed containers' ports on the bridge (a re-created bridge has none; the next round sees it).
-    if link is not None and not remake_bridge:
-        changes += [AttachPort(a.port, s.bridge, a.vmid, a.hostname) for a in obs.attachments if a.master != s.bridge]
-
+    first, rule_changes = plan_firewall(default, obs, spec_of([v for v, _ in every], uplink, obs, peers))
+    out.add(default.zone, first)
+    # 1-2. Each zone's bridge, its containers' ports and its dnsmasq.
+    for v, o in every:
+        out.add(v.zone, plan_zone_up(v, o, mode, out.warnings))
     # 3. iptables: the accepts a FORWARD policy of DROP needs, exactly once; no other rule of ours.
-    changes += rule_changes
-
+    out.add(default.zone, rule_changes)
     # 4. Forwarding.
     forward = obs.sysctls.get("net.ipv4.ip_forward")
     if forward != "1":
-        changes.append(SetSysctl("net.ipv4.ip_forward", "1", forward))
-
-    # 5. dnsmasq's files, then dnsmasq itself: started, restarted when what it runs with is stale,
-    #    or told to re-read the reservations.
-    conf = render.dnsmasq_conf(s)
-    hosts = {s.dhcp_hosts_file: render_dhcp_hosts(list(obs.reservations)),
-             s.addn_hosts_file: render_addn_hosts(list(obs.reservations), s.domain)}
-    files = {**hosts, **render.dns_unit_files(s, obs.systemd)}
-    for path, wanted_text in files.items():
-        if obs.file(path) != wanted_text:
-            changes.append(WriteFile(path, wanted_text, obs.file(path)))
-    if obs.file(s.dnsmasq_conf) != conf:
-        changes.append(WriteDnsConfig(s.dnsmasq_conf, conf, obs.file(s.dnsmasq_conf)))
-    dns = obs.dns
-    if dns is None:
-        changes.append(StartDns())
-    elif dns.config != content_hash(conf):
-        changes.append(RestartDns("its config changed" if dns.config else "it was not started by Proximity"))
-    elif remake_bridge or (link is not None and dns.bridge_index != link.index):
-        changes.append(RestartDns(f"{s.bridge} was re-created"))
-    elif dns.hosts != content_hash(*hosts.values()):
-        changes.append(ReloadDns())
-    # 6. The Proxmox host firewall (on when the datacenter firewall is): DHCP and DNS to the gateway.
+        out.add(default.zone, [SetSysctl("net.ipv4.ip_forward", "1", forward)])
+    # 5. The Proxmox host firewall (on when the datacenter firewall is): DHCP and DNS to each gateway.
     if obs.pve_firewall:
-        changes += _pve_changes(s, obs, host_rules(s), warnings)
-    return Plan(tuple(changes), tuple(warnings))
+        for v, o in every:
+            out.add(v.zone, _pve_changes(v, o, host_rules(v), out.warnings))
+    return out.plan()
 
 
-def _not_built_yet(settings: Settings) -> list[str]:
+def plan_down(settings: Settings, obs: Observation, purge: bool = False, *, zones: Sequence[Zone] = (),
+              only: Sequence[Zone] | None = None, remaining_peers: Iterable[Iterable[str]] = ()) -> Plan:
+    """What removes Proximity from the host: every zone's dnsmasq, files, stanza and bridge, then the
+    table and the rules. ``only``: remove just these zones, and re-render the table without them."""
+    default = default_view(settings)
+    every: list[Zone] = [(default, obs), *zones]
+    out = _Builder()
+    for v, o in (every if only is None else only):
+        out.add(v.zone, plan_zone_down(v, o, purge))
+        if obs.pve_firewall:
+            out.add(v.zone, _pve_changes(v, o, [], out.warnings))
+    if only is None:
+        out.add(default.zone, plan_remove(default, obs))
+        out.add(default.zone, [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules])
+        return out.plan()
+    gone = {v.zone for v, _ in only}
+    staying = [v for v, _ in every if v.zone not in gone]
+    if not staying:
+        return plan_down(settings, obs, purge, zones=zones)
+    uplink = resolve_uplink(default, obs)
+    first, rule_changes = plan_firewall(default, obs, spec_of(staying, uplink, obs, remaining_peers))
+    out.add(default.zone, [*first, *rule_changes])
+    return out.plan()
+
+
+def _not_built_yet(views: Sequence[ZoneSettings]) -> list[str]:
     """What the settings declare that this version reads and checks but does not build yet: said, never ignored."""
-    said = []
-    if settings.zones:
-        names = ", ".join(f"zones.{zone.name}" for zone in settings.zones)
-        said.append(f"{names} in the settings: this version checks further zones but builds only {settings.bridge}; "
-                    "nothing was made for them (docs/zones.md)")
-    if settings.ipv6 != "off":
-        said.append(f"ipv6 = {settings.ipv6!r} in the settings: this version does not build IPv6 on {settings.bridge} "
-                    "yet; it stays IPv4 only (docs/zones.md)")
-    return said
+    asked = [v.zone for v in views if v.ipv6_gateway is not None]
+    if not asked:
+        return []
+    return [f"IPv6 is asked for zone(s) {', '.join(asked)}: this version does not build IPv6 on the bridges yet; "
+            "they stay IPv4 only (docs/zones.md)"]
 
 
 def _pve_changes(settings: Settings, obs: Observation, wanted: list[PveRule], warnings: list[str]) -> list[Change]:
@@ -147,74 +148,3 @@ def _pve_changes(settings: Settings, obs: Observation, wanted: list[PveRule], wa
                              if not any(rule.matches(live) for rule in wanted)]
     changes += [AddPveRule(rule) for rule in wanted if not any(rule.matches(live) for live in ours)]
     return changes
-
-
-def plan_down(settings: Settings, obs: Observation, purge: bool = False) -> Plan:
-    """What removes Proximity from the host: dnsmasq, its files, the stanza, the bridge, the rules."""
-    s = settings
-    text = obs.file(s.interfaces_file)
-    if text is None:
-        raise SettingsError(f"setting 'interfaces_file': {s.interfaces_file} does not exist; "
-                            "point --interfaces-file at the host's interfaces file")
-    changes: list[Change] = []
-    units = [path for path in render.dns_unit_files(s, obs.systemd) if obs.file(path) is not None]
-    if obs.dns is not None or units:
-        changes.append(StopDns(disable=bool(units)))
-    removable = [*units, s.dnsmasq_conf]
-    if purge:
-        removable += [s.leases_file, s.reservations_db, s.reservations_db.with_name(s.reservations_db.name + ".bak"),
-                      s.dhcp_hosts_file, s.addn_hosts_file]
-    changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
-    pending = obs.file(s.pending_interfaces_file)
-    if pending is not None and interfaces.remove_block(pending) != pending:
-        changes.append(WriteFile(s.pending_interfaces_file,
-                                 interfaces.remove_stanzas(interfaces.remove_block(pending), s.bridge), pending))
-    new_text = interfaces.remove_block(text)
-    if new_text != text:  # Proximity's bridge: no stanza of it stays (Proxmox's GUI adds IPv6 as its own)
-        new_text = interfaces.remove_stanzas(new_text, s.bridge)
-        changes.append(ApplyInterfaces(s.interfaces_file, new_text, text, s.bridge, _bridge_state(s, obs),
-                                       obs.rules, check_bridge=False))
-    mine = _stanza(s, new_text) is None and not safety.declared_elsewhere(s, obs)
-    if mine and obs.link(s.bridge) is not None:
-        changes.append(DeleteLink(s.bridge))
-    changes += plan_remove(s, obs)
-    changes += [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules]
-    warnings: list[str] = []
-    if obs.pve_firewall:
-        changes += _pve_changes(s, obs, [], warnings)
-    return Plan(tuple(changes), tuple(warnings))
-
-
-def _bridge_state(settings: Settings, obs: Observation) -> BridgeState:
-    link = obs.link(settings.bridge)
-    if link is None:
-        return BridgeState(False)
-    return BridgeState(True, link.up, tuple(str(a) for name, a in obs.addresses if name == settings.bridge),
-                       tuple(port.name for port in obs.links if port.master == settings.bridge))
-
-
-def _stanza(settings: Settings, text: str) -> interfaces.Stanza | None:
-    """The bridge's stanza in the file (Proximity's or hand-written)."""
-    return next((st for st in interfaces.parse_stanzas(text) if st.name == settings.bridge), None)
-
-
-def _declared(settings: Settings, text: str, warnings: list[str]) -> str:
-    """The interfaces file with the bridge declared: Proximity's stanza, or the admin's own if it matches."""
-    s = settings
-    # Only the inet stanza is compared: an inet6 one beside it (what Proxmox's GUI writes when IPv6 is
-    # added to the bridge) is the admin's, kept as it is and merged by ifupdown2.
-    hand = next((st for st in interfaces.parse_stanzas(text)
-                 if st.name == s.bridge and not st.managed and st.family != "inet6"), None)
-    if hand is None:
-        return interfaces.merge_block(text, render.bridge_stanza(s))
-    differences = interfaces.compare_bridge(hand, render.bridge_options(s), str(s.interfaces_file))
-    if differences:
-        raise SettingsError(
-            f"{s.interfaces_file} already declares {s.bridge} by hand (line {hand.first_line}) and it differs from "
-            "Proximity's settings:\n  " + "\n  ".join(differences)
-            + f"\nMake that stanza match, or delete it and run `proximity up` to let Proximity manage {s.bridge}.")
-    warnings.append(
-        f"adopted the hand-written {s.bridge} stanza at {s.interfaces_file} line {hand.first_line}; the firewall "
-        f"(NAT and isolation) is applied live, make sure a post-up line loads it at boot: "
-        f"`post-up nft -f {s.ruleset_file}`")
-    return interfaces.remove_block(text)

@@ -11,21 +11,26 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 
-from proximity.errors import ConflictError, HostError, ProximityError
+from proximity.errors import ConflictError, HostError, NotFoundError, ProximityError
 from proximity.host import DryRunHost, Host
 from proximity.network import intent as intents
-from proximity.network import render
-from proximity.network.changes import Env
+from proximity.network import nft, render
+from proximity.network.nft_changes import spec_of
+from proximity.network.changes import Change, Env, WriteFile
 from proximity.network.dnsmasq import dns_service
 from proximity.network.health import Check, NetworkStatus, health  # noqa: F401 (Check: its old home)
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.observe import Firewall, Observation, Probes, observe
-from proximity.network.plan import Mode, Plan, plan_down, plan_up
+from proximity.network.plan import Mode, Plan, Zone, plan_down, plan_up
 from proximity.network.probe import ProbeResult, host_rules_digest, is_stale, probe
 from proximity.network.probe import load as load_probe
 from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
 from proximity.settings import Settings, check_hostname
+from proximity.spec.overlaps import host_claims
+from proximity.spec.state import parse_state, render_state, state_file
+from proximity.spec.view import ZoneSettings, default_view
+from proximity.spec.zones import HostSpec, resolve
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
@@ -60,7 +65,74 @@ class NetworkManager:
         self.host = host or (DryRunHost(netns=settings.netns) if dry_run else Host(settings.netns))
         self.dns = dns_service(self.host, settings)
         self.env = Env(self.host, settings, self.dns)
+        self._envs: dict[str, Env] = {}  # the further zones', by name
         self._leases_cache: tuple[tuple[int, int, int], tuple[list[Lease], list[str]]] | None = None
+
+    # -- zones ------------------------------------------------------------------------------
+    def zones(self, obs: Observation) -> tuple[HostSpec | None, list[Change]]:
+        """Every zone resolved against the host (None: the default zone alone, IPv4, as ever), and the
+        change that keeps what the resolution allocated (the plan writes it, and undoes it on failure)."""
+        s = self.settings
+        if not s.zones and s.ipv6 == "off":
+            return None, []
+        path = state_file(s)
+        text = self.host.read_text(path)
+        state = parse_state(text, str(path))
+        uplink = s.uplink or obs.default_route_link()
+        spec = resolve(s, state, host_claims(obs.addresses, obs.routes, uplink))
+        return spec, ([WriteFile(path, render_state(spec.state), text)] if spec.state != state else [])
+
+    def zone_views(self, obs: Observation, skip: tuple[str, ...] = ()) -> tuple[ZoneSettings, list[Zone], list[Change]]:
+        """(the default zone's view, the further zones each with its observation, the state change)."""
+        spec, state_change = self.zones(obs)
+        if spec is None:
+            return default_view(self.settings), [], []
+        views = spec.views()
+        further = [(v, self.observe_zone(v, obs)) for v in views[1:] if v.zone not in skip]
+        return views[0], further, state_change
+
+    def observe_zone(self, view: ZoneSettings, base: Observation, probe: bool = False) -> Observation:
+        return observe(self.host, view, self.env_for(view).dns, probe=probe, base=base)
+
+    def env_for(self, view: ZoneSettings | str | None) -> Env:
+        """What a zone's changes act through (its own dnsmasq); the default zone's is ``self.env``."""
+        name = view if isinstance(view, str) or view is None else view.zone
+        if name is None or name == default_view(self.settings).zone:
+            return self.env
+        if name not in self._envs:
+            if isinstance(view, str):
+                raise KeyError(name)
+            self._envs[name] = Env(self.host, view, dns_service(self.host, view))
+        return self._envs[name]
+
+    def firewall_spec(self, obs: Observation) -> nft.FirewallSpec | None:
+        """The table the host should have now (every zone up, peers among them); None: the default zone's."""
+        try:
+            spec, _ = self.zones(obs)
+        except ProximityError:  # a damaged zones.json: the default zone's verdict still stands
+            return None
+        if spec is None:
+            return None
+        down = intents.read(self.host, self.settings).zones_down
+        views = [v for v in spec.views() if v.is_default or v.zone not in down]
+        uplink = self.settings.uplink or obs.default_route_link()
+        if not uplink:
+            return None
+        live = {v.zone for v in views}
+        return spec_of(views, uplink, obs, [p for p in self.settings.peers if set(p) <= live])
+
+    def verdict(self, obs: Observation, view: ZoneSettings | None = None) -> NetworkStatus:
+        """The health of the default zone (or ``view``'s), judged against the host's whole table."""
+        return health(view or self.settings, obs, self.firewall_spec(obs))
+
+    def _plan_up(self, mode: Mode) -> Plan:
+        obs = self.observe()
+        intent = intents.read(self.host, self.settings)
+        default, zones, state_change = self.zone_views(obs, skip=intent.zones_down if mode == "heal" else ())
+        peers = self.settings.peers
+        live = {default.zone, *(v.zone for v, _ in zones)}
+        return plan_up(default, obs, mode, zones=zones, before=state_change,
+                       peers=[pair for pair in peers if set(pair) <= live])
 
     # -- reading ----------------------------------------------------------------------------
     def observe(self, probe: bool = False, probes: Probes | None = None, firewall: Firewall | None = None) -> Observation:
@@ -75,7 +147,7 @@ class NetworkManager:
                 and obs.link(self.settings.bridge):
             self.run_probe()
             obs = self.observe(probe=True, probes=obs.probes, firewall=obs.firewall)
-        return health(self.settings, obs)
+        return self.verdict(obs)
 
     def probe_due(self) -> bool:
         """The last end-to-end probe failed, or was taken under other firewall rules than the host's now."""
@@ -92,7 +164,7 @@ class NetworkManager:
         return result
 
     def plan(self, mode: Mode = "up") -> Plan:
-        return plan_up(self.settings, self.observe(), mode)
+        return self._plan_up(mode)
 
     def leases(self) -> tuple[list[Lease], list[str]]:
         """Leases, parsed again only when dnsmasq has rewritten the file (it is read on hot paths)."""
@@ -136,26 +208,40 @@ class NetworkManager:
             target._probe_after(report)
         return target._finish(report)
 
-    def down(self, purge: bool = False, force: bool = False) -> Report:
-        """Remove Proximity from the host and record the intent down. Refused while managed containers
-        use the bridge, unless ``force`` (then the report names what was cut off)."""
+    def down(self, purge: bool = False, force: bool = False, zone: str | None = None) -> Report:
+        """Remove Proximity from the host (or one ``zone`` of it) and record the intent down. Refused while
+        managed containers use a bridge it removes, unless ``force`` (then the report names what was cut off)."""
         report = Report(dry_run=self.host.dry_run)
         with self._locked():
             with Reverter() as revert:
                 try:
                     obs = self.observe()
-                    users = [f"CT {a.vmid} {a.hostname} ({a.port})" for a in obs.attachments]
+                    default, zones, _ = self.zone_views(obs)
+                    every = [(default, obs), *zones]
+                    only = None if zone is None else [(v, o) for v, o in every if v.zone == zone]
+                    if only == []:
+                        raise NotFoundError(f"there is no zone {zone!r}: the zones are "
+                                            f"{', '.join(v.zone for v, _ in every)} (`proximity zone list`)")
+                    users = [f"CT {a.vmid} {a.hostname} ({a.port})" for _, o in (only or every) for a in o.attachments]
+                    bridges = ", ".join(v.bridge for v, _ in (only or every))
                     if users and not force:
                         raise ConflictError(
-                            f"managed containers use {self.settings.bridge}: {', '.join(users)}. `down` would cut "
+                            f"managed containers use {bridges}: {', '.join(users)}. `down` would cut "
                             "them off. Stop or destroy them first (`proximity ct stop NAME`), or pass --force to "
                             "cut them off; nothing was changed")
-                    plan = plan_down(self.settings, obs, purge)
-                    self._record_intent(intents.DOWN, revert, report)
+                    gone = {v.zone for v, _ in only} if only else set()
+                    peers = [pair for pair in self.settings.peers if not set(pair) & gone]
+                    plan = plan_down(default, obs, purge, zones=zones, only=only, remaining_peers=peers)
+                    if zone is None:
+                        self._record_intent(intents.DOWN, revert, report)
+                    else:
+                        intent = intents.read(self.host, self.settings)
+                        self._record_intent(intent.state, revert, report,
+                                            tuple(sorted({*intent.zones_down, zone})))
                     report.warnings += plan.warnings
                     self._apply(plan, revert, report)
                     if users:
-                        report.warnings.append(f"--force: cut off from {self.settings.bridge}: {', '.join(users)}")
+                        report.warnings.append(f"--force: cut off from {bridges}: {', '.join(users)}")
                 except Exception as exc:
                     self._fail("down", exc, revert, report)
                 revert.success()
@@ -177,15 +263,17 @@ class NetworkManager:
         wanted = intents.read(self.host, self.settings).settings(self.settings)
         return self if wanted == self.settings else NetworkManager(wanted, host=self.host)
 
-    def _record_intent(self, state: str, revert: Reverter, report: Report) -> None:
+    def _record_intent(self, state: str, revert: Reverter, report: Report, zones_down: tuple[str, ...] = ()) -> None:
         try:
             old = self.host.read_text(intents.intent_file(self.settings))
         except HostError:  # a damaged record (not UTF-8): an undo removes it
             old = None
-        if intents.record(self.host, self.settings, state):
+        if intents.record(self.host, self.settings, state, zones_down):
             revert.add("restore the intent record", lambda: intents.restore(self.host, self.settings, old))
-            report.actions.append(f"record the intent: {state} (the service "
-                                  + ("keeps the network up)" if state == intents.UP else "leaves the network down)"))
+            said = ("keeps the network up)" if state == intents.UP else "leaves the network down)")
+            if zones_down:
+                said = f"leaves zone(s) {', '.join(zones_down)} down)"
+            report.actions.append(f"record the intent: {state} (the service {said}")
 
     def _converge(self, mode: Mode) -> Report:
         with self._locked():
@@ -202,7 +290,7 @@ class NetworkManager:
         with Reverter() as revert:
             try:
                 for _round in range(1 if self.host.dry_run else MAX_ROUNDS):
-                    plan = plan_up(self.settings, self.observe(), mode)
+                    plan = self._plan_up(mode)
                     if mode == "up" and _round == 0:  # after the first plan: a refusal changes nothing
                         self._record_intent(intents.UP, revert, report)
                     report.warnings += [w for w in plan.warnings if w not in report.warnings]
@@ -212,8 +300,7 @@ class NetworkManager:
                 else:
                     if not self.host.dry_run:
                         raise ConvergeError("the host did not converge: it still differs after "
-                                            f"{MAX_ROUNDS} rounds: " + "; ".join(plan_up(
-                                                self.settings, self.observe(), mode).describe()))
+                                            f"{MAX_ROUNDS} rounds: " + "; ".join(self._plan_up(mode).describe()))
                 if report.changed and not self.host.dry_run:
                     self._verify()
             except Exception as exc:
@@ -224,16 +311,25 @@ class NetworkManager:
         return report
 
     def _apply(self, plan: Plan, revert: Reverter, report: Report) -> None:
-        for change in plan.changes:
-            revert.add(f"undo: {change.describe()}", lambda change=change: change.undo(self.env))
-            change.apply(self.env)
+        for index, change in enumerate(plan.changes):
+            env = self.env_for(plan.zone_of(index))
+            revert.add(f"undo: {change.describe()}", lambda change=change, env=env: change.undo(env))
+            change.apply(env)
             report.actions.append(change.describe())
 
     def _verify(self) -> None:
-        """What Proximity set up is right (a failed end-to-end probe is not Proximity's to undo)."""
-        status = health(self.settings, replace(self.observe(probe=True), last_probe=None))
-        if status.health_status != "healthy":
-            raise ConvergeError("verification failed: " + "; ".join(status.reasons))
+        """What Proximity set up is right, in every zone (a failed end-to-end probe is not Proximity's to undo)."""
+        obs = replace(self.observe(probe=True), last_probe=None)
+        _, zones, _ = self.zone_views(obs, skip=intents.read(self.host, self.settings).zones_down)
+        firewall = self.firewall_spec(obs)
+        default = health(self.settings, obs, firewall)
+        reasons = default.reasons if default.health_status != "healthy" else []
+        for view, _zone_obs in zones:
+            status = health(view, replace(self.observe_zone(view, obs, probe=True), last_probe=None), firewall)
+            if status.health_status != "healthy":
+                reasons += [f"zone {view.zone}: {r}" for r in status.reasons]
+        if reasons:
+            raise ConvergeError("verification failed: " + "; ".join(reasons))
 
     def _probe_after(self, report: Report) -> None:
         """Something outside Proximity (a firewall) may still block containers: say so, undo nothing."""

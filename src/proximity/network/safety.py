@@ -8,6 +8,8 @@ never started on such a bridge, and health calls it unhealthy, all from the reas
 
 from __future__ import annotations
 
+import os
+
 import re
 
 from proximity.network.observe import PORT_RE, Observation
@@ -31,6 +33,7 @@ def declared_elsewhere(settings: Settings, obs: Observation) -> list[str]:
         f"ifupdown2 merges it with the stanza in {s.interfaces_file}, so the bridge is not Proximity's alone. "
         f"Delete or rename that stanza (or give Proximity another bridge name), then run `proximity up`"
         for f, stanza in declared_in(obs.sourced, s.bridge)
+        if os.path.realpath(f.path) != os.path.realpath(s.interfaces_file)  # a zone's own file is sourced too
     ]
 
 

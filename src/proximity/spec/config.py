@@ -203,3 +203,19 @@ def _parse_bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false (without quotes)")
     return value
+
+
+def parse_peers(value: object) -> tuple[tuple[str, str], ...]:
+    """``peers = [["web", "db"], ...]``: pairs of zones whose containers may reach each other."""
+    if isinstance(value, tuple) and all(isinstance(pair, tuple) for pair in value):
+        value = [list(pair) for pair in value]
+    if not isinstance(value, list):
+        raise ValueError(f"{value!r} is not a list of pairs of zones: write it as peers = [[\"web\", \"db\"]]")
+    pairs = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(z, str) for z in pair)) \
+                or pair[0] == pair[1]:
+            raise ValueError(f"{pair!r} is not a pair of two different zone names, such as [\"web\", \"db\"]")
+        pairs.append(tuple(sorted(pair)))
+    return tuple(sorted(set(pairs)))
+

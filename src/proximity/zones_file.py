@@ -1,0 +1,59 @@
+"""``zones.toml``: the zones `proximity zone create` made and the pairs `zone peer` joined.
+
+Proximity's own file, beside its config (``/etc/proximity/zones.toml``): the admin's
+``proximity.toml`` stays theirs, never rewritten. Its ``[zones.NAME]`` tables join those of
+proximity.toml (a name in both is refused), its ``peers`` join theirs. Written whole and atomically.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from proximity.errors import SettingsError
+from proximity.setting_sources import config_file
+
+
+def read_zones_file(path: Path) -> dict[str, Any]:
+    """The file's tables (``{}``: no file); SettingsError naming it when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}; fix the file, or move it away (it holds the zones "
+                            "`proximity zone create` made)") from None
+    unknown = set(data) - {"zones", "peers"}
+    if unknown:
+        raise SettingsError(f"{path}: {', '.join(sorted(unknown))} is not for this file: it holds only "
+                            "zones.NAME tables and peers")
+    return data
+
+
+def merge_zones(values: dict[str, Any], made: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``values`` (the settings' sources) with the zones and peers of ``made`` added."""
+    own = values.get("zones") or {}
+    theirs = made.get("zones") or {}
+    if not isinstance(own, dict) or not isinstance(theirs, dict):
+        return values  # the settings' own check names what is wrong
+    both = sorted(set(own) & set(theirs))
+    if both:
+        raise SettingsError(f"zone(s) {', '.join(both)} are declared both in {config_file()} and in {path}: "
+                            f"keep one (delete the table from one file)")
+    peers = [*(values.get("peers") or []), *(made.get("peers") or [])]
+    return {**values, "zones": {**own, **theirs}, **({"peers": peers} if peers else {})}
+
+
+def render_zones_file(zones: dict[str, dict[str, Any]], peers: list[list[str]]) -> str:
+    header = ("# Proximity's own file: the zones `proximity zone create` made and `zone peer` joined.\n"
+              "# Change them with `proximity zone set|delete|peer|unpeer`; your own zones go in proximity.toml.\n")
+    data: dict[str, Any] = {}
+    if peers:
+        data["peers"] = [list(pair) for pair in peers]
+    if zones:
+        data["zones"] = zones
+    return header + tomli_w.dumps(data)
