@@ -27,10 +27,10 @@ def read_zones_file(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise SettingsError(f"cannot read {path}: {exc}; fix the file, or move it away (it holds the zones "
                             "`proximity zone create` made)") from None
-    unknown = set(data) - {"zones", "peers"}
+    unknown = set(data) - {"zones", "peers", "ipv6"}
     if unknown:
         raise SettingsError(f"{path}: {', '.join(sorted(unknown))} is not for this file: it holds only "
-                            "zones.NAME tables and peers")
+                            "zones.NAME tables, peers and the default zone's ipv6")
     return data
 
 
@@ -45,13 +45,18 @@ def merge_zones(values: dict[str, Any], made: dict[str, Any], path: Path) -> dic
         raise SettingsError(f"zone(s) {', '.join(both)} are declared both in {config_file()} and in {path}: "
                             f"keep one (delete the table from one file)")
     peers = [*(values.get("peers") or []), *(made.get("peers") or [])]
-    return {**values, "zones": {**own, **theirs}, **({"peers": peers} if peers else {})}
+    merged = {**values, "zones": {**own, **theirs}, **({"peers": peers} if peers else {})}
+    if "ipv6" in made:  # `zone set prox-net --ipv6 ...`; a value set by the admin's own sources wins
+        merged.setdefault("ipv6", made["ipv6"])
+    return merged
 
 
-def render_zones_file(zones: dict[str, dict[str, Any]], peers: list[list[str]]) -> str:
+def render_zones_file(zones: dict[str, dict[str, Any]], peers: list[list[str]], ipv6: str | None = None) -> str:
     header = ("# Proximity's own file: the zones `proximity zone create` made and `zone peer` joined.\n"
               "# Change them with `proximity zone set|delete|peer|unpeer`; your own zones go in proximity.toml.\n")
     data: dict[str, Any] = {}
+    if ipv6 is not None:
+        data["ipv6"] = ipv6
     if peers:
         data["peers"] = [list(pair) for pair in peers]
     if zones:

@@ -42,6 +42,8 @@ def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOp
          purge: Annotated[bool, typer.Option("--purge", help="Also delete the leases file.")] = False,
          force: Annotated[bool, typer.Option(
              "--force", help="Go ahead while managed containers use the bridge: they are cut off (and named).")] = False,
+         zone: Annotated[str | None, typer.Option(
+             "--zone", help="Take down this zone only (the service leaves it down until `proximity up`).")] = None,
          ) -> None:
     """Remove the managed block, rules, service and config (leases are kept unless --purge).
 
@@ -51,10 +53,11 @@ def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOp
     manager = manager_for(sandbox, dry_run, interfaces_file=interfaces_file, uplink=uplink)
     if interfaces_file is None and uplink is None:
         manager = manager.toward_intent()  # the file the last `up` was given
-    report = manager.down(purge=purge, force=force)
+    report = manager.down(purge=purge, force=force, zone=zone)
     show_report(report, as_json, "down")
     if not dry_run and not as_json:
-        out.print("The network is down as requested: the service (`proximity serve`) leaves it down until "
+        what = f"Zone {zone} is" if zone else "The network is"
+        out.print(f"{what} down as requested: the service (`proximity serve`) leaves it down until "
                   "`proximity up`.", highlight=False)
 
 

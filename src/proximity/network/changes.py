@@ -8,6 +8,8 @@ changes leaves a host that the next plan simply finishes).
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import json
 from dataclasses import dataclass, field
@@ -91,6 +93,24 @@ class RemoveFile(Change):
         env.host.write_text(self.path, self.before)
 
 
+@dataclass(frozen=True)
+class RemoveDir(Change):
+    """Remove a directory Proximity made, once its files are gone (a deleted zone's state directory)."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"remove the directory {self.path}"
+
+    def apply(self, env: Env) -> None:
+        if not env.host.dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.rmdir()
+
+    def undo(self, env: Env) -> None:
+        env.host.mkdir(self.path)
+
+
 # -- the bridge -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BridgeState:
@@ -146,6 +166,7 @@ class ApplyInterfaces(Change):
     rules_before: tuple[Rule, ...]  # ... and removes the rules that post-up lines added
     whole_file: bool = True  # ifreload -a; False: ifup BRIDGE
     check_bridge: bool = True  # `ifquery --check` must pass for the bridge afterwards
+    others: tuple[tuple[str, BridgeState], ...] = ()  # the other zones' bridges: `ifreload -a` takes their ports too
     _reached: set = field(default_factory=set, compare=False, repr=False)  # how far apply got
 
     def describe(self) -> str:
@@ -163,6 +184,9 @@ class ApplyInterfaces(Change):
         env.host.mkdir(IFUPDOWN_RUN_DIR)
         self._reached.add("reload")
         _retry_locked(env, ["ifreload", "-a"] if self.whole_file else ["ifup", self.bridge])
+        if self.whole_file and not env.host.dry_run:
+            for bridge, state in self.others:
+                state.reattach(env, bridge)
         if self.check_bridge and not env.host.dry_run:
             ifquery_check(env, self.bridge)
             self.bridge_before.reattach(env, self.bridge)

@@ -199,6 +199,9 @@ def render_table(spec: FirewallSpec) -> str:
         "\tchain input {",
         "\t\ttype filter hook input priority filter; policy accept;",
         "\t\tiifname vmap @zone_in",
+        # From outside every zone (the LAN routing to a zone's subnet): no zone's gateway, so no dnsmasq.
+        '\t\tiifname != "lo" ip daddr @gateways4 drop',
+        '\t\tiifname != "lo" ip6 daddr @gateways6 drop',
         "\t}",
         "\tchain postrouting {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",

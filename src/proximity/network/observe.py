@@ -133,8 +133,11 @@ class Observation:
 
 def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
     s = settings
-    return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.ruleset_file, s.ruleset_state_file, s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
-            s.reservations_db.with_name(s.reservations_db.name + ".bak"), s.leases_file, *render.dns_unit_files(s, systemd))
+    zone_own = (s.dns_log_file, s.probe_file) if getattr(s, "is_default", True) is False else ()
+    return (s.interfaces_file, s.pending_interfaces_file, s.dnsmasq_conf, s.ruleset_file, s.ruleset_state_file,
+            s.dhcp_hosts_file, s.addn_hosts_file, s.reservations_db,
+            s.reservations_db.with_name(s.reservations_db.name + ".bak"), s.leases_file, *zone_own,
+            *render.dns_unit_files(s, systemd))
 
 
 def _read(host: Host, settings: Settings, path: Path) -> str | None:

@@ -85,8 +85,9 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up", *, zones: S
     first, rule_changes = plan_firewall(default, obs, spec_of([v for v, _ in every], uplink, obs, peers))
     out.add(default.zone, first)
     # 1-2. Each zone's bridge, its containers' ports and its dnsmasq.
+    bridges = tuple(v.bridge for v, _ in every)
     for v, o in every:
-        out.add(v.zone, plan_zone_up(v, o, mode, out.warnings))
+        out.add(v.zone, plan_zone_up(v, o, mode, out.warnings, bridges))
     # 3. iptables: the accepts a FORWARD policy of DROP needs, exactly once; no other rule of ours.
     out.add(default.zone, rule_changes)
     # 4. Forwarding.
@@ -107,8 +108,9 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False, *, zone
     default = default_view(settings)
     every: list[Zone] = [(default, obs), *zones]
     out = _Builder()
+    bridges = tuple(v.bridge for v, _ in every)
     for v, o in (every if only is None else only):
-        out.add(v.zone, plan_zone_down(v, o, purge))
+        out.add(v.zone, plan_zone_down(v, o, purge, bridges))
         if obs.pve_firewall:
             out.add(v.zone, _pve_changes(v, o, [], out.warnings))
     if only is None:

@@ -8,7 +8,8 @@ file, as it always did; a further zone's in a file of Proximity's own under ``in
 from __future__ import annotations
 
 from proximity.network import interfaces, render, safety
-from proximity.network.changes import ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, RemoveFile, WriteFile
+from proximity.network.changes import (ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, RemoveDir, RemoveFile,
+                                       WriteFile)
 from proximity.network.dns_changes import ReloadDns, RestartDns, StartDns, StopDns, WriteDnsConfig
 from proximity.network.dnsmasq import content_hash
 from proximity.network.observe import Observation
@@ -42,8 +43,9 @@ def check_zone(v: ZoneSettings, obs: Observation, host_text: str) -> list[str]:
     return safety.refusals(v, obs)
 
 
-def plan_zone_up(v: ZoneSettings, obs: Observation, mode: str, warnings: list[str]) -> list[Change]:
-    """What makes one zone match its view."""
+def plan_zone_up(v: ZoneSettings, obs: Observation, mode: str, warnings: list[str],
+                 bridges: tuple[str, ...] = ()) -> list[Change]:
+    """What makes one zone match its view; ``bridges``: every zone's (an ``ifreload -a`` takes their ports)."""
     text = zone_text(v, obs)
     changes: list[Change] = []
     new_text = declared(v, text, warnings)
@@ -52,7 +54,8 @@ def plan_zone_up(v: ZoneSettings, obs: Observation, mode: str, warnings: list[st
     remake_bridge = False
     if new_text != text or not live:
         changes.append(ApplyInterfaces(v.interfaces_file, new_text, obs.file(v.interfaces_file), v.bridge,
-                                       bridge_state(v, obs), obs.rules, whole_file=mode == "up"))
+                                       bridge_state(v, obs), obs.rules, whole_file=mode == "up",
+                                       others=others(v, obs, bridges)))
         remake_bridge = link is None
     # Pending GUI changes: Proxmox moves interfaces.new over interfaces on "Apply Configuration" or
     # at the next boot, so the default zone's stanza goes there too (never applied from there by us).
@@ -90,7 +93,7 @@ def _dns_up(v: ZoneSettings, obs: Observation, link, remake_bridge: bool) -> lis
     return changes
 
 
-def plan_zone_down(v: ZoneSettings, obs: Observation, purge: bool) -> list[Change]:
+def plan_zone_down(v: ZoneSettings, obs: Observation, purge: bool, bridges: tuple[str, ...] = ()) -> list[Change]:
     """What removes one zone: its dnsmasq and files, its stanza (a further zone's whole file), its bridge."""
     changes: list[Change] = []
     units = [path for path in render.dns_unit_files(v, obs.systemd) if obs.file(path) is not None]
@@ -101,6 +104,10 @@ def plan_zone_down(v: ZoneSettings, obs: Observation, purge: bool) -> list[Chang
         removable += [v.leases_file, v.reservations_db, v.reservations_db.with_name(v.reservations_db.name + ".bak"),
                       v.dhcp_hosts_file, v.addn_hosts_file]
     changes += [RemoveFile(path, obs.file(path)) for path in removable if obs.file(path) is not None]
+    if purge and not v.is_default:  # a further zone leaves no file behind: its log, its probe, its directory
+        changes += [RemoveFile(path, obs.file(path)) for path in (v.dns_log_file, v.probe_file)
+                    if obs.file(path) is not None]
+        changes.append(RemoveDir(v.zone_dir))
     text = obs.file(v.interfaces_file)
     if v.is_default:
         pending = obs.file(v.pending_interfaces_file)
@@ -114,19 +121,25 @@ def plan_zone_down(v: ZoneSettings, obs: Observation, purge: bool) -> list[Chang
     if text is not None and new_text != text:  # no stanza of the bridge stays (Proxmox's GUI adds IPv6 as its own)
         new_text = interfaces.remove_stanzas(new_text, v.bridge)
         changes.append(ApplyInterfaces(v.interfaces_file, new_text if v.is_default else None, text, v.bridge,
-                                       bridge_state(v, obs), obs.rules, check_bridge=False))
+                                       bridge_state(v, obs), obs.rules, check_bridge=False,
+                                       others=others(v, obs, bridges)))
     mine = stanza(v, new_text) is None and not safety.declared_elsewhere(v, obs)
     if mine and obs.link(v.bridge) is not None:
         changes.append(DeleteLink(v.bridge))
     return changes
 
 
-def bridge_state(v: ZoneSettings, obs: Observation) -> BridgeState:
-    link = obs.link(v.bridge)
+def bridge_state(v: ZoneSettings | str, obs: Observation) -> BridgeState:
+    bridge = v if isinstance(v, str) else v.bridge
+    link = obs.link(bridge)
     if link is None:
         return BridgeState(False)
-    return BridgeState(True, link.up, tuple(str(a) for name, a in obs.addresses if name == v.bridge),
-                       tuple(port.name for port in obs.links if port.master == v.bridge))
+    return BridgeState(True, link.up, tuple(str(a) for name, a in obs.addresses if name == bridge),
+                       tuple(port.name for port in obs.links if port.master == bridge))
+
+
+def others(v: ZoneSettings, obs: Observation, bridges: tuple[str, ...]) -> tuple[tuple[str, BridgeState], ...]:
+    return tuple((b, bridge_state(b, obs)) for b in bridges if b != v.bridge and obs.link(b) is not None)
 
 
 def stanza(v: ZoneSettings, text: str) -> interfaces.Stanza | None:

@@ -9,6 +9,7 @@ restarted. ``heal`` does the same with targeted changes only, for the service.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 
 from proximity.errors import ConflictError, HostError, NotFoundError, ProximityError
@@ -16,7 +17,7 @@ from proximity.host import DryRunHost, Host
 from proximity.network import intent as intents
 from proximity.network import nft, render
 from proximity.network.nft_changes import spec_of
-from proximity.network.changes import Change, Env, WriteFile
+from proximity.network.changes import Change, Env, RemoveFile, WriteFile
 from proximity.network.dnsmasq import dns_service
 from proximity.network.health import Check, NetworkStatus, health  # noqa: F401 (Check: its old home)
 from proximity.network.leases import Lease, parse_leases
@@ -60,8 +61,12 @@ class Report:
 
 
 class NetworkManager:
-    def __init__(self, settings: Settings, *, dry_run: bool = False, host: Host | None = None):
+    def __init__(self, settings: Settings, *, dry_run: bool = False, host: Host | None = None,
+                 own_files: dict[Path, str | None] | None = None):
         self.settings = settings
+        # Proximity's own config as a change asks it to be (zones.toml, zones.json: None removes the file),
+        # written as the plan's first step, so it is undone with the rest and shown by a dry run.
+        self.own_files = own_files or {}
         self.host = host or (DryRunHost(netns=settings.netns) if dry_run else Host(settings.netns))
         self.dns = dns_service(self.host, settings)
         self.env = Env(self.host, settings, self.dns)
@@ -121,9 +126,17 @@ class NetworkManager:
         live = {v.zone for v in views}
         return spec_of(views, uplink, obs, [p for p in self.settings.peers if set(p) <= live])
 
+    def default_zone(self, obs: Observation) -> ZoneSettings:
+        """The default zone's view (with what the other zones add to it: their domains, IPv6)."""
+        try:
+            spec, _ = self.zones(obs)
+        except ProximityError:  # a damaged zones.json: the default zone as the settings say
+            spec = None
+        return spec.views()[0] if spec is not None else default_view(self.settings)
+
     def verdict(self, obs: Observation, view: ZoneSettings | None = None) -> NetworkStatus:
         """The health of the default zone (or ``view``'s), judged against the host's whole table."""
-        return health(view or self.settings, obs, self.firewall_spec(obs))
+        return health(view or self.default_zone(obs), obs, self.firewall_spec(obs))
 
     def _plan_up(self, mode: Mode) -> Plan:
         obs = self.observe()
@@ -131,8 +144,28 @@ class NetworkManager:
         default, zones, state_change = self.zone_views(obs, skip=intent.zones_down if mode == "heal" else ())
         peers = self.settings.peers
         live = {default.zone, *(v.zone for v, _ in zones)}
-        return plan_up(default, obs, mode, zones=zones, before=state_change,
+        return plan_up(default, obs, mode, zones=zones, before=[*self._own_file_changes(), *state_change],
                        peers=[pair for pair in peers if set(pair) <= live])
+
+    def write_own_files(self) -> Report:
+        """Only Proximity's own config (zones.toml): for a change made while the network is down."""
+        report = Report(dry_run=self.host.dry_run)
+        with self._locked():
+            with Reverter() as revert:
+                try:
+                    self._apply(Plan(tuple(self._own_file_changes())), revert, report)
+                except Exception as exc:
+                    self._fail("zone", exc, revert, report)
+                revert.success()
+        return self._finish(report)
+
+    def _own_file_changes(self) -> list[Change]:
+        changes: list[Change] = []
+        for path, wanted in self.own_files.items():
+            now = self.host.read_text(path)
+            if now != wanted:
+                changes.append(WriteFile(path, wanted, now) if wanted is not None else RemoveFile(path, now))
+        return changes
 
     # -- reading ----------------------------------------------------------------------------
     def observe(self, probe: bool = False, probes: Probes | None = None, firewall: Firewall | None = None) -> Observation:
@@ -208,7 +241,8 @@ class NetworkManager:
             target._probe_after(report)
         return target._finish(report)
 
-    def down(self, purge: bool = False, force: bool = False, zone: str | None = None) -> Report:
+    def down(self, purge: bool = False, force: bool = False, zone: str | None = None,
+             deleting: bool = False) -> Report:
         """Remove Proximity from the host (or one ``zone`` of it) and record the intent down. Refused while
         managed containers use a bridge it removes, unless ``force`` (then the report names what was cut off)."""
         report = Report(dry_run=self.host.dry_run)
@@ -232,12 +266,14 @@ class NetworkManager:
                     gone = {v.zone for v, _ in only} if only else set()
                     peers = [pair for pair in self.settings.peers if not set(pair) & gone]
                     plan = plan_down(default, obs, purge, zones=zones, only=only, remaining_peers=peers)
+                    plan = replace(plan, changes=(*plan.changes, *self._own_file_changes()))
                     if zone is None:
                         self._record_intent(intents.DOWN, revert, report)
                     else:
-                        intent = intents.read(self.host, self.settings)
-                        self._record_intent(intent.state, revert, report,
-                                            tuple(sorted({*intent.zones_down, zone})))
+                        intent = intents.read(self.host, self.settings)  # a deleted zone is not "down": gone
+                        down = {*intent.zones_down} - {zone} if deleting else {*intent.zones_down, zone}
+                        if intent.source != "damaged" and down != set(intent.zones_down):
+                            self._record_intent(intent.state, revert, report, tuple(sorted(down)))
                     report.warnings += plan.warnings
                     self._apply(plan, revert, report)
                     if users:
@@ -322,7 +358,7 @@ class NetworkManager:
         obs = replace(self.observe(probe=True), last_probe=None)
         _, zones, _ = self.zone_views(obs, skip=intents.read(self.host, self.settings).zones_down)
         firewall = self.firewall_spec(obs)
-        default = health(self.settings, obs, firewall)
+        default = health(self.default_zone(obs), obs, firewall)
         reasons = default.reasons if default.health_status != "healthy" else []
         for view, _zone_obs in zones:
             status = health(view, replace(self.observe_zone(view, obs, probe=True), last_probe=None), firewall)

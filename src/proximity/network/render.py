@@ -90,7 +90,20 @@ dhcp-hostsfile={s.dhcp_hosts_file}
 addn-hosts={s.addn_hosts_file}
 """
         + reserved_names_conf()
+        + other_zones_conf(s)
     )
+
+
+def other_zones_conf(settings: Settings) -> str:
+    """The host's other zones' domains: a peered zone's names are asked of its dnsmasq, the others' are
+    answered here (NXDOMAIN), never sent upstream."""
+    peers = getattr(settings, "peer_domains", ())
+    others = getattr(settings, "other_domains", ())
+    if not peers and not others:
+        return ""
+    lines = [f"server=/{domain}/{gateway}\n" for domain, gateway in peers]
+    lines += [f"local=/{domain}/\n" for domain in others]
+    return "# The host's other zones: peered ones are asked, the rest stay here.\n" + "".join(lines)
 
 
 RESERVED_TAG = "reserved_name"

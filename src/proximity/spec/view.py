@@ -33,6 +33,10 @@ class ZoneSettings(Settings):
     ipv6_nat: bool = False  # NAT66 out of the uplink (a routed prefix is not NATed)
     nat: bool = True  # IPv4 masqueraded out of the uplink
     host_services: bool = True  # the zone reaches the host's own services (ssh, pveproxy...)
+    # The other zones' domains: a peer's (domain, its gateway) are asked there, the rest answered locally
+    # (never sent upstream: a zone's names are the host's business only).
+    peer_domains: tuple[tuple[str, str], ...] = ()
+    other_domains: tuple[str, ...] = ()
 
     @property
     def is_default(self) -> bool:
@@ -90,8 +94,9 @@ def zone_file(settings: Settings, zone: str) -> Path:
     return settings.interfaces_file.parent / "interfaces.d" / f"{ZONE_FILE_PREFIX}{zone}"
 
 
-def zone_view(settings: Settings, zone) -> ZoneSettings:
-    """``zone`` (a :class:`proximity.spec.zones.ZoneSpec`) as settings built on the host's ``settings``."""
+def zone_view(settings: Settings, zone, others: tuple = ()) -> ZoneSettings:
+    """``zone`` (a :class:`proximity.spec.zones.ZoneSpec`) as settings built on the host's ``settings``;
+    ``others``: the host's other zones (their domains, and their gateways where peered)."""
     base = settings.host if isinstance(settings, ZoneSettings) else settings
     v4, v6 = zone.ipv4, zone.ipv6
     fields = {f: getattr(base, f) for f in base.__dataclass_fields__}
@@ -101,6 +106,9 @@ def zone_view(settings: Settings, zone) -> ZoneSettings:
         host_services=zone.host_services,
         ipv6_gateway=v6.gateway_interface if v6 else None, ipv6_range=v6.dhcp_range if v6 else None,
         ipv6_nat=bool(v6 and v6.nat),
+        peer_domains=tuple((o.domain, str(o.ipv4.gateway)) for o in others
+                           if tuple(sorted((zone.name, o.name))) in base.peers),
+        other_domains=tuple(o.domain for o in others if tuple(sorted((zone.name, o.name))) not in base.peers),
     )
     if not zone.is_default:
         fields.update(interfaces_file=zone_file(base, zone.name), dnsmasq_conf=zone.paths.dnsmasq_conf,

@@ -110,7 +110,8 @@ class HostSpec:
         """Every zone as settings (:mod:`proximity.spec.view`), the default first."""
         from proximity.spec.view import zone_view
 
-        return tuple(zone_view(self.settings, zone) for zone in self.zones)
+        return tuple(zone_view(self.settings, zone, tuple(o for o in self.zones if o is not zone))
+                     for zone in self.zones)
 
     def zone(self, name: str) -> ZoneSpec:
         for zone in self.zones:

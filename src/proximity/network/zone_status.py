@@ -1,0 +1,49 @@
+"""Every zone's health, each judged against the host's one table, for `zone list`, `status` and the API."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from proximity.network import intent as intents
+from proximity.network.health import NetworkStatus, health
+from proximity.network.reconciler import NetworkManager
+from proximity.spec.view import ZoneSettings
+
+
+def zone_statuses(manager: NetworkManager) -> list[tuple[ZoneSettings, NetworkStatus]]:
+    """(view, status) of every zone, the default first. A zone that `down --zone` took down reads ``down``."""
+    obs = manager.observe(probe=True)
+    default, zones, _ = manager.zone_views(obs)
+    firewall = manager.firewall_spec(obs)
+    found = [(default, health(default, obs, firewall))]
+    down = obs.intent.zones_down if obs.intent else ()
+    for view, _ in zones:
+        zone_obs = manager.observe_zone(view, obs, probe=True)
+        if view.zone in down:
+            zone_obs = replace(zone_obs, intent=intents.Intent(intents.DOWN, "record"))
+        found.append((view, health(view, zone_obs, firewall)))
+    return found
+
+
+def zone_row(view: ZoneSettings, status: NetworkStatus) -> dict:
+    """One zone as `zone list --json` and ``GET /api/v1/zones`` show it."""
+    subnets = [str(view.subnet)] + ([str(view.ipv6_gateway.network)] if view.ipv6_gateway else [])
+    return {
+        "name": view.zone, "bridge": view.bridge, "subnets": subnets, "gateway": str(view.gateway.ip),
+        "gateway6": str(view.ipv6_gateway.ip) if view.ipv6_gateway else None, "domain": view.domain,
+        "dhcp_range": f"{view.dhcp_start}-{view.dhcp_end}",
+        "ipv6_prefix": str(view.ipv6_gateway.network) if view.ipv6_gateway else None,
+        "ipv6_nat": view.ipv6_nat, "host_services": view.host_services, "default": view.is_default,
+        "service": view.service_name, "health": status.health_status, "reasons": status.reasons,
+        "leases_in_use": status.leases_in_use, "pool_size": status.pool_size,
+    }
+
+
+def zone_status(manager: NetworkManager, name: str) -> NetworkStatus:
+    for view, status in zone_statuses(manager):
+        if view.zone == name:
+            return status
+    manager.zones(manager.observe())  # a damaged zones.json says so
+    from proximity.errors import NotFoundError
+
+    raise NotFoundError(f"there is no zone {name!r} (`proximity zone list`)")
