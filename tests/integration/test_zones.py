@@ -14,7 +14,7 @@ from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import Reservations
 from proximity.sandbox import pve_host
 from tests.integration.test_kill import dnsmasqs
-from tests.integration.tools import Listener, connect, nft_table, proximity, resolve, wait_or_fail
+from tests.integration.tools import Listener, connect, nft_table, proximity, resolve
 from tests.unit.pve_rewrite import PveRewrite
 
 WEB_NET, WEB_GW = "10.20.0.0/24", "10.20.0.1"
