@@ -67,6 +67,8 @@ def ct_create(hostname: Annotated[str, typer.Argument(help="The new container's 
             print_json(result)
         else:
             out.print(f"[green]✓[/] CT {result['vmid']} {hostname}: {result['ip']} ({result['dns_name']})")
+            if result.get("note"):
+                out.print(f"  [yellow]note:[/] {as_text(result['note'])}", highlight=False)
         return
     manager = containers_for(sandbox, recover=not dry_run)
     if dry_run:
