@@ -2,9 +2,10 @@
 
 This module sits above the network and the container layers, so the network layer never
 imports a container backend. It runs the network's own checks (proximity.network.doctor)
-and adds those that need both: each reachable container's resolv.conf, and orphans
+and adds those that need both: each reachable container's resolv.conf, orphans
 (reservations with no container, containers on the bridge with no reservation, half-built
-container directories; `proximity gc` repairs them).
+container directories; `proximity gc` repairs them), and Proxmox guest firewalls that block
+a container's DHCP (containers/guest_firewall.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from proximity.containers import guest_firewall
 from proximity.containers.base import Net0
 from proximity.containers.lxc import LxcBackend
 from proximity.containers.manager import ContainerManager
@@ -30,8 +32,12 @@ NET_KEY = re.compile(r"net\d+")
 def run_doctor(network: NetworkManager, sandbox=None,
                containers: Callable[[], ContainerManager] | None = None) -> list[Check]:
     """All checks. ``containers`` builds the container manager (default: the settings' backend)."""
+    try:
+        manager: ContainerManager | ProximityError = _manager(network, containers)
+    except ProximityError as exc:
+        manager = exc
     return [*network_checks(network), *_resolv_conf_checks(network, sandbox),
-            *_orphan_checks(network, containers)]
+            *_orphan_checks(network, manager), *_guest_firewall_checks(network, manager)]
 
 
 def doctor_dict(check: Check) -> dict:
@@ -79,15 +85,19 @@ def pve_containers_on_bridge(bridge: str, conf_dir: Path = PVE_LXC_DIR) -> list[
     return found
 
 
-def _orphan_checks(network: NetworkManager, containers: Callable[[], ContainerManager] | None) -> list[Check]:
+def _manager(network: NetworkManager, containers: Callable[[], ContainerManager] | None) -> ContainerManager:
+    if containers is not None:
+        return containers()
+    from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
+
+    return ContainerManager(network, backend_for(network.settings))
+
+
+def _orphan_checks(network: NetworkManager, manager: ContainerManager | ProximityError) -> list[Check]:
     gc = network.settings.command("gc")
     try:
-        if containers is None:
-            from proximity.containers.factory import backend_for  # imports proxmoxer only when needed
-
-            manager = ContainerManager(network, backend_for(network.settings))
-        else:
-            manager = containers()
+        if isinstance(manager, ProximityError):
+            raise manager
         repairs = manager.plan_repairs()
     except ProximityError as exc:
         return [Check("orphans", "orphans", False, f"cannot look for orphans: {exc}", "see the message", "warning")]
@@ -129,4 +139,44 @@ def _resolv_conf_checks(manager: NetworkManager, sandbox) -> list[Check]:
         checks.append(Check("container_resolv_conf", f"resolv.conf of {name}", ok,
                             f"{path} " + ("uses" if ok else "does not use") + f" {manager.settings.gateway.ip}",
                             "" if ok else "renew the container's DHCP lease (or restart it)"))
+    return checks
+
+
+def _guest_firewall_checks(network: NetworkManager, manager: ContainerManager | ProximityError) -> list[Check]:
+    """Containers on the bridge with firewall=1 whose enabled guest firewall blocks DHCP (Proxmox only)."""
+    if isinstance(manager, ProximityError) or not hasattr(manager.backend, "guest_firewall"):
+        return []  # no backend: the orphan check says why; the lxc backend has no guest firewall
+    backend, bridge = manager.backend, network.settings.bridge
+    ipv6 = network.settings.ipv6 != "off"
+    checks, seen = [], 0
+    try:
+        containers = backend.list()
+    except ProximityError as exc:
+        return [Check("guest_firewall", "guest firewalls", False, f"cannot list containers: {exc}", "see the message",
+                      "warning")]
+    for container in containers:
+        try:
+            net0 = container.net0 or backend.get_net0(container.vmid)
+            if Net0.parse(net0).get("bridge") != bridge or not guest_firewall.applies(backend, net0):
+                continue
+            seen += 1
+            found = guest_firewall.problems(backend.guest_firewall(container.vmid), ipv6)
+        except ProximityError as exc:
+            checks.append(Check("guest_firewall", f"guest firewall of {container.hostname}", False,
+                                f"cannot read CT {container.vmid}'s net0 or firewall options: {exc}",
+                                "see the message", "warning"))
+            continue
+        if found:
+            vmid, node = container.vmid, backend.config.node
+            fixes = [guest_firewall.dhcp_fix(node, vmid)] if found[0].startswith("DHCP") else []
+            if found[-1].startswith("IPv6"):
+                fixes.append(f"pvesh set /nodes/{node}/lxc/{vmid}/firewall/options --ndp 1")
+            checks.append(Check("guest_firewall_dhcp", f"guest firewall of {container.hostname}", False,
+                                f"CT {vmid} ({container.hostname}) has firewall=1 on {bridge} and its guest firewall "
+                                f"is enabled, which blocks {' and '.join(found)}: it gets no "
+                                + ("DHCP lease" if fixes[0].endswith("--dhcp 1") else "IPv6 address"),
+                                " and ".join(f"`{f}`" for f in fixes) + " on the Proxmox host"))
+    if not checks:
+        checks.append(Check("guest_firewall_dhcp", "guest firewalls", True,
+                            f"{seen} container(s) on {bridge} with firewall=1; no enabled guest firewall blocks DHCP"))
     return checks

@@ -51,6 +51,8 @@ Modes a test switches on to meet what real clusters do (all off by default, exce
     every task first logs that many lines (a long log, as a create's or a backup's).
 ``other_resources``
     more entries for ``/cluster/resources``: other nodes' containers, QEMU VMs.
+``set_guest_firewall(vmid, enable=1)``
+    a guest's own firewall options, as an admin sets them (see ``guest_firewall.py``).
 
 Simplifications: no 3 s delay on a 401, no pools or restore.
 """
@@ -79,6 +81,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .guest_firewall import GuestFirewall
 from .schema import (
     FormatError,
     Schema,
@@ -325,6 +328,7 @@ class Fault:
     method: str
     path: re.Pattern[str]
     times: int
+    message: str = "Connection refused\n"  # the answer's message, for an HTTP status
 
 
 @dataclass
@@ -389,7 +393,7 @@ def _reason(message: str, status: int) -> str:
 # --------------------------------------------------------------------------- the double
 
 
-class PveDouble:
+class PveDouble(GuestFirewall):
     """A Proxmox VE API (``/api2/json``) for one node, backed by a Realizer.
 
     ``url``        ``http://127.0.0.1:PORT`` once started (API under ``/api2/json``, see ``api``);
@@ -474,6 +478,7 @@ class PveDouble:
             ("POST", "/nodes/{node}/firewall/rules"): self._fw_add,
             ("DELETE", "/nodes/{node}/firewall/rules/{pos}"): self._fw_delete,
             ("GET", "/cluster/firewall/options"): lambda p: {"enable": int(self.firewall_enabled), "policy_in": "DROP"},
+            **self._guest_fw_routes(),
         }
         # The node's host firewall (host.fw): its rules, and who compiles them (pve-firewall's part).
         self.firewall_enabled = False
@@ -556,9 +561,10 @@ class PveDouble:
             ct.ha = "started" if ct.status == "running" else "stopped"
 
     def inject(self, kind: str | int, method: str = "GET", path: str = r"/tasks/[^/]+/status$",
-               times: int = 1) -> None:
-        """The next ``times`` requests matching ``method`` and the ``path`` regex (below /api2/json) fail."""
-        self.faults.append(Fault(kind, method.upper(), re.compile(path), times))
+               times: int = 1, message: str | None = None) -> None:
+        """The next ``times`` requests matching ``method`` and the ``path`` regex (below /api2/json) fail;
+        ``message`` is the answer's (e.g. ``Permission check failed (/vms/100, VM.Config.Network)``)."""
+        self.faults.append(Fault(kind, method.upper(), re.compile(path), times, message or "Connection refused\n"))
 
     # ----------------------------------------------------------------- inspection
     def container(self, vmid: int) -> dict[str, Any] | None:
@@ -597,10 +603,10 @@ class PveDouble:
             sent = {}
         fault = self._fault(method, rel)
         if fault is not None:
-            self.requests.append({"method": method, "path": rel, "params": sent, "status": fault})
-            if fault == "reset":
+            self.requests.append({"method": method, "path": rel, "params": sent, "status": fault.kind})
+            if fault.kind == "reset":
                 return 0, "reset", {}
-            return fault, "Connection refused", {"data": None, "message": "Connection refused\n"}
+            return int(fault.kind), _reason(fault.message, int(fault.kind)), {"data": None, "message": fault.message}
         try:
             status, reason, payload = 200, "OK", self._dispatch(method, path, split.query, headers, body)
         except ApiError as exc:
@@ -616,12 +622,12 @@ class PveDouble:
         self.requests.append({"method": method, "path": rel, "params": sent, "status": status})
         return status, reason, payload
 
-    def _fault(self, method: str, rel: str) -> str | int | None:
+    def _fault(self, method: str, rel: str) -> Fault | None:
         with self._state:
             for fault in self.faults:
                 if fault.times > 0 and fault.method == method and fault.path.search(rel):
                     fault.times -= 1
-                    return fault.kind
+                    return fault
         return None
 
     def _params(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -1328,6 +1334,7 @@ class PveDouble:
                 with self._state:
                     if self._cts.get(vmid) is ct:
                         del self._cts[vmid]
+                self._guest_fw_destroyed(vmid)
 
         return self._spawn("destroy", "vzdestroy", vmid, body)
 

@@ -12,6 +12,7 @@ from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, Insecure
                                   TokenOpt, app, changes_host, ct_app, err, friendly, hostnames, manager_for, out, print_json, remote,
                                   remote_call)
 from proximity.containers.base import BackendError
+from proximity.containers.guest_firewall import applies
 from proximity.errors import ConflictError, NotFoundError
 from proximity.settings import check_hostname
 
@@ -66,23 +67,30 @@ def ct_create(hostname: Annotated[str, typer.Argument(help="The new container's 
             print_json(result)
         else:
             out.print(f"[green]✓[/] CT {result['vmid']} {hostname}: {result['ip']} ({result['dns_name']})")
+            if result.get("note"):
+                out.print(f"  [yellow]note:[/] {as_text(result['note'])}", highlight=False)
         return
     manager = containers_for(sandbox, recover=not dry_run)
     if dry_run:
         reservation, net0 = manager.plan_create(hostname)
+        dhcp = applies(manager.backend, net0)  # the guest firewall option dhcp: 1 (containers/guest_firewall.py)
         plan = {"hostname": hostname, "ip": reservation.ip, "mac": reservation.mac, "net0": net0,
-                "dns_name": f"{hostname}.{manager.settings.domain}", "backend": manager.backend.name}
+                "dns_name": f"{hostname}.{manager.settings.domain}", "backend": manager.backend.name,
+                "guest_firewall_dhcp": dhcp}
         if as_json:
             print_json(plan)
         else:
             out.print(f"Dry run: would reserve {reservation.ip} / {reservation.mac} for {hostname}, create it on "
-                      f"{manager.backend.name} with net0 {net0}" + (" and start it." if start else "."))
+                      f"{manager.backend.name} with net0 {net0}" + (", allow DHCP through its guest firewall "
+                      "(dhcp: 1)" if dhcp else "") + (" and start it." if start else "."))
         return
     info = manager.create(hostname, memory=memory, cores=cores, template=template, start=start)
     if as_json:
         print_json(info.as_dict())
     else:
         out.print(f"[green]✓[/] CT {info.vmid} {info.hostname}: {info.ip} ({info.dns_name}), MAC {info.mac}, {info.state}")
+        if info.note:
+            out.print(f"  [yellow]note:[/] {as_text(info.note)}", highlight=False)
 
 
 RefArg = Annotated[str, typer.Argument(metavar="HOST|ID", help="The container's hostname or id (VMID).",

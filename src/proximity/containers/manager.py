@@ -21,6 +21,7 @@ from proximity.containers.base import (
     Net0,
     StillRunning,
 )
+from proximity.containers.guest_firewall import allow_dhcp, applies
 from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEASE, REMOVE, Repair, RepairFailure, mac_of,
                                           plan_repairs)
 from proximity.containers.migration import Migration, MigrationError, MigrationReport
@@ -94,6 +95,8 @@ class ContainerManager(Migration):
             revert.add(f"destroy CT {container.vmid}", lambda: self._destroy_made(container.vmid, made))
             with self.reservations.locked():
                 self.reservations.assign(hostname, container.vmid)
+            # before the first start, so its first DHCP request passes a guest firewall that is on
+            note = allow_dhcp(self.backend, container.vmid) if applies(self.backend, net0) else None
             if start:
                 try:
                     self.backend.start(container.vmid)
@@ -105,7 +108,7 @@ class ContainerManager(Migration):
                     raise self._start_failed(container.vmid, reservation, revert, made, exc) from exc
             with self.reservations.locked():
                 self.reservations.set_intent(hostname, None)
-        return self.info(container.vmid)
+        return replace(self.info(container.vmid), note=note)
 
     @staticmethod
     def _start_failed(vmid: int, reservation: Reservation, revert: Reverter, made: list[int],

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from proximity.containers.base import BackendError, ContainerLocked, Net0, StillRunning, dns_label
+from proximity.containers.guest_firewall import allow_dhcp, applies
 from proximity.host import wait_for
 from proximity.network.reservations import Reservation
 from proximity.revert import Reverter
@@ -33,6 +34,9 @@ class MigrationReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+DHCP_STEP = "allow DHCP through CT {vmid}'s guest firewall (option dhcp: 1; the firewall itself is left as it is)"
 
 
 class MigrationError(BackendError):
@@ -83,8 +87,9 @@ class Migration:
             report.new_net0 = self._migrated_net0(old, planned.mac)
             for text in [*notes, f"reserve {planned.ip} and the name {name} for MAC {planned.mac}", f"snapshot CT {vmid} as {snapshot}" if snapshot else "take no snapshot",
                          f"shut down CT {vmid} (stop by force if it takes over 30 s)" if was_running
-                         else f"CT {vmid} is stopped", f"set net0 to {report.new_net0}", f"start CT {vmid}",
-                         f"verify a lease and {name}.{self.settings.domain} within {timeout:.0f} s"]:
+                         else f"CT {vmid} is stopped", f"set net0 to {report.new_net0}",
+                         *([DHCP_STEP.format(vmid=vmid)] if applies(self.backend, report.new_net0) else []),
+                         f"start CT {vmid}", f"verify a lease and {name}.{self.settings.domain} within {timeout:.0f} s"]:
                 step(text)
             return report
 
@@ -108,6 +113,8 @@ class Migration:
                     step(self._stop_gracefully(vmid))
                 self.backend.set_net0(vmid, report.new_net0)
                 step(f"net0 set to {report.new_net0}")
+                if applies(self.backend, report.new_net0):  # before the start: its DHCP must pass a guest firewall
+                    step(allow_dhcp(self.backend, vmid) or f"DHCP allowed through CT {vmid}'s guest firewall (dhcp: 1)")
                 self.backend.start(vmid)
                 step("started")
                 self._verify_on_network(reservation, timeout)

@@ -203,6 +203,14 @@ class ProxmoxBackend:
                 f"Proxmox could not hot-plug it); it is still {applied!r}. Stop the container and try again"
             )
 
+    def guest_firewall(self, vmid: int) -> dict[str, Any]:
+        """The guest firewall's options that are set (``/etc/pve/firewall/VMID.fw``; unset: Proxmox's defaults)."""
+        return self._call(lambda: self.node.lxc(vmid).firewall.options.get(), vmid)
+
+    def allow_guest_dhcp(self, vmid: int) -> None:
+        """Set the guest firewall's ``dhcp`` option to 1 and nothing else (never ``enable``: that is the admin's)."""
+        self._call(lambda: self.node.lxc(vmid).firewall.options.put(dhcp=1), vmid)
+
     def can_snapshot(self, vmid: int) -> bool:
         """False for storage without snapshots (dir, NFS raw) and for bind mounts."""
         answer = self._call(lambda: self.node.lxc(vmid).feature.get(feature="snapshot"), vmid)
