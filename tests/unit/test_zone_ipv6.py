@@ -164,6 +164,7 @@ def test_the_inet6_stanza_sets_no_dad_before_its_address():
     v = view()
     six = render.bridge_stanza6(v)
     assert six == ["iface prox-net inet6 static", "\taddress fd12:3456:789a:1::1/64",
+                   f"\tpre-up [ -d /proc/sys/net/ipv6/conf/prox-net ] || ip link add prox-net type bridge {IPV6_TAG}",
                    f"\tpre-up echo 0 > /proc/sys/net/ipv6/conf/prox-net/accept_dad {IPV6_TAG}",
                    f"\tpre-up echo 0 > /proc/sys/net/ipv6/conf/prox-net/accept_ra {IPV6_TAG}"]
     assert render.bridge_stanza(v) == render.bridge_stanza(Settings())  # the inet stanza is today's

@@ -348,15 +348,7 @@ def merge_inet6(text: str, name: str, body_lines: list[str]) -> str:
             f"line {line}: iface {name} inet6 is written by hand (Proxmox's GUI writes it when IPv6 is set on the "
             f"bridge), and Proximity now gives {name} its IPv6 address: delete that stanza (lines {line}-"
             f"{theirs[0].last + 1}) or turn the zone's ipv6 setting off; {_FIX}.", line)
-    edits = []
-    for run in mine:  # with the blank line merge put before it (or the one Proxmox put after it)
-        start, end = lines[run.first].offset, lines[run.last].end
-        if run.last + 1 < len(lines) and not lines[run.last + 1].body.strip():
-            end = lines[run.last + 1].end
-        elif run.first > 0 and not lines[run.first - 1].body.strip():
-            start = lines[run.first - 1].offset
-        edits.append((start, end, ""))
-    text = _edit(text, edits)
+    text = _edit(text, _removals(lines, mine))
     if not body_lines:
         return text
     heads = [line for line in body_lines if iface_name(line) is not None]
@@ -378,11 +370,14 @@ def remove_stanzas(text: str, name: str) -> str:
     stanza of its own (``iface prox-net inet6 static`` when IPv6 is set on it).
     """
     lines = split_lines(text)
+    return _edit(text, _removals(lines, [run for run in stanza_runs(lines) if run.name == name]))
+
+
+def _removals(lines: list[Line], runs: list[Run]) -> list[tuple[int, int, str]]:
+    """Edits deleting each stanza with one blank line next to it (the one after, else the one before)."""
     edits: list[tuple[int, int, str]] = []
     done = 0  # end of the last edit: blank lines are not taken twice
-    for run in stanza_runs(lines):
-        if run.name != name:
-            continue
+    for run in runs:
         start, end = lines[run.first].offset, lines[run.last].end
         if run.last + 1 < len(lines) and not lines[run.last + 1].body.strip():
             end = lines[run.last + 1].end
@@ -390,7 +385,7 @@ def remove_stanzas(text: str, name: str) -> str:
             start = max(lines[run.first - 1].offset, done)
         edits.append((start, end, ""))
         done = end
-    return _edit(text, edits)
+    return edits
 
 
 # The stanza reader lives in its own module; its names stay importable from here.

@@ -56,11 +56,14 @@ def bridge_stanza6(settings: Settings) -> list[str]:
     keeps one ``address`` per family in a stanza (a second address line in the inet stanza loses the
     IPv4 one). It moves the inet6 stanza's comments into the inet stanza but keeps option lines
     verbatim, so the stanza is known as Proximity's by :data:`~proximity.network.interfaces.IPV6_TAG`
-    at the end of its pre-up lines (a shell comment). Their pre-up runs after the inet stanza's
-    pre-up made the bridge and before this stanza's address is added (ifupdown2 runs each op for
-    the inet sibling, then the inet6 one): no DAD, so neither the global address nor the link-local
-    one is ever tentative (a tentative address blocks dnsmasq's bind and the first advertisement,
-    and stays so on a bridge without ports); no RAs accepted from the zone's own containers.
+    at the end of its pre-up lines (a shell comment).
+
+    The pre-up lines turn DAD off before the address is added: a tentative address (global or
+    link-local) blocks dnsmasq's bind and the first advertisement. ifupdown2 (3.0) runs the two
+    stanzas as one interface, every pre-up command before its bridge module creates the bridge and
+    its address module adds the addresses, so the first line makes the bridge when it does not exist
+    yet (ifupdown2 then finds it and configures it: "bridge already exists"). The bridge accepts no
+    router advertisements from the zone's own containers.
     """
     gateway = getattr(settings, "ipv6_gateway", None)
     if gateway is None:
@@ -69,6 +72,7 @@ def bridge_stanza6(settings: Settings) -> list[str]:
     return [
         f"iface {settings.bridge} inet6 static",
         f"\taddress {gateway}",
+        f"\tpre-up [ -d {conf} ] || ip link add {settings.bridge} type bridge {IPV6_TAG}",
         f"\tpre-up echo 0 > {conf}/accept_dad {IPV6_TAG}",
         f"\tpre-up echo 0 > {conf}/accept_ra {IPV6_TAG}",
     ]
