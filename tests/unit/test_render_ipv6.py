@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proximity.network.render_ipv6 import (dnsmasq_ipv6_conf, render_addn_hosts_dual, render_dhcp_hosts_dual,
-                                           reserved_ipv6)
-from proximity.network.reservations import Reservation
+from proximity.network.render_ipv6 import dnsmasq_ipv6_conf, reserved_ipv6
+from proximity.network.reservations import Reservation, render_addn_hosts, render_dhcp_hosts
 from proximity.spec.zones import SubnetSpec
 
 V4 = SubnetSpec(ipaddress.ip_network("10.10.0.0/24"), ipaddress.ip_address("10.10.0.1"),
@@ -52,15 +51,17 @@ def test_the_advertisement_offers_a_route_only_when_the_uplink_has_one():
 
 def test_reservations_carry_both_families_and_both_names():
     web = Reservation("web-01", "02:00:00:00:01:01", "10.10.0.100")
-    assert render_dhcp_hosts_dual([web], V4, V6) == "02:00:00:00:01:01,10.10.0.100,[fd12:3456:789a:1::64],web-01\n"
-    assert render_addn_hosts_dual([web], "prox.local", V4, V6) == (
+    gateway = V6.gateway_interface
+    assert render_dhcp_hosts([web], V4.cidr, gateway) == "02:00:00:00:01:01,10.10.0.100,[fd12:3456:789a:1::64],web-01\n"
+    assert render_addn_hosts([web], "prox.local", V4.cidr, gateway) == (
         "10.10.0.100 web-01.prox.local web-01\nfd12:3456:789a:1::64 web-01.prox.local web-01\n")
 
 
 @pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is installed by make test's bootstrap")
 def test_dnsmasq_parses_the_lines_and_the_hosts_file(tmp_path):
     hosts = tmp_path / "dhcp-hosts"
-    hosts.write_text(render_dhcp_hosts_dual([Reservation("web-01", "02:00:00:00:01:01", "10.10.0.100")], V4, V6))
+    hosts.write_text(render_dhcp_hosts([Reservation("web-01", "02:00:00:00:01:01", "10.10.0.100")], V4.cidr,
+                                       V6.gateway_interface))
     conf = tmp_path / "dnsmasq.conf"
     conf.write_text("interface=prox-net\nbind-interfaces\nno-resolv\nno-hosts\n"
                     "dhcp-range=10.10.0.100,10.10.0.250,255.255.255.0,12h\n"

@@ -41,6 +41,7 @@ __all__ = [
     "LEGACY_BEGIN_MARKER",
     "LEGACY_END_MARKER",
     "MARKER",
+    "IPV6_TAG",
     "InterfacesFileError",
     "Stanza",
     "compare_bridge",
@@ -48,6 +49,7 @@ __all__ = [
     "detect_eol",
     "find_block",
     "merge_block",
+    "merge_inet6",
     "parse_stanzas",
     "remove_block",
     "remove_stanzas",
@@ -63,6 +65,9 @@ _MARKER_LINE = (
     f"{MARKER} - Proximity owns this stanza ('proximity up' rewrites it, "
     "'proximity down' removes it)"
 )
+# What makes an ``iface BR inet6`` stanza Proximity's: a shell comment ending its pre-up lines
+# (Proxmox's writer moves that stanza's comment lines into the inet stanza, but keeps options verbatim).
+IPV6_TAG = "# proximity:ipv6"
 # The marker pair of earlier versions; files that carry it are taken over.
 LEGACY_BEGIN_MARKER = "# BEGIN proximity managed block"
 LEGACY_END_MARKER = "# END proximity managed block"
@@ -325,6 +330,38 @@ def remove_block(text: str) -> str:
     return _edit(text, [(block.start, block.end, ""), *((s, e, "") for s, e in block.stale)])
 
 
+def merge_inet6(text: str, name: str, body_lines: list[str]) -> str:
+    """Write or refresh Proximity's ``iface NAME inet6`` stanza right after its block (where Proxmox's
+    writer puts it), or with no ``body_lines`` remove it; every other byte stays.
+
+    Call after :func:`merge_block`. Its stanza is the one whose lines carry :data:`IPV6_TAG`; an
+    inet6 stanza of ``name`` without it is the admin's, and is refused rather than doubled.
+    """
+    lines = split_lines(text)
+    sixes = [run for run in stanza_runs(lines)
+             if run.name == name and lines[run.head].body.split()[2:3] == ["inet6"]]
+    mine = [run for run in sixes if any(IPV6_TAG in lines[i].body for i in range(run.head, run.last + 1))]
+    theirs = [run for run in sixes if run not in mine]
+    if body_lines and theirs:
+        line = theirs[0].head + 1
+        raise InterfacesFileError(
+            f"line {line}: iface {name} inet6 is written by hand (Proxmox's GUI writes it when IPv6 is set on the "
+            f"bridge), and Proximity now gives {name} its IPv6 address: delete that stanza (lines {line}-"
+            f"{theirs[0].last + 1}) or turn the zone's ipv6 setting off; {_FIX}.", line)
+    text = _edit(text, _removals(lines, mine))
+    if not body_lines:
+        return text
+    heads = [line for line in body_lines if iface_name(line) is not None]
+    if len(heads) != 1 or heads[0].split()[1:3] != [name, "inet6"]:
+        raise ValueError(f"not an iface {name} inet6 stanza: {body_lines!r}")
+    _check_body(body_lines)
+    block = _locate(text)
+    if block is None:
+        raise ValueError(f"no stanza of Proximity's to put iface {name} inet6 after: merge_block first")
+    stanza = "".join(line + block.eol for line in body_lines)
+    return text[: block.stop] + block.eol + stanza + text[block.stop:]
+
+
 def remove_stanzas(text: str, name: str) -> str:
     """Delete every stanza of ``name`` (any family), as Proxmox's reader delimits them, with the
     ``auto`` lines that name only it and one blank line next to it; every other byte stays.
@@ -333,11 +370,14 @@ def remove_stanzas(text: str, name: str) -> str:
     stanza of its own (``iface prox-net inet6 static`` when IPv6 is set on it).
     """
     lines = split_lines(text)
+    return _edit(text, _removals(lines, [run for run in stanza_runs(lines) if run.name == name]))
+
+
+def _removals(lines: list[Line], runs: list[Run]) -> list[tuple[int, int, str]]:
+    """Edits deleting each stanza with one blank line next to it (the one after, else the one before)."""
     edits: list[tuple[int, int, str]] = []
     done = 0  # end of the last edit: blank lines are not taken twice
-    for run in stanza_runs(lines):
-        if run.name != name:
-            continue
+    for run in runs:
         start, end = lines[run.first].offset, lines[run.last].end
         if run.last + 1 < len(lines) and not lines[run.last + 1].body.strip():
             end = lines[run.last + 1].end
@@ -345,7 +385,7 @@ def remove_stanzas(text: str, name: str) -> str:
             start = max(lines[run.first - 1].offset, done)
         edits.append((start, end, ""))
         done = end
-    return _edit(text, edits)
+    return edits
 
 
 # The stanza reader lives in its own module; its names stay importable from here.

@@ -6,6 +6,8 @@ import hashlib
 import shlex
 import shutil
 
+from proximity.network.interfaces import IPV6_TAG
+from proximity.network.render_ipv6 import dnsmasq_ipv6_conf, view_subnet
 from proximity.settings import RESERVED_HOSTNAMES, Settings
 
 HEADER = "# Managed by Proximity: 'proximity up' rewrites this file from its settings.\n"
@@ -47,16 +49,60 @@ def bridge_stanza(settings: Settings) -> list[str]:
     return lines
 
 
+def bridge_stanza6(settings: Settings) -> list[str]:
+    """The bridge's IPv6 stanza, ``iface BR inet6 static`` (``[]`` when the zone has no IPv6).
+
+    A stanza of its own after the inet one, as Proxmox's GUI writes a bridge's IPv6: Proxmox's writer
+    keeps one ``address`` per family in a stanza (a second address line in the inet stanza loses the
+    IPv4 one). It moves the inet6 stanza's comments into the inet stanza but keeps option lines
+    verbatim, so the stanza is known as Proximity's by :data:`~proximity.network.interfaces.IPV6_TAG`
+    at the end of its pre-up lines (a shell comment).
+
+    The pre-up lines turn DAD off before the address is added: a tentative address (global or
+    link-local) blocks dnsmasq's bind and the first advertisement. ifupdown2 (3.0) runs the two
+    stanzas as one interface, every pre-up command before its bridge module creates the bridge and
+    its address module adds the addresses, so the first line makes the bridge when it does not exist
+    yet (ifupdown2 then finds it and configures it: "bridge already exists"). The bridge accepts no
+    router advertisements from the zone's own containers.
+    """
+    gateway = getattr(settings, "ipv6_gateway", None)
+    if gateway is None:
+        return []
+    conf = f"/proc/sys/net/ipv6/conf/{settings.bridge}"
+    return [
+        f"iface {settings.bridge} inet6 static",
+        f"\taddress {gateway}",
+        f"\tpre-up [ -d {conf} ] || ip link add {settings.bridge} type bridge {IPV6_TAG}",
+        f"\tpre-up echo 0 > {conf}/accept_dad {IPV6_TAG}",
+        f"\tpre-up echo 0 > {conf}/accept_ra {IPV6_TAG}",
+    ]
+
+
+def bridge_options6(settings: Settings) -> dict[str, str]:
+    """What a hand-written ``iface BR inet6`` stanza must say for Proximity to adopt it (``{}``: no IPv6)."""
+    gateway = getattr(settings, "ipv6_gateway", None)
+    return {} if gateway is None else {"address": str(gateway)}
+
+
 def bridge_options(settings: Settings) -> dict[str, str]:
     """What a hand-written stanza must say for Proximity to adopt it."""
     return {"address": str(settings.gateway), "bridge-ports": "none", "bridge-stp": "off", "bridge-fd": "0"}
 
 
-def dnsmasq_conf(settings: Settings) -> str:
-    """dnsmasq.conf for the bridge only: never the uplink, never lo, no distro config."""
+def dnsmasq_conf(settings: Settings, *, ipv6_default_route: bool = False) -> str:
+    """dnsmasq.conf for the bridge only: never the uplink, never lo, no distro config.
+
+    A zone view with ``ipv6_gateway`` set gets router advertisements and DHCPv6 too
+    (:mod:`proximity.network.render_ipv6`); ``ipv6_default_route``: whether the uplink has an IPv6
+    default route (without one, the advertisement offers no route via this host).
+    """
     s = settings
     upstream = "".join(f"server={server}\n" for server in s.upstream_dns)
     netmask = s.subnet.netmask
+    v6 = view_subnet(s)
+    ipv6 = "" if v6 is None else dnsmasq_ipv6_conf(s.bridge, v6, s.domain, s.lease_time, ipv6_default_route)
+    # dnsmasq counts DHCPv4 and DHCPv6 leases against one limit: a dual-stack container holds one of each.
+    lease_max = s.pool_size * (1 if v6 is None else 2)
     return (
         HEADER
         + f"""\
@@ -77,13 +123,14 @@ bogus-priv
 cache-size=1000
 # DHCP: fast leases, no ping check, authoritative for the subnet.
 dhcp-range={s.dhcp_start},{s.dhcp_end},{netmask},{s.lease_time}
-dhcp-lease-max={s.pool_size}
+dhcp-lease-max={lease_max}
 dhcp-option=option:router,{s.gateway.ip}
 dhcp-option=option:dns-server,{s.gateway.ip}
 dhcp-authoritative
 dhcp-rapid-commit
 no-ping
 dhcp-leasefile={s.leases_file}
+{ipv6}\
 # Reservations of managed containers (MAC,IP,hostname) and their names before first boot;
 # both are re-read on SIGHUP.
 dhcp-hostsfile={s.dhcp_hosts_file}

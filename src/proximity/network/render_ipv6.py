@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 
-from proximity.network.reservations import Reservation
 from proximity.spec.zones import SubnetSpec
 
 RA_INTERVAL = 60  # seconds between unsolicited advertisements (a soliciting guest is answered at once)
@@ -28,10 +27,23 @@ ROUTER_LIFETIME = 1800  # seconds, RFC 4861's default for a router with a route 
 
 def reserved_ipv6(reservation_ip: str, ipv4: SubnetSpec, ipv6: SubnetSpec) -> ipaddress.IPv6Address:
     """A reserved container's stable IPv6 address: the IPv6 prefix plus its IPv4 address' offset."""
-    offset = int(ipaddress.IPv4Address(reservation_ip)) - int(ipv4.cidr.network_address)
-    if not 0 < offset < int(ipv4.cidr.num_addresses):
-        raise ValueError(f"{reservation_ip} is not an address of {ipv4.cidr}")
-    return ipaddress.IPv6Address(int(ipv6.cidr.network_address) + offset)
+    return stable_ipv6(reservation_ip, ipv4.cidr, ipv6.cidr)
+
+
+def stable_ipv6(ip: str, subnet: ipaddress.IPv4Network, prefix: ipaddress.IPv6Network) -> ipaddress.IPv6Address:
+    """:func:`reserved_ipv6` on the two networks alone (what a zone's view carries)."""
+    offset = int(ipaddress.IPv4Address(ip)) - int(subnet.network_address)
+    if not 0 < offset < int(subnet.num_addresses):
+        raise ValueError(f"{ip} is not an address of {subnet}")
+    return ipaddress.IPv6Address(int(prefix.network_address) + offset)
+
+
+def view_subnet(view) -> SubnetSpec | None:
+    """A zone view's IPv6 subnet (``ipv6_gateway``, ``ipv6_range``, ``ipv6_nat``); None when IPv6 is off."""
+    gateway = getattr(view, "ipv6_gateway", None)
+    if gateway is None:
+        return None
+    return SubnetSpec(gateway.network, gateway.ip, view.ipv6_range, view.ipv6_nat)
 
 
 def dnsmasq_ipv6_conf(bridge: str, subnet: SubnetSpec, domain: str, lease_time: str, default_route: bool) -> str:
@@ -50,15 +62,3 @@ dhcp-option=option6:dns-server,[{subnet.gateway}]
 dhcp-option=option6:domain-search,{domain}
 {route}ra-param={bridge},{RA_INTERVAL},{lifetime}
 """
-
-
-def render_dhcp_hosts_dual(reservations: list[Reservation], ipv4: SubnetSpec, ipv6: SubnetSpec) -> str:
-    """dnsmasq's dhcp-hostsfile with both families: MAC, IPv4, [IPv6], hostname (one line each)."""
-    return "".join(f"{r.mac},{r.ip},[{reserved_ipv6(r.ip, ipv4, ipv6)}],{r.hostname}\n" for r in reservations)
-
-
-def render_addn_hosts_dual(reservations: list[Reservation], domain: str, ipv4: SubnetSpec,
-                           ipv6: SubnetSpec) -> str:
-    """The names before first boot: an A and an AAAA record for every reserved container."""
-    return "".join(f"{r.ip} {r.hostname}.{domain} {r.hostname}\n"
-                   f"{reserved_ipv6(r.ip, ipv4, ipv6)} {r.hostname}.{domain} {r.hostname}\n" for r in reservations)

@@ -25,6 +25,7 @@ from proximity.errors import ConflictError, HostError
 from proximity.host import Host
 from proximity.network.leases import Lease
 from proximity.network.render import stable_mac
+from proximity.network.render_ipv6 import stable_ipv6
 from proximity.network.dnsmasq import dns_service
 from proximity.owner import Owner
 from proximity.settings import Settings, SettingsError
@@ -129,12 +130,31 @@ class Reservation:
         return cls(**{**item, "intent": Intent(**intent) if intent else None})
 
 
-def render_dhcp_hosts(reservations: list[Reservation]) -> str:
-    return "".join(f"{r.mac},{r.ip},{r.hostname}\n" for r in reservations)
+def render_dhcp_hosts(reservations: list[Reservation], subnet: ipaddress.IPv4Network | None = None,
+                      ipv6_gateway: ipaddress.IPv6Interface | None = None) -> str:
+    """dnsmasq's dhcp-hostsfile: ``MAC,IP,hostname``; with IPv6 on (the zone's IPv4 ``subnet`` and
+    ``ipv6_gateway`` given), ``MAC,IP,[IPV6],hostname``, the IPv6 address the stable one of
+    :func:`proximity.network.render_ipv6.stable_ipv6`."""
+    if ipv6_gateway is None:
+        return "".join(f"{r.mac},{r.ip},{r.hostname}\n" for r in reservations)
+    return "".join(f"{r.mac},{r.ip},[{_ipv6(r, subnet, ipv6_gateway)}],{r.hostname}\n" for r in reservations)
 
 
-def render_addn_hosts(reservations: list[Reservation], domain: str) -> str:
-    return "".join(f"{r.ip} {r.hostname}.{domain} {r.hostname}\n" for r in reservations)
+def render_addn_hosts(reservations: list[Reservation], domain: str, subnet: ipaddress.IPv4Network | None = None,
+                      ipv6_gateway: ipaddress.IPv6Interface | None = None) -> str:
+    """The names before first boot: an A record per reservation, and with IPv6 on an AAAA one after it."""
+    lines = []
+    for r in reservations:
+        lines.append(f"{r.ip} {r.hostname}.{domain} {r.hostname}\n")
+        if ipv6_gateway is not None:
+            lines.append(f"{_ipv6(r, subnet, ipv6_gateway)} {r.hostname}.{domain} {r.hostname}\n")
+    return "".join(lines)
+
+
+def _ipv6(r: Reservation, subnet: ipaddress.IPv4Network | None, gateway: ipaddress.IPv6Interface) -> str:
+    if subnet is None:
+        raise ValueError("an IPv6 reservation needs the zone's IPv4 subnet (its address is the IPv4 offset)")
+    return str(stable_ipv6(r.ip, subnet, gateway.network))
 
 
 class Reservations:
@@ -262,9 +282,10 @@ class Reservations:
 
     def _rendered(self, reservations: list[Reservation]) -> dict:
         s = self.settings
+        ipv6 = getattr(s, "ipv6_gateway", None)  # a zone view with IPv6 on
         return {
-            s.dhcp_hosts_file: render_dhcp_hosts(reservations),
-            s.addn_hosts_file: render_addn_hosts(reservations, s.domain),
+            s.dhcp_hosts_file: render_dhcp_hosts(reservations, s.subnet, ipv6),
+            s.addn_hosts_file: render_addn_hosts(reservations, s.domain, s.subnet, ipv6),
         }
 
     def replace_all(self, reservations: list[Reservation]) -> str | None:

@@ -226,7 +226,28 @@ def _norm_value(key: str, value: str) -> object:
         return joined
 
 
+def _compare_address6(stanza: Stanza, want: str, path: str) -> list[str]:
+    """An inet6 stanza's addresses against the one Proximity needs (written with its prefix length)."""
+    have = [(token, line) for value, line in stanza.values("address") for token in value.split()]
+    if not have:
+        return [f"address is missing from iface {stanza.name} in {path} line {stanza.first_line}, "
+                f"Proximity needs '{want}'"]
+
+    def same(token: str) -> bool:
+        try:
+            return ipaddress.IPv6Interface(token) == ipaddress.IPv6Interface(want)
+        except ValueError:
+            return False
+
+    matched = any(same(token) for token, _ in have)
+    return [f"address '{token}' in {path} line {line} is extra, Proximity needs only '{want}'" if matched
+            else f"address is '{token}' in {path} line {line}, Proximity needs '{want}'"
+            for token, line in have if not same(token)]
+
+
 def _compare_address(stanza: Stanza, want: str, path: str) -> list[str]:
+    if ":" in want:
+        return _compare_address6(stanza, want, path)
     wanted = ipaddress.IPv4Interface(want)
     have = _stanza_addresses(stanza)
     if not have:
