@@ -132,7 +132,7 @@ class FakeHost(Host):
     # -- commands ---------------------------------------------------------------------------------
     def ip_json(self, *args: str) -> list[dict]:
         if "route" in args:
-            return copy.deepcopy(self.routes)
+            return [] if "-6" in args else copy.deepcopy(self.routes)  # the fake host has no IPv6
         return [{"ifname": l.name, "ifindex": l.index, "flags": ["UP"] if l.up else [],
                  "linkinfo": {"info_kind": l.kind} if l.kind else {}, **({"master": l.master} if l.master else {}),
                  "addr_info": [{"family": "inet", "local": a.split("/")[0], "prefixlen": int(a.split("/")[1])}

@@ -99,7 +99,8 @@ def health(settings: Settings, obs: Observation, firewall: nft.FirewallSpec | No
     isolation = nat and not accepts
     forward = obs.sysctls.get("net.ipv4.ip_forward") == "1"
     dns = obs.dns
-    current = dns is not None and dns.config == content_hash(render.dnsmasq_conf(s)) and (
+    current = dns is not None and dns.config == content_hash(
+        render.dnsmasq_conf(s, ipv6_default_route=obs.ipv6_default_route)) and (
         link is not None and dns.bridge_index == link.index)
     answering = dns is not None and (obs.probes.dns_answering if obs.probes else True)
     served = dns is not None and (

@@ -111,6 +111,13 @@ class Observation:
     intent: Intent | None = None  # the admin's last `up` or `down` (network.intent)
     full_disks: tuple[tuple[str, int], ...] = ()  # (directory, bytes free): Proximity's state with no room left
     sources: tuple[tuple[str, str], ...] = ()  # the host's interfaces file's source lines, as this host sees them
+    addresses6: tuple[tuple[str, ipaddress.IPv6Interface], ...] = ()  # (link name, global or ULA address)
+    routes6: tuple[tuple[str, ipaddress.IPv6Network, str | None], ...] = ()
+
+    @property
+    def ipv6_default_route(self) -> bool:
+        """The host routes IPv6 to the world: a zone's advertisements may offer a default route."""
+        return any(dst.prefixlen == 0 for _, dst, _ in self.routes6)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -149,7 +156,7 @@ def _read(host: Host, settings: Settings, path: Path) -> str | None:
 
 # What one observation of the host holds for every zone (the rest is the zone's own).
 HOST_FIELDS = ("links", "addresses", "routes", "firewall", "sysctls", "pve_firewall", "systemd", "pve_rules",
-               "pve_error", "sourced", "intent", "full_disks", "sources")
+               "pve_error", "sourced", "intent", "full_disks", "sources", "addresses6", "routes6")
 
 
 def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = False,
@@ -160,16 +167,22 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
     observation of another zone of this host, gives the host's part: only the zone's own is read."""
     if base is not None:
         return _zone_observation(host, settings, dns, base, probe, probes)
-    links, addresses = [], []
+    links, addresses, addresses6 = [], [], []
     for item in host.ip_json("-details", "address", "show"):
         links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
                           item.get("linkinfo", {}).get("info_kind"), item.get("master")))
         addresses += [(item["ifname"], ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
                       for a in item.get("addr_info", []) if a.get("family") == "inet"]
+        addresses6 += [(item["ifname"], ipaddress.IPv6Interface(f"{a['local']}/{a['prefixlen']}"))
+                       for a in item.get("addr_info", []) if a.get("family") == "inet6" and a.get("scope") == "global"]
     routes = tuple(
         (r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
          ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False), r.get("gateway"))
         for r in host.ip_json("-4", "route", "show", "table", "main"))
+    routes6 = tuple(
+        (r.get("dev", "(no device)"), ipaddress.IPv6Network("::/0" if r["dst"] == "default" else r["dst"], strict=False),
+         r.get("gateway"))
+        for r in host.ip_json("-6", "route", "show", "table", "main") if not r["dst"].startswith(("fe80", "ff")))
     if firewall is None:
         firewall = read_firewall(host, settings, probe)
     reservations = tuple(Reservations(settings, host).all())
@@ -187,6 +200,7 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
         intent=read_intent(host, settings),
         full_disks=full_disks(host, settings),
         sources=source_patterns(settings.interfaces_file, files.get(settings.interfaces_file), host.as_seen),
+        addresses6=tuple(addresses6), routes6=routes6,
     )
     return _with_probes(host, settings, obs, probes) if probe else obs
 

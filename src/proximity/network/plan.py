@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
 
 from proximity.errors import ConflictError
-from proximity.network import interfaces, safety
+from proximity.network import interfaces, ipv6_host, safety
 from proximity.network.changes import AddPveRule, Change, DeletePveRule, DeleteRule, SetSysctl
 from proximity.network.nft_changes import plan_firewall, plan_remove, spec_of
 from proximity.network.observe import Observation
@@ -77,8 +77,8 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up", *, zones: S
         if refused[v.zone]:
             raise ConflictError(f"Proximity will not run {v.bridge} (nothing was changed):\n  "
                                 + "\n  ".join(refused[v.zone]))
+    ipv6_host.sysctl_changes([v for v, _ in every], uplink, obs.sysctls)  # a host without IPv6: refused now
     out = _Builder()
-    out.warnings += _not_built_yet([v for v, _ in every])
     out.add(default.zone, before)
     # 0. The nftables table first: the file the stanzas' post-up loads exists before ifreload runs it,
     #    and an upgrade has NAT all along (the old iptables rules go in step 3, after it).
@@ -90,10 +90,12 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up", *, zones: S
         out.add(v.zone, plan_zone_up(v, o, mode, out.warnings, bridges))
     # 3. iptables: the accepts a FORWARD policy of DROP needs, exactly once; no other rule of ours.
     out.add(default.zone, rule_changes)
-    # 4. Forwarding.
+    # 4. Forwarding (IPv6's after the uplink keeps accepting router advertisements, ipv6_host).
     forward = obs.sysctls.get("net.ipv4.ip_forward")
     if forward != "1":
         out.add(default.zone, [SetSysctl("net.ipv4.ip_forward", "1", forward)])
+    out.add(default.zone, [SetSysctl(key, value, old) for key, value, old
+                           in ipv6_host.sysctl_changes([v for v, _ in every], uplink, obs.sysctls)])
     # 5. The Proxmox host firewall (on when the datacenter firewall is): DHCP and DNS to each gateway.
     if obs.pve_firewall:
         for v, o in every:
@@ -125,15 +127,6 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False, *, zone
     first, rule_changes = plan_firewall(default, obs, spec_of(staying, uplink, obs, remaining_peers))
     out.add(default.zone, [*first, *rule_changes])
     return out.plan()
-
-
-def _not_built_yet(views: Sequence[ZoneSettings]) -> list[str]:
-    """What the settings declare that this version reads and checks but does not build yet: said, never ignored."""
-    asked = [v.zone for v in views if v.ipv6_gateway is not None]
-    if not asked:
-        return []
-    return [f"IPv6 is asked for zone(s) {', '.join(asked)}: this version does not build IPv6 on the bridges yet; "
-            "they stay IPv4 only (docs/zones.md)"]
 
 
 def _pve_changes(settings: Settings, obs: Observation, wanted: list[PveRule], warnings: list[str]) -> list[Change]:

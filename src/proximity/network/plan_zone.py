@@ -50,7 +50,8 @@ def plan_zone_up(v: ZoneSettings, obs: Observation, mode: str, warnings: list[st
     changes: list[Change] = []
     new_text = declared(v, text, warnings)
     link = obs.link(v.bridge)
-    live = link is not None and link.up and (v.bridge, v.gateway) in obs.addresses
+    live = link is not None and link.up and (v.bridge, v.gateway) in obs.addresses and (
+        v.ipv6_gateway is None or (v.bridge, v.ipv6_gateway) in obs.addresses6)
     remake_bridge = False
     if new_text != text or not live:
         changes.append(ApplyInterfaces(v.interfaces_file, new_text, obs.file(v.interfaces_file), v.bridge,
@@ -73,9 +74,9 @@ def plan_zone_up(v: ZoneSettings, obs: Observation, mode: str, warnings: list[st
 def _dns_up(v: ZoneSettings, obs: Observation, link, remake_bridge: bool) -> list[Change]:
     """dnsmasq's files, then dnsmasq itself: started, restarted when what it runs with is stale, or
     told to re-read the reservations."""
-    conf = render.dnsmasq_conf(v)
-    hosts = {v.dhcp_hosts_file: render_dhcp_hosts(list(obs.reservations)),
-             v.addn_hosts_file: render_addn_hosts(list(obs.reservations), v.domain)}
+    conf = render.dnsmasq_conf(v, ipv6_default_route=obs.ipv6_default_route)
+    hosts = {v.dhcp_hosts_file: render_dhcp_hosts(list(obs.reservations), v.subnet, v.ipv6_gateway),
+             v.addn_hosts_file: render_addn_hosts(list(obs.reservations), v.domain, v.subnet, v.ipv6_gateway)}
     changes: list[Change] = [WriteFile(path, text, obs.file(path))
                              for path, text in {**hosts, **render.dns_unit_files(v, obs.systemd)}.items()
                              if obs.file(path) != text]
@@ -154,7 +155,8 @@ def declared(v: ZoneSettings, text: str, warnings: list[str]) -> str:
     hand = next((st for st in interfaces.parse_stanzas(text)
                  if st.name == v.bridge and not st.managed and st.family != "inet6"), None)
     if hand is None:
-        return interfaces.merge_block(text or ("" if v.is_default else ZONE_FILE_HEADER), render.bridge_stanza(v))
+        merged = interfaces.merge_block(text or ("" if v.is_default else ZONE_FILE_HEADER), render.bridge_stanza(v))
+        return interfaces.merge_inet6(merged, v.bridge, render.bridge_stanza6(v))
     differences = interfaces.compare_bridge(hand, render.bridge_options(v), str(v.interfaces_file))
     if differences:
         raise SettingsError(

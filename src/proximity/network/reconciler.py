@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from proximity.errors import ConflictError, HostError, NotFoundError, ProximityError
 from proximity.host import DryRunHost, Host
 from proximity.network import intent as intents
-from proximity.network import nft, render
+from types import MappingProxyType
+
+from proximity.network import ipv6_host, nft, render
 from proximity.network.nft_changes import spec_of
 from proximity.network.changes import Change, Env, RemoveFile, WriteFile
 from proximity.network.dnsmasq import dns_service
@@ -84,7 +86,7 @@ class NetworkManager:
         text = self.host.read_text(path)
         state = parse_state(text, str(path))
         uplink = s.uplink or obs.default_route_link()
-        spec = resolve(s, state, host_claims(obs.addresses, obs.routes, uplink))
+        spec = resolve(s, state, host_claims((*obs.addresses, *obs.addresses6), (*obs.routes, *obs.routes6), uplink))
         return spec, ([WriteFile(path, render_state(spec.state), text)] if spec.state != state else [])
 
     def zone_views(self, obs: Observation, skip: tuple[str, ...] = ()) -> tuple[ZoneSettings, list[Zone], list[Change]]:
@@ -144,6 +146,10 @@ class NetworkManager:
         default, zones, state_change = self.zone_views(obs, skip=intent.zones_down if mode == "heal" else ())
         peers = self.settings.peers
         live = {default.zone, *(v.zone for v, _ in zones)}
+        uplink = self.settings.uplink or obs.default_route_link()
+        wanted = ipv6_host.sysctls_to_observe([default, *(v for v, _ in zones)], uplink)
+        if wanted:  # what IPv6 needs of the host: read only when a zone has it
+            obs = replace(obs, sysctls=MappingProxyType({**obs.sysctls, **{k: self.host.read_sysctl(k) for k in wanted}}))
         return plan_up(default, obs, mode, zones=zones, before=[*self._own_file_changes(), *state_change],
                        peers=[pair for pair in peers if set(pair) <= live])
 
