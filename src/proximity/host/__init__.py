@@ -301,8 +301,9 @@ class Host:
     def write_sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-q", "-w", f"{key}={value}"])
 
-    def resolve(self, name: str, server: str, timeout: float = 1.0, attempts: int = 2) -> list[str] | None:
-        """A records of ``name`` asked of ``server`` from inside this host's namespace.
+    def resolve(self, name: str, server: str, timeout: float = 1.0, attempts: int = 2,
+                rdtype: str = "A") -> list[str] | None:
+        """A (or AAAA) records of ``name`` asked of ``server`` from inside this host's namespace.
 
         ``[]`` is an answer without addresses (NXDOMAIN included); None means no answer at all.
         UDP datagrams can be lost, so the query is retried like a stub resolver does.
@@ -312,20 +313,20 @@ class Host:
         import dns.query
         import dns.rdatatype
 
-        query = dns.message.make_query(name, "A")
+        query, wanted = dns.message.make_query(name, rdtype), dns.rdatatype.from_text(rdtype)
         for _ in range(attempts):
             try:
-                with self.udp_socket() as sock:
+                with self.udp_socket(6 if ":" in server else 4) as sock:
                     answer = dns.query.udp(query, server, timeout=timeout, sock=sock)
             except (dns.exception.DNSException, OSError):
                 continue
-            return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]
+            return [item.address for rrset in answer.answer if rrset.rdtype == wanted for item in rrset]
         return None
 
-    def udp_socket(self) -> socket.socket:
+    def udp_socket(self, version: int = 4) -> socket.socket:
         """A non-blocking UDP socket in this host's network namespace (what dnspython expects)."""
         with inside_netns(self.netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         return sock
 
