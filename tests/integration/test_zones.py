@@ -112,6 +112,24 @@ def test_the_lan_host_routing_to_every_zone_reaches_none(zoned):
                 sandboxes.ns_run(sb.lan_ns, ["ip", "route", "del", net], check=False)
 
 
+def test_a_new_zone_reaches_only_dhcp_dns_and_icmp_of_the_host_until_allowed(zoned):
+    """The host's own services (ssh 22, pveproxy 8006, spiceproxy 3128, VNC 5900-5999) are closed to a
+    new zone; prox-net keeps reaching them, as it always could; `zone set --host-services` opens them."""
+    sb, clients = zoned
+    web, default = clients["web"], clients["prox-net"]
+    with Listener(sb.name, "0.0.0.0", 8006), Listener(sb.name, "0.0.0.0", 22), Listener(sb.name, "0.0.0.0", 5901):
+        for port in (8006, 22, 5901):
+            assert connect(web.ns, WEB_GW, port, timeout=1).returncode != 0, port
+            assert connect(default.ns, "10.10.0.1", port).returncode == 0, port
+        assert pings(web.ns, WEB_GW) and resolve(web.ns, "web-1.web.internal", WEB_GW)  # ICMP and DNS stay open
+        proximity("zone", "set", "web", "--host-services", "--sandbox", sb.name)
+        try:
+            assert connect(web.ns, WEB_GW, 8006).returncode == 0
+        finally:
+            proximity("zone", "set", "web", "--no-host-services", "--sandbox", sb.name)
+        assert connect(web.ns, WEB_GW, 8006, timeout=1).returncode != 0
+
+
 def test_down_one_zone_keeps_the_others_and_the_service_leaves_it_down(zoned):
     sb, clients = zoned
     proximity("down", "--zone", "db", "--force", "--sandbox", sb.name)
