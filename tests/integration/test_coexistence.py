@@ -166,3 +166,26 @@ def test_another_tables_rule_that_drops_dns_is_named_with_its_rule(network, fami
         sandboxes.ns_run(sb.name, ["nft", "delete", "table", family, "other-fw"], check=False)
     healed = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
     assert healed["health_status"] == "healthy", healed["reasons"]
+
+
+def test_without_a_trace_the_drop_policy_is_still_named(network, monkeypatch):
+    """`nft monitor` cannot run (here: made to fail): the probe names the chains whose policy drops."""
+    from proximity.network import trace
+    from proximity.network.reconciler import NetworkManager
+
+    def refuse(self):
+        raise RuntimeError("`nft monitor` exited at once (status 1)")
+
+    sb = network
+    monkeypatch.setattr(trace.Trace, "_start", refuse)
+    stand_in(sb, True)
+    try:
+        result = NetworkManager(load_settings(**sb.settings_overrides())).run_probe()
+        assert not result.ok and result.cause == "firewall_drop", result
+        assert "table inet proxmox-firewall, chain input: policy drop" in result.reason, result
+        assert "could not trace" in result.reason and "exited at once" in result.reason, result
+        assert not any(PREFIX in t for t in tables(sb))
+    finally:
+        stand_in(sb, False)
+    healed = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+    assert healed["health_status"] == "healthy", healed["reasons"]

@@ -63,13 +63,14 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     before = _drop_counters(host)
     _remove_stale_probes(root)
     root.run(["ip", "netns", "add", ns])
-    lease, resolved, drops = None, False, []
+    lease, resolved, drops, suspected, untraced = None, False, [], [], ""
     try:
         host.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         host.run(["ip", "link", "set", "dev", veth, "master", s.bridge, "up"])
         client.run(["ip", "link", "set", "dev", "lo", "up"])
         # Only another table's chain that can drop is worth a trace (a host with Proximity's table alone has none).
-        tracing = Trace(host, s.bridge, veth, client_mac(s)) if suspects(listing) else nullcontext()
+        suspected = suspects(listing)
+        tracing = Trace(host, s.bridge, veth, client_mac(s)) if suspected else nullcontext()
         with tracing:
             client.run(["ip", "link", "set", "dev", "eth0", "address", client_mac(s), "up"])
             tries = max(1, int(timeout // 2))
@@ -83,6 +84,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
                 resolved = client.resolve(f"{s.service_name}-probe.{s.domain}", str(s.gateway.ip),
                                           timeout=1.0, attempts=2) is not None
         drops = tracing.drops if isinstance(tracing, Trace) else []
+        untraced = tracing.error if isinstance(tracing, Trace) else ""
     finally:
         # The namespace's deletion takes the veth with it, but later (asynchronously): deleting it first frees
         # its name for the next probe of this process at once.
@@ -95,6 +97,11 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     what = "DHCP (udp 67)" if not lease else "DNS (port 53)"
     drop = _dropped(drops, "udp 67" if not lease else "port 53")
     cause, reason, fix = _blocker(host, s, before, what, bool(lease), drop, drops)
+    policies = [c for c in suspected if c.policy == "drop"]
+    if cause == "no_answer" and untraced and policies:  # the trace could not run: name the likely ones
+        cause, fix = "firewall_drop", f"let DHCP and DNS from {s.bridge} through there; {fix}"
+        reason += (f"; {', '.join(c.where for c in policies)}: policy drop (what its rules do not accept), and the "
+                   f"probe could not trace its packets to tell which ({untraced})")
     named = drop is not None and drop.where in reason  # not when the iptables counters named the rule
     return ProbeResult(False, time.time(), lease, resolved, reason, fix, cause, digest,
                        f"{drop.family} {drop.table} {drop.chain}" if named else "")

@@ -227,6 +227,8 @@ class Trace:
         # The monitor subscribes within milliseconds; rules added before that go unseen, so the tables
         # are filled again (one transaction) until the monitor reports the last rule.
         def listening() -> bool:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"`nft monitor` exited at once (status {self._proc.returncode})")
             for with_bridge in (True, False):  # no bridge family in this kernel: the inet table alone
                 text = _ruleset(self.name, self.bridge, self.port, self.mac, with_bridge)
                 result = self.host.query(["nft", "-f", "-"], input=text)
