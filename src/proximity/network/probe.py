@@ -62,15 +62,16 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
     digest = host_rules_digest(host, listing)
     before = _drop_counters(host)
     _remove_stale_probes(root)
-    root.run(["ip", "netns", "add", ns])
-    lease, resolved, drops, suspected, untraced = None, False, [], [], ""
+    # Only another table's chain that can drop is worth a trace (a host with Proximity's table alone has none);
+    # its monitor starts while the client is set up.
+    suspected = suspects(listing)
+    tracing = Trace(host, s.bridge, veth, client_mac(s)).launch() if suspected else nullcontext()
+    lease, resolved, drops, untraced = None, False, [], ""
     try:
+        root.run(["ip", "netns", "add", ns])
         host.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         host.run(["ip", "link", "set", "dev", veth, "master", s.bridge, "up"])
         client.run(["ip", "link", "set", "dev", "lo", "up"])
-        # Only another table's chain that can drop is worth a trace (a host with Proximity's table alone has none).
-        suspected = suspects(listing)
-        tracing = Trace(host, s.bridge, veth, client_mac(s)) if suspected else nullcontext()
         with tracing:
             client.run(["ip", "link", "set", "dev", "eth0", "address", client_mac(s), "up"])
             tries = max(1, int(timeout // 2))
@@ -86,6 +87,8 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
         drops = tracing.drops if isinstance(tracing, Trace) else []
         untraced = tracing.error if isinstance(tracing, Trace) else ""
     finally:
+        if isinstance(tracing, Trace):
+            tracing.close()
         # The namespace's deletion takes the veth with it, but later (asynchronously): deleting it first frees
         # its name for the next probe of this process at once.
         host.ip("link", "delete", "dev", veth, check=False)

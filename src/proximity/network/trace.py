@@ -203,10 +203,21 @@ class Trace:
         self._reader: threading.Thread | None = None
         self._families: list[str] = []  # of the tables it added
 
-    def __enter__(self) -> Trace:
+    def launch(self) -> Trace:
+        """Start the monitor now, so that its start overlaps the caller's own set-up (optional)."""
         try:
-            self._start()
+            self._launch()
         except Exception as exc:  # tracing is a diagnosis: the probe runs without it
+            self.error = f"cannot trace: {exc}"
+        return self
+
+    def __enter__(self) -> Trace:
+        if self._proc is None and not self.error:
+            self.launch()
+        try:
+            if not self.error:
+                self._start()
+        except Exception as exc:
             self.error = f"cannot trace: {exc}"
             self._stop()
         return self
@@ -215,15 +226,21 @@ class Trace:
         self._stop()
         self.drops = parse(self.lines)
 
-    def _start(self) -> None:
-        # A trace table left by a killed probe: the probe deletes it before it starts (remove_stale); this
-        # pid's own is replaced whole.
+    def close(self) -> None:
+        """Stop a monitor that was launched but never entered (the caller failed in between); idempotent."""
+        self._stop()
+
+    def _launch(self) -> None:
         # setpriv (util-linux) makes it die with this process (a kill -9 included); timeout bounds it anyway.
         argv = self.host.describe(["setpriv", "--pdeathsig", "TERM", "timeout", str(MONITOR_LIMIT), "nft", "monitor"])
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
         self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
         self._reader.start()
+
+    def _start(self) -> None:
+        # A trace table left by a killed probe: the probe deletes it before it starts (remove_stale); this
+        # pid's own is flushed and filled again.
         # The monitor subscribes within milliseconds; rules added before that go unseen, so the tables
         # are filled again (one transaction) until the monitor reports the last rule.
         def listening() -> bool:
