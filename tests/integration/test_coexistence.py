@@ -162,6 +162,10 @@ def test_another_tables_rule_that_drops_dns_is_named_with_its_rule(network, fami
         assert not probe["ok"] and f"table {family} other-fw, chain input" in probe["observed"], probe
         assert "DNS" in probe["observed"] and "udp dport 53 drop" in probe["observed"], probe
         assert f"ip netns exec {sb.name} nft insert rule {family} other-fw input" in probe["fix"], probe
+        # The fix, as printed, works.
+        subprocess.run(["bash", "-c", probe["fix"].split("`")[-2]], check=True, timeout=10)
+        fixed = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)
+        assert fixed["health_status"] == "healthy", fixed["reasons"]
     finally:
         sandboxes.ns_run(sb.name, ["nft", "delete", "table", family, "other-fw"], check=False)
     healed = json.loads(proximity("status", "--sandbox", sb.name, "--json").stdout)

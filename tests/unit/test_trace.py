@@ -78,3 +78,22 @@ def test_a_trace_table_is_no_rule_of_the_host():
     traced = [*base, {"table": {"family": "inet", "name": f"{PREFIX}9"}}, chain(f"{PREFIX}9", "pre", "prerouting")]
     assert is_trace_object(traced[1]) and is_trace_object(traced[2]) and not is_trace_object(base[0])
     assert rules_digest("", {"nftables": base}) == rules_digest("", {"nftables": traced})
+
+
+def test_the_fix_names_the_chain_and_works_in_its_family():
+    from proximity.network.probe import _nft_blocker
+    from proximity.network.trace import Drop
+    from proximity.settings import load_settings
+
+    s = load_settings()
+    pve = Drop("inet", "proxmox-firewall", "input", "policy drop", "DHCP (udp 67)")
+    cause, reason, fix = _nft_blocker(s, pve, "DHCP (udp 67)", [pve, Drop("inet", "proxmox-firewall", "input",
+                                                                          "policy drop", "a router solicitation")])
+    assert cause == "pve_firewall_drop" and "Proxmox API token" in fix
+    assert reason.endswith("(its policy drop); it also drops a router solicitation"), reason
+    other = Drop("bridge", "guard", "in", 'udp dport 67 drop', "DHCP (udp 67)")
+    cause, reason, fix = _nft_blocker(s, other, "DHCP (udp 67)", [other])
+    assert cause == "firewall_drop" and "table bridge guard, chain in" in reason and "rule `udp dport 67 drop`" in reason
+    assert "nft insert rule bridge guard in ip daddr '{ 10.10.0.1, 255.255.255.255 }'" in fix, fix
+    inet = Drop("ip", "guard", "in", "policy drop", "a packet")
+    assert "nft insert rule ip guard in iifname \"prox-net\"" in _nft_blocker(s, inet, "DNS (port 53)", [inet])[2]

@@ -192,9 +192,11 @@ def _nft_blocker(s: Settings, drop: Drop, what: str, drops: list[Drop]) -> tuple
         reason += f"; it also drops {', '.join(also)}"
     if drop.proxmox:
         return "pve_firewall_drop", f"the Proxmox firewall (proxmox-firewall): {reason}", _pve_fix(s)
-    match = f'meta ibrname "{s.bridge}"' if drop.family == "bridge" else f'iifname "{s.bridge}"'
-    allow = s.host_command(f"nft insert rule {drop.family} {drop.table} {drop.chain} {match} "
-                           "meta l4proto '{ tcp, udp }' th dport '{ 53, 67, 547 }' accept")
+    if drop.family == "bridge":  # the bridge family sees the ports, not the bridge (and ibrname is not everywhere)
+        match = f"ip daddr '{{ {s.gateway.ip}, 255.255.255.255 }}' meta l4proto '{{ tcp, udp }}' th dport '{{ 53, 67 }}'"
+    else:
+        match = f"iifname \"{s.bridge}\" meta l4proto '{{ tcp, udp }}' th dport '{{ 53, 67, 547 }}'"
+    allow = s.host_command(f"nft insert rule {drop.family} {drop.table} {drop.chain} {match} accept")
     return ("firewall_drop", f"another firewall drops what containers need: {reason}",
             f"let DHCP and DNS from {s.bridge} through in the tool that owns table {drop.family} {drop.table}, "
             f"or: `{allow}`")
