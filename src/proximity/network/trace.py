@@ -5,8 +5,8 @@ An accept in Proximity's table cannot cancel another table's drop (proxmox-firew
 those tables keep no counters. So while the probe runs, a short-lived table of its own,
 ``inet proximity-trace-<pid>`` (and ``bridge proximity-trace-<pid>``, for the bridge family's
 chains), sets ``meta nftrace`` at the earliest priority on the probe client's frames and on the
-host's DHCP/DNS replies onto the bridge; ``nft monitor trace`` then reports every chain's
-verdict. The tables are deleted at the end; tables of a probe that was killed (its pid is dead)
+host's DHCP/DNS replies onto the bridge; ``nft monitor`` then reports every chain's verdict
+(IPv4 and IPv6 alike: the client's router solicitations and neighbour discovery are traced too). The tables are deleted at the end; tables of a probe that was killed (its pid is dead)
 are deleted by the next one. The monitor runs under ``timeout`` and gets SIGTERM when its
 parent dies (``setpriv --pdeathsig``), so it does not outlive a killed probe.
 
