@@ -36,6 +36,8 @@ class FakeLink:
 
 
 class FakeHost(Host):
+    nft_in_process = False  # nft goes through the commands this host models
+
     def __init__(self, bridge: str, netns: str = "fake"):
         super().__init__(netns)
         self.bridge = bridge  # whose address dnsmasq binds

@@ -59,6 +59,7 @@ class Host:
     """The real machine, or one network namespace of it."""
 
     dry_run = False
+    nft_in_process = True  # nftables through libnftables where it loads (a stand-in host says no)
 
     def __init__(self, netns: str | None = None):
         self.netns = netns
