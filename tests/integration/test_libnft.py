@@ -142,3 +142,14 @@ def test_kill_9_of_an_in_process_apply_leaves_the_old_table_or_the_new_one(env, 
         assert now in (old, new), "a mix of the two tables"
         seen.add("new" if now == new else "old")
     assert killed  # which table each kill left depends on timing; either is right
+
+
+def test_without_a_namespace_to_check_in_the_check_is_nft_c(env, monkeypatch):
+    """unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN (a dry run as a user): the check falls back to ``nft -c``."""
+    def refused(*args):
+        raise libnft.NftError("unshare: Operation not permitted")
+    monkeypatch.setattr(libnft, "check", refused)
+    with pytest.raises(HostError, match="nft refused the ruleset.*/dev/stdin:"):
+        apply(env, nft.render_table(spec()).replace("masquerade\n", "masqeurade\n", 1))
+    apply(env, nft.render_table(spec()))
+    assert "table inet proximity" in tables(NS)

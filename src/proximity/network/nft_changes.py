@@ -115,7 +115,10 @@ def check_ruleset(host, lib, text: str, path: Path) -> str | None:
     """None if nft accepts ``text``, else nft's error. In-process (libnft.check: committed in a private,
     empty namespace), else ``nft -c``; in dry runs too: either touches nothing of the host."""
     if lib is not None:
-        return libnft.check(lib, text, str(path))
+        try:
+            return libnft.check(lib, text, str(path))
+        except libnft.NftError:  # no namespace of its own to check in (not root, say): `nft -c`
+            pass
     try:
         check = host.query(["nft", "-c", "-f", "-"], input=text)
     except HostError as exc:  # no nft binary
