@@ -115,25 +115,42 @@ def check(lib: ctypes.CDLL, text: str, name: str) -> str | None:
         os.close(fd)
 
 
-def apply(lib: ctypes.CDLL, path: str, netns: str | None, saved: dict) -> dict:
+def apply(lib: ctypes.CDLL, path: str, netns: str | None, saved: dict,
+          first: Callable[[], None] = lambda: None) -> dict:
     """``nft -f path`` (one transaction) in ``netns`` (None: this process's own namespace); returns
-    ``nft -j list ruleset`` read right after, in the same context. Just before the transaction,
-    ``saved["table"]`` gets the table as ``nft list table`` prints it (None: there was none), for an
-    undo. NftError when the kernel refuses the batch (it aborted it: nothing changed)."""
-    def work(ctx: Context) -> dict:
+    ``nft -j list ruleset`` read right after, in the same context. ``first()`` runs in the caller's
+    thread while the worker enters the namespace and lists the table (the check, the file): the
+    transaction waits for it, and does not happen if it raises. Just before the transaction,
+    ``saved["table"]`` gets the table as ``nft list table`` printed it (None: there was none), for
+    an undo. NftError when the kernel refuses the batch (it aborted it: nothing changed)."""
+    go, state = threading.Event(), {}
+
+    def work(ctx: Context) -> dict | None:
         try:
-            saved["table"] = ctx.run(f"list table {TABLE}")
+            table = ctx.run(f"list table {TABLE}")
         except NftError:  # no such table
-            saved["table"] = None
+            table = None
+        go.wait()
+        if not state.get("go"):
+            return None
+        saved["table"] = table
         ctx.run_file(path)
         return json.loads(ctx.run("list ruleset", json_output=True) or "{}")
-    return _in_thread(lib, netns or "", work)
+
+    def alongside() -> None:
+        try:
+            first()
+            state["go"] = True
+        finally:
+            go.set()
+    return _in_thread(lib, netns or "", work, alongside)
 
 
-def _in_thread(lib: ctypes.CDLL, netns: str | None, work: Callable[[Context], object]):
+def _in_thread(lib: ctypes.CDLL, netns: str | None, work: Callable[[Context], object],
+               alongside: Callable[[], None] = lambda: None):
     """``work(context)`` in a fresh thread, in namespace ``netns`` ("": the caller's, None: a new empty
-    one). Returns as soon as ``work`` does; the context is freed after, in that thread (the close may
-    wait out the old table's destruction, which the caller need not)."""
+    one), while the caller runs ``alongside()``. Returns as soon as ``work`` does; the context is freed
+    after, in that thread (the close may wait out the old table's destruction; the caller need not)."""
     done, box = threading.Event(), {}
 
     def run() -> None:
@@ -150,7 +167,10 @@ def _in_thread(lib: ctypes.CDLL, netns: str | None, work: Callable[[Context], ob
                 ctx.free()
 
     threading.Thread(target=run, name="libnft", daemon=True).start()
-    done.wait()
+    try:
+        alongside()
+    finally:
+        done.wait()
     if "error" in box:
         raise box["error"]
     return box["value"]

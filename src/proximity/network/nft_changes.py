@@ -146,25 +146,29 @@ class ApplyRuleset(Change):
     def apply(self, env: Env) -> None:
         host, state = env.host, env.settings.ruleset_state_file
         lib = libnft.library() if host.nft_in_process else None
-        refused = check_ruleset(host, lib, self.text, self.path)
-        if refused is not None:
-            raise HostError(f"nft refused the ruleset for {self.path} (`nft -c`), so the table was not changed: "
-                            f"{refused}")
-        self._saved["state"] = _read(env, state)
-        self._saved["applied"] = True
-        WriteFile(self.path, self.text, self.before).apply(env)
+
+        def check_and_write() -> None:
+            refused = check_ruleset(host, lib, self.text, self.path)
+            if refused is not None:
+                raise HostError(f"nft refused the ruleset for {self.path} (`nft -c`), so the table was not "
+                                f"changed: {refused}")
+            self._saved["state"] = _read(env, state)
+            self._saved["applied"] = True
+            WriteFile(self.path, self.text, self.before).apply(env)
+
         if lib is None or host.dry_run:
+            check_and_write()
             self._saved["table"] = live_table(env)
             host.run(["nft", "-f", str(self.path)])
             listing = None if host.dry_run else list_ruleset(host)[0]
         else:
-            try:  # `nft -f FILE`, in-process
-                listing = libnft.apply(lib, str(self.path), host.netns, self._saved)
+            try:  # `nft -f FILE` in-process; the worker gets into the namespace while this checks
+                listing = libnft.apply(lib, str(self.path), host.netns, self._saved, check_and_write)
             except libnft.NftError as exc:
                 raise HostError(f"nft could not load {self.path}, so the table was not changed: {exc}") from None
         if listing is not None:
             record = {"rendered": nft.digest(self.text), "live": digest_of(listing)}
-            host.write_text(state, json.dumps(record) + "\n")
+            host.write_text(state, json.dumps(record) + "\n", durable=False)  # lost in a crash: applied again
 
     def undo(self, env: Env) -> None:
         if not self._saved.get("applied"):
