@@ -37,6 +37,7 @@ class Check:
     observed: str  # what was seen, in plain words
     fix: str = ""  # the whole fix, for this host (a sandbox by name); empty when ok
     severity: str = "error"  # "error": something is broken; "warning": it does not break the network by itself
+    zone: str = "prox-net"  # the zone it is about (the host's own checks say the default zone)
 
     def as_dict(self) -> dict:
         return asdict(self)

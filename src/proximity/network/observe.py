@@ -28,7 +28,7 @@ from proximity.network.intent import read as read_intent
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
-from proximity.network.probe import list_ruleset, rules_digest
+from proximity.network.probe import list_ruleset, probe_name, rules_digest
 from proximity.network.reservations import Reservation, Reservations
 from proximity.network.stanzas import SourcedFile, source_patterns, sourced_files
 from proximity.settings import Settings
@@ -233,8 +233,7 @@ def _with_probes(host: Host, settings: Settings, obs: Observation, probes: Probe
     if probes is None:
         link = obs.link(settings.bridge)
         answering = (dns_process is not None and link is not None and (settings.bridge, settings.gateway) in addresses
-                     and host.resolve(f"{settings.service_name.replace('@', '-')}-probe.{settings.domain}",
-                                      str(settings.gateway.ip)) is not None)
+                     and host.resolve(probe_name(settings), str(settings.gateway.ip)) is not None)
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
                           "probes": probes, "last_probe": load_probe(host, settings)})

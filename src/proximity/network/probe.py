@@ -82,7 +82,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
             if found:
                 lease = found.group(1)
                 client.run(["ip", "address", "add", f"{lease}/{s.subnet.prefixlen}", "dev", "eth0"])
-                resolved = client.resolve(f"{s.service_name}-probe.{s.domain}", str(s.gateway.ip),
+                resolved = client.resolve(probe_name(s), str(s.gateway.ip),
                                           timeout=1.0, attempts=2) is not None
         drops = tracing.drops if isinstance(tracing, Trace) else []
         untraced = tracing.error if isinstance(tracing, Trace) else ""
@@ -153,6 +153,11 @@ def _remove_stale_probes(root: Host) -> None:
         pid = name.removeprefix("pxprobe-")
         if name.startswith("pxprobe-") and pid.isdigit() and not root.alive(int(pid)):
             root.query(["ip", "netns", "delete", name])
+
+
+def probe_name(settings: Settings) -> str:
+    """The name the probe asks for (any answer, NXDOMAIN too, shows dnsmasq answers): one per zone."""
+    return f"{settings.service_name.replace('@', '-')}-probe.{settings.domain}"
 
 
 def client_mac(settings: Settings) -> str:
