@@ -107,3 +107,17 @@ def test_the_uplink_keeps_accepting_router_advertisements(v6):
     value = sandboxes.ns_run(sb.name, ["sysctl", "-n", "net.ipv6.conf.all.forwarding", "net.ipv6.conf.vmbr0.accept_ra"])
     forwarding, accept_ra = value.stdout.split()
     assert forwarding == "1" and accept_ra == "2"
+
+
+def test_a_host_with_ipv6_disabled_refuses_an_ipv6_zone_with_the_fix(v6):
+    sb, *_ = v6
+    key = "net.ipv6.conf.all.disable_ipv6"
+    sandboxes.ns_run(sb.name, ["sysctl", "-qw", f"{key}=1"])
+    try:
+        refused = proximity("zone", "create", "six", "--subnet", "10.32.0.0/24", "--sandbox", sb.name, check=False)
+        assert refused.returncode == 2, refused
+        assert "IPv6 is disabled" in refused.stderr and f"sysctl -w {key}=0" in refused.stderr
+        assert 'zones.six.ipv6' in refused.stderr and "Traceback" not in refused.stderr
+        assert "six" not in sb.settings().zones_file.read_text()  # nothing was written
+    finally:
+        sandboxes.ns_run(sb.name, ["sysctl", "-qw", f"{key}=0"])
