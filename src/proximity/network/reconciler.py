@@ -138,10 +138,23 @@ class NetworkManager:
 
     def verdict(self, obs: Observation, view: ZoneSettings | None = None) -> NetworkStatus:
         """The health of the default zone (or ``view``'s), judged against the host's whole table."""
-        return health(view or self.default_zone(obs), obs, self.firewall_spec(obs))
+        view = view or self.default_zone(obs)
+        return health(view, obs, self.firewall_spec(obs), self.pending(obs).get(view.zone, []))
 
-    def _plan_up(self, mode: Mode) -> Plan:
-        obs = self.observe()
+    def pending(self, obs: Observation) -> dict[str, list[str]]:
+        """What `up` would change now, by zone: health's "healthy" means nothing is pending here."""
+        default = default_view(self.settings).zone
+        try:
+            plan = self._plan_up("heal", obs)
+        except ProximityError as exc:  # a refusal: `up` would change nothing, and say why
+            return {default: [str(exc).splitlines()[0]]}
+        found: dict[str, list[str]] = {}
+        for index, change in enumerate(plan.changes):
+            found.setdefault(plan.zone_of(index) or default, []).append(change.describe())
+        return found
+
+    def _plan_up(self, mode: Mode, obs: Observation | None = None) -> Plan:
+        obs = obs or self.observe()
         intent = intents.read(self.host, self.settings)
         default, zones, state_change = self.zone_views(obs, skip=intent.zones_down if mode == "heal" else ())
         peers = self.settings.peers
