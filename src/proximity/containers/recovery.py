@@ -87,12 +87,13 @@ def mac_of(container: Container) -> str | None:
 
 def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Container], *, bridge: str,
                  alive: Callable[[Intent], bool], strays: Iterable[Path] = (),
-                 interrupted_only: bool = False) -> list[Repair]:
+                 interrupted_only: bool = False, reserved_elsewhere: Iterable[str] = ()) -> list[Repair]:
     """The repairs, in the order they should run.
 
     ``alive(intent)`` says whether the process of an intent still runs. With
     ``interrupted_only`` only interrupted operations are settled (crash recovery); otherwise
-    every orphan is (garbage collection).
+    every orphan is (garbage collection). ``reserved_elsewhere``: the MACs other zones' reservations hold
+    (MACs are unique across the host): a container with one is that zone's, never adopted here.
     """
     reservations, containers = list(reservations), list(containers)
     by_mac = {mac: c for c in containers if (mac := mac_of(c))}
@@ -113,7 +114,7 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
         elif r.intent is not None or r.vmid != container.vmid:
             repairs.append(Repair(LINK, r, container, start=start))
     if not interrupted_only:
-        reserved = {r.mac for r in reservations}
+        reserved = {r.mac for r in reservations} | set(reserved_elsewhere)
         repairs += [Repair(ADOPT, container=c) for c in containers
                     if Net0.parse(c.net0 or "").get("bridge") == bridge and mac_of(c)
                     and mac_of(c) not in reserved]
