@@ -32,7 +32,7 @@ from proximity.errors import HostError, NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import AdmissionError, Intent, Reservation, Reservations
-from proximity.network.zone_views import zone_view_of
+from proximity.network.zone_views import zone_view_of, zone_views
 from proximity.revert import Reverter
 from proximity.settings import SettingsError
 from proximity.spec.view import ZoneSettings
@@ -78,7 +78,9 @@ class ContainerManager(Migration, Move):
         """What ``create`` would reserve and send, after the same admission checks; changes nothing."""
         base_net0 = self.network.get_container_network_config(hostname, self.settings)
         self.network.require_up(self.settings)  # before `proximity up`, a create could only fail after making the container
-        if any(c.hostname.lower() == hostname.lower() for c in self.backend.list()):  # DNS ignores case
+        others = {v.bridge for v in zone_views(self.network)} - {self.settings.bridge}  # a name is unique per zone
+        if any(c.hostname.lower() == hostname.lower() and Net0.parse(c.net0 or "").get("bridge") not in others
+               for c in self.backend.list()):  # DNS ignores case
             raise AdmissionError(f"a container named {hostname!r} already exists: pick another hostname")
         reservation = self.reservations.reserve(hostname, self._leases(), save=False)
         return reservation, f"{base_net0},hwaddr={reservation.mac}"
@@ -259,7 +261,8 @@ class ContainerManager(Migration, Move):
         elsewhere = {mac for macs in self.reservations.macs_elsewhere().values() for mac in macs}
         return plan_repairs(self.reservations.all(), self._with_net0(self.backend.list()), bridge=self.settings.bridge,
                             alive=Intent.alive, strays=strays, interrupted_only=interrupted_only,
-                            reserved_elsewhere=elsewhere)
+                            reserved_elsewhere=elsewhere,
+                            other_bridges={v.bridge for v in zone_views(self.network)} - {self.settings.bridge})
 
     def _with_net0(self, containers: list[Container]) -> list[Container]:
         """Containers as recovery needs them, with net0 (and so the MAC): a listing without it (Proxmox's
