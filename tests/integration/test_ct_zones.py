@@ -101,7 +101,7 @@ def test_create_in_a_zone_then_move_it_keeping_its_mac(zoned):
 
     moved = cli_json(sb, "ct", "move", "app-1", "--zone", "db")
     assert moved["mac"] == app["mac"] and moved["ip"].startswith("10.30.0.") and moved["zone"] == "db"
-    assert f"bridge=pz-db" in backend.get_net0(app["vmid"]) and f"hwaddr={app['mac']}" in backend.get_net0(app["vmid"]).lower()
+    assert "bridge=pz-db" in backend.get_net0(app["vmid"]) and f"hwaddr={app['mac']}" in backend.get_net0(app["vmid"]).lower()
     assert reserved(sb, "web") == [] and reserved(sb, "db") == ["app-1"]
     assert leased(sb, "db", app["mac"]) == moved["ip"]  # its new lease, at once (the move waited for it)
     assert leased(sb, "web", app["mac"]) is None  # the old one released

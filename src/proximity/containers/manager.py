@@ -9,9 +9,7 @@ one interrupted by kill -9 is finished or undone by :meth:`ContainerManager.reco
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 from proximity.containers.base import (
@@ -28,12 +26,12 @@ from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEAS
 from proximity.containers.migration import Migration, MigrationError, MigrationReport
 from proximity.containers.move import Move
 from proximity.containers.rebuild import Rebuilt, rebuild
-from proximity.errors import HostError, NotFoundError, ProximityError
+from proximity.errors import NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import AdmissionError, Intent, Reservation, Reservations
 from proximity.network.zone_views import zone_view_of, zone_views
-from proximity.revert import Reverter
+from proximity.revert import Reverter, reverting as _reverting
 from proximity.settings import SettingsError
 from proximity.spec.view import ZoneSettings
 
@@ -380,20 +378,6 @@ class ContainerManager(Migration, Move):
         zone = self.settings.zone if bridge == self.settings.bridge else None
         return ContainerInfo(container.vmid, container.hostname, container.state, mac and mac.lower(), ip, dns_name,
                              bridge, container.backend, zone)
-
-
-@contextlib.contextmanager
-def _reverting(what: str) -> Iterator[Reverter]:
-    """A Reverter whose undo problems are not lost: they join the error (a HostError then)."""
-    with Reverter() as revert:
-        try:
-            yield revert
-        except Exception as exc:
-            if revert.fail():
-                raise HostError(f"{exc}; undoing {what} also failed: {'; '.join(revert.failures)} "
-                                "(`proximity gc` removes what is left)") from exc
-            raise
-        revert.success()
 
 
 def _static_ip(net0: Net0) -> str | None:
