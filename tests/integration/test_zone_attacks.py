@@ -153,6 +153,8 @@ def test_a_damaged_zones_json_stops_every_change_and_names_the_file(sb):
     ("[zones.web]\nsubnet = 'bad'", "zones.web.subnet"),
     ("[zones.Web]", "zone name 'Web'"),
     ("[zones.web]\nbogus = 1", "'bogus' is not a setting"),
+    ("[zones.prox-net]", "is the default zone"),
+    (f"peers = [['web', 'nosuch']]\n[zones.web]\nsubnet = '{WEB_NET}'\nipv6 = 'off'", "'nosuch', which is no zone"),
 ])
 def test_a_damaged_zones_toml_is_refused_naming_that_file(sb, bad, says):
     path = sb.dnsmasq_conf.parent / "zones.toml"
@@ -171,6 +173,15 @@ def test_a_zone_in_both_files_is_refused_naming_both(sb, tmp_path):
     env = {"PROXIMITY_CONFIG": str(config)}
     for args in (("up",), ("zone", "create", "db", "--ipv6", "off")):
         refused(sb, *args, env=env, says=("web", str(config), "zones.toml", "keep one"))
+
+
+def test_a_peer_in_proximity_toml_names_existing_zones_and_keeps_its_zone(sb, tmp_path):
+    config = tmp_path / "proximity.toml"
+    config.write_text('peers = [["web", "wbe"]]\n')  # misspelt: it would peer nothing, silently
+    refused(sb, "up", env={"PROXIMITY_CONFIG": str(config)}, says=("'wbe', which is no zone", str(config)))
+    config.write_text('peers = [["web", "prox-net"]]\n')
+    refused(sb, "zone", "delete", "web", "--force", env={"PROXIMITY_CONFIG": str(config)},
+            says=("zone web is peered in", str(config), "delete the pair"))
 
 
 def test_what_cannot_be_done_to_zones_is_refused(sb):
