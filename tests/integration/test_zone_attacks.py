@@ -133,6 +133,16 @@ def test_a_bridge_declared_by_the_admin_is_refused_naming_the_stanza(sb):
         theirs.unlink(missing_ok=True)
 
 
+def test_two_long_names_with_one_hashed_bridge_are_refused(sb):
+    """pz- + the first 6 characters + 20 bits of hash: these two names share pz-longzo_5b9ed."""
+    assert run(sb, "zone", "create", "longzone-2055", "--ipv6", "off").returncode == 0
+    try:
+        refused(sb, "zone", "create", "longzone-2447", "--ipv6", "off",
+                says=("pz-longzo_5b9ed is zone longzone-2055's bridge too", "rename zone longzone-2447"))
+    finally:
+        assert run(sb, "zone", "delete", "longzone-2055").returncode == 0
+
+
 def test_a_damaged_zones_json_stops_every_change_and_names_the_file(sb):
     path = sb.state_dir / "zones.json"
     good = path.read_bytes() if path.exists() else None  # none: web's subnet is given and nothing has IPv6
