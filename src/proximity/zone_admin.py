@@ -74,6 +74,10 @@ class ZoneAdmin:
             self._require_zone(s, name)
             raise ConflictError(f"zone {name} is declared in {config_file()}, which is yours: run "
                                 f"`{s.command(f'down --zone {name} --purge')}`, then delete its table from that file")
+        theirs = [p for p in s.peers if name in p and tuple(sorted(p)) not in _peers(data)]
+        if theirs:  # the pair would name a zone that is gone, and every later command would refuse it
+            raise ConflictError(f"zone {name} is peered in {config_file()} ({', '.join(map(str, map(list, theirs)))}), "
+                                "which is yours: delete the pair from its peers list first; nothing was changed")
         manager = NetworkManager(s, dry_run=self.dry_run)
         view = _view(manager, name)
         users = [f"CT {r.vmid} {r.hostname}" if r.vmid else r.hostname for r in Reservations(view, manager.host).all()]

@@ -15,6 +15,7 @@ import tomli_w
 
 from proximity.errors import SettingsError
 from proximity.setting_sources import config_file
+from proximity.spec.config import parse_zone
 
 
 def read_zones_file(path: Path) -> dict[str, Any]:
@@ -31,6 +32,18 @@ def read_zones_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise SettingsError(f"{path}: {', '.join(sorted(unknown))} is not for this file: it holds only "
                             "zones.NAME tables, peers and the default zone's ipv6")
+    # Checked here, so that a mistake is named in this file (the merged settings would blame proximity.toml,
+    # and a `zones` that is no table would be dropped there without a word).
+    zones = data.get("zones", {})
+    if not isinstance(zones, dict) or not all(isinstance(table, dict) for table in zones.values()):
+        raise SettingsError(f"{path}: zones = {zones!r} is not a set of [zones.NAME] tables; fix the file, or move "
+                            "it away (it holds the zones `proximity zone create` made)")
+    for name, table in zones.items():
+        try:
+            parse_zone(name, table)
+        except ValueError as exc:
+            raise SettingsError(f"{path}: {exc}; fix the table zones.{name} in that file (it holds the zones "
+                                "`proximity zone create` made)") from None
     return data
 
 

@@ -40,7 +40,14 @@ def check_zone(v: ZoneSettings, obs: Observation, host_text: str) -> list[str]:
                 f"line `source {v.interfaces_file.parent}/*` to {host_file} (Proxmox's own file has it), then run "
                 "`proximity up`"]
     check_subnet_free(v, obs, host_text)
-    return safety.refusals(v, obs)
+    # A further zone's bridge declared in the host's own file (which ``obs.sourced`` does not hold):
+    # ifupdown2 would merge that stanza with the zone's, as safety.declared_elsewhere says of sourced files.
+    theirs = [] if v.is_default else [st for st in interfaces.parse_stanzas(host_text, marked=False)
+                                      if st.name == v.bridge]
+    return [*(f"{v.host.interfaces_file} declares {v.bridge} (`iface {v.bridge} {st.family} ...`), the bridge of "
+              f"zone {v.zone}: ifupdown2 would merge that stanza with the zone's, so the bridge is not Proximity's "
+              f"alone. Delete or rename that stanza, or give the zone another name, then run `proximity up`"
+              for st in theirs), *safety.refusals(v, obs)]
 
 
 def plan_zone_up(v: ZoneSettings, obs: Observation, mode: str, warnings: list[str],

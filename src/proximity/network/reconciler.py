@@ -83,7 +83,7 @@ class NetworkManager:
         if not s.zones and s.ipv6 == "off":
             return None, []
         path = state_file(s)
-        text = self.host.read_text(path)
+        text = self.host.read_text(path, errors="replace")  # a bad byte is damage parse_state names, with the fix
         state = parse_state(text, str(path))
         uplink = s.uplink or obs.default_route_link()
         spec = resolve(s, state, host_claims((*obs.addresses, *obs.addresses6), (*obs.routes, *obs.routes6), uplink))

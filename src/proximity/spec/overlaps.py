@@ -50,7 +50,8 @@ class Footprint:
         if what == "bridge":
             return f"rename zone {self.zone} (its bridge comes from its name)"
         key = {"subnet": "subnet", "IPv6 subnet": "ipv6", "domain": "domain"}[what]
-        return f"pick another {key} for zone {self.zone} (zones.{self.zone}.{key} in proximity.toml)"
+        return (f"pick another {key} for zone {self.zone} (zones.{self.zone}.{key} in proximity.toml, or "
+                f"`proximity zone create|set {self.zone} --{key} ...` for a zone Proximity keeps in zones.toml)")
 
 
 def host_claims(addresses: Iterable[tuple[str, IPInterface]],
