@@ -54,7 +54,10 @@ class NftError(Exception):
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """libnftables with its prototypes declared, or None (not installed, or too old)."""
+    """libnftables with its prototypes declared, or None (not installed, too old, or turned off with
+    ``PROXIMITY_LIBNFTABLES=off``: then the nft binary does the check and the apply)."""
+    if os.environ.get("PROXIMITY_LIBNFTABLES") == "off":
+        return None
     try:
         lib = ctypes.CDLL(SONAME)
         for name, (restype, argtypes) in _SIGNATURES.items():
