@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field
 
 from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, check_hostname
+from proximity.spec.naming import ZONE_NAME_RE
 
 
 # The hostname check's syntax for the schema: a label, not all digits, not a reserved name (any case).
@@ -40,6 +41,22 @@ class Initialize(BaseModel):
     dry_run: bool = False
 
 
+ZONE_PATTERN = f"^{ZONE_NAME_RE.pattern}$"
+
+
+class CreateZone(BaseModel):
+    # The syntax here; what the values mean (overlaps, ranges, prefixes) is checked by `zone create`'s own
+    # checks, a 400 naming the field.
+    name: str = Field(max_length=32, pattern=ZONE_PATTERN,
+                      description="1 to 32 of a-z, 0-9 and '-', starting with a letter, e.g. web")
+    subnet: str | None = Field(None, max_length=43, description="IPv4 subnet, e.g. 10.20.0.0/24 (default: a free /24)")
+    domain: str | None = Field(None, max_length=253, description="DNS domain (default: NAME.internal)")
+    dhcp_range: str | None = Field(None, max_length=64, description="inside the subnet, e.g. 10.20.0.100-10.20.0.250")
+    ipv6: str | None = Field(None, max_length=64, description="auto (a /64 of the host's ULA prefix), off, or a routed /64")
+    host_services: bool | None = Field(None, description="may the zone reach the host's own services (ssh, 8006)")
+    dry_run: bool = False
+
+
 class Problem(BaseModel):
     detail: str
 
@@ -47,7 +64,7 @@ class Problem(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {  # documented on every operation (schemathesis checks them)
     400: {"model": Problem, "description": "Refused: a setting or the request body is wrong; `detail` says why"},
     401: {"model": Problem, "description": "Missing or wrong bearer token"},
-    404: {"model": Problem, "description": "No such container or job"},
+    404: {"model": Problem, "description": "No such container, job or zone"},
     409: {"model": Problem, "description": "Refused: name in use, pool full, or the backend refused"},
     413: {"model": Problem, "description": "The request body is over 1 MiB"},
     500: {"model": Problem, "description": "An operation failed on the host (a command, a full disk); `detail` says what"},
