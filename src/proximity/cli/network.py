@@ -75,8 +75,8 @@ def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = N
            api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
     """Show whether the managed network is healthy, every zone, read from netlink and /proc.
 
-    Exit status (with --json too), the worst zone's: 0 healthy (or down as requested beside healthy zones),
-    1 degraded or unhealthy, 3 every zone down as requested (`proximity down`), 2 refused input.
+    Exit status (with --json too), the worst zone's: 0 healthy, 1 degraded or unhealthy, 3 down as requested
+    (`proximity down`; only when every zone is), 2 refused input. A zone down on purpose beside healthy ones is 0.
     """
     if api:
         data = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/status", api_ca, insecure_http)
