@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from proximity.settings import LABEL_RE, RESERVED_HOSTNAMES, check_hostname
 from proximity.spec.naming import ZONE_NAME_RE
+
+# Body booleans are StrictBool: JSON true or false, never 0.0 read as false (found by fuzzing).
 
 
 # The hostname check's syntax for the schema: a label, not all digits, not a reserved name (any case).
@@ -29,32 +31,39 @@ class CreateContainer(BaseModel):
     memory: int = Field(256, ge=16, le=1048576, description="MiB")
     cores: int = Field(1, ge=1, le=8192)
     template: str | None = Field(None, max_length=255)
-    start: bool = True
+    start: StrictBool = True
 
 
 class Migrate(BaseModel):
-    dry_run: bool = False
+    dry_run: StrictBool = False
     timeout: float = Field(60, gt=0, le=3600)
 
 
 class Initialize(BaseModel):
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 ZONE_PATTERN = f"^{ZONE_NAME_RE.pattern}$"
+# The syntax of a zone's fields for the schema. Their meaning is checked by `zone create`'s own checks: a
+# range inside its subnet, no overlap with the host or the other zones, a /64 the host can route (a 400
+# naming the field: no schema can say these, as they relate the fields to each other and to the host).
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 
 
 class CreateZone(BaseModel):
-    # The syntax here; what the values mean (overlaps, ranges, prefixes) is checked by `zone create`'s own
-    # checks, a 400 naming the field.
     name: str = Field(max_length=32, pattern=ZONE_PATTERN,
                       description="1 to 32 of a-z, 0-9 and '-', starting with a letter, e.g. web")
-    subnet: str | None = Field(None, max_length=43, description="IPv4 subnet, e.g. 10.20.0.0/24 (default: a free /24)")
-    domain: str | None = Field(None, max_length=253, description="DNS domain (default: NAME.internal)")
-    dhcp_range: str | None = Field(None, max_length=64, description="inside the subnet, e.g. 10.20.0.100-10.20.0.250")
-    ipv6: str | None = Field(None, max_length=64, description="auto (a /64 of the host's ULA prefix), off, or a routed /64")
-    host_services: bool | None = Field(None, description="may the zone reach the host's own services (ssh, 8006)")
-    dry_run: bool = False
+    subnet: str | None = Field(None, pattern=rf"^{_IPV4}/(?:[0-9]|[12][0-9]|3[0-2])$",
+                               description="IPv4 subnet, e.g. 10.20.0.0/24 (the gateway is .1); default: a free /24")
+    domain: str | None = Field(None, max_length=253, pattern="^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$",
+                               description="DNS domain of two labels or more (default: NAME.internal)")
+    dhcp_range: str | None = Field(None, pattern=rf"^{_IPV4}-{_IPV4}$",
+                                   description="inside the subnet, e.g. 10.20.0.100-10.20.0.250 (needs subnet)")
+    ipv6: str | None = Field(None, max_length=43, pattern="^(?:auto|off|[0-9A-Fa-f:]{2,39}/64)$",
+                             description="auto (a /64 of the host's ULA prefix; the default), off, or a routed /64")
+    host_services: StrictBool | None = Field(None, description="may the zone reach the host's own services (ssh, 8006)")
+    dry_run: StrictBool = False
 
 
 class Problem(BaseModel):
