@@ -26,8 +26,8 @@ from proximity.api.models import DRY_RUN, ZONE_PATTERN, CreateZone, Initialize
 from proximity.errors import NotFoundError, ProximityError
 from proximity.network.health import NetworkStatus
 from proximity.network.zone_status import with_default, zone_row
-from proximity.spec.naming import DEFAULT_ZONE
 from proximity.settings import Settings
+from proximity.spec.naming import DEFAULT_ZONE
 from proximity.spec.view import ZoneSettings
 from proximity.zones_file import read_zones_file
 
@@ -164,7 +164,7 @@ def zone_routes(context: Context, auth: list) -> APIRouter:
     def _change(dry_run: bool, kind: str, target: str, act) -> Any:
         from proximity.zone_admin import ZoneAdmin
 
-        load = lambda: current_settings(context)  # noqa: E731
+        load = lambda: current_settings(context)
         plan: Report = act(ZoneAdmin(load, dry_run=True))  # admission: 400/404/409 now
         if dry_run:
             return JSONResponse({"data": plan.as_dict()}, status_code=200)
