@@ -6,6 +6,8 @@ jobs: list and status, create, peer, unpeer and delete as jobs (dry runs change 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +19,7 @@ from proximity.host import wait_for
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import Reservations
 from proximity.settings import load_settings
+from proximity.zones_file import read_zones_file, render_zones_file
 from tests.integration.test_api import follow
 from tests.integration.tools import nft_table, proximity
 
@@ -145,6 +148,41 @@ def test_the_heal_keeps_a_zone_the_cli_made_behind_its_back(api):
     assert job["status"] == "succeeded", job
     assert "tmp" not in rows(client) and "pz-tmp" not in nft_table(sb.name)
     assert "tmp" not in cli_zones(sb)
+
+
+def heal_waits_for_the_lock() -> bool:
+    """The service's heal is blocked on the host lock (its thread's stack, read as it is now)."""
+    thread = next((t for t in threading.enumerate() if t.name == "proximity-reconcile"), None)
+    frame = sys._current_frames().get(thread.ident) if thread else None
+    names = set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return {"heal", "lock"} <= names
+
+
+def test_a_heal_queued_behind_a_zone_create_builds_the_new_zone(api):
+    """The heal reads zones.toml again under the host lock: one that waited while `zone create` held it
+    (having read the settings before) builds the new zone rather than converging without it."""
+    sb, client, context = api
+    settings, heal, reports = context.settings, context.heal, []
+    context.heal = lambda: reports.append(heal()) or reports[-1]  # every heal's own report, in order
+    try:
+        with context.network.host.lock(settings.lock_file, what="the test"):  # as `zone create` holds it
+            context.wake()
+            assert wait_for(heal_waits_for_the_lock, timeout=30), "the heal never queued behind the lock"
+            queued = len(reports)  # the index of the queued heal's report
+            data = read_zones_file(settings.zones_file)  # what `zone create late` writes first
+            tables = {**data.get("zones", {}), "late": {"subnet": "10.30.0.0/24", "ipv6": "off"}}
+            settings.zones_file.write_text(render_zones_file(tables, data.get("peers", []), data.get("ipv6")))
+        assert wait_for(lambda: len(reports) > queued, timeout=60)
+    finally:
+        context.heal = heal
+    assert any("pz-late" in action for action in reports[queued]["actions"]), reports[queued]
+    assert "pz-late" in nft_table(sb.name)
+    job = follow(client, client.delete("/api/v1/zones/late").json()["job"])
+    assert job["status"] == "succeeded", job
+    assert "pz-late" not in nft_table(sb.name)
 
 
 def test_delete_is_refused_while_in_use_then_deletes_with_force(api):

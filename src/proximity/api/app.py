@@ -32,7 +32,7 @@ from proximity.api.door import STATUS_PATH, Door
 from proximity.api.info import sentence, system_info
 from proximity.api.jobs import Job, JobRunner, StreamsFull
 from proximity.api.models import DRY_RUN, ERRORS, CreateContainer, Initialize, Migrate, Problem
-from proximity.api.zones import ZoneStatuses, follow_zones, status_body, zone_routes
+from proximity.api.zones import ZoneStatuses, follow_zones, followed, status_body, zone_routes
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.doctor import doctor_dict, run_doctor
@@ -69,6 +69,7 @@ class Context:
         self.status = StatusSnapshot(self.network)
         self.zones = ZoneStatuses(self)
         self.zones_seen = read_zones_file(settings.zones_file)  # what ``settings`` were loaded with (follow_zones)
+        followed(self, self.network)
         self._status_json: tuple[NetworkStatus, dict[str, Any], bytes] | None = None
 
     def status_json(self, wait: bool = False) -> bytes | None:

@@ -31,11 +31,13 @@ from proximity.spec.naming import DEFAULT_ZONE
 from proximity.spec.view import ZoneSettings
 from proximity.zones_file import read_zones_file
 
+from proximity.network.reconciler import NetworkManager, Report
+
 if TYPE_CHECKING:
     from proximity.api.app import Context
-    from proximity.network.reconciler import Report
 
 log = logging.getLogger(__name__)
+_following = threading.Lock()
 ZoneName = Annotated[str, Path(max_length=32, pattern=ZONE_PATTERN)]
 
 
@@ -82,22 +84,36 @@ def follow_zones(context: Context) -> None:
     """Take up a change of zones.toml (a zone the CLI or a zone job made, changed or deleted): the heal and
     every reading then see every zone. A damaged file changes nothing here (status names it)."""
     from proximity.containers.manager import ContainerManager
-    from proximity.network.reconciler import NetworkManager
     from proximity.zone_admin import rezoned
 
-    try:
-        now = read_zones_file(context.settings.zones_file)
-        if now == context.zones_seen:
+    with _following:  # request threads and the heal may follow at once
+        try:
+            now = read_zones_file(context.settings.zones_file)
+            if now == context.zones_seen:
+                return
+            settings = rezoned(context.settings, context.zones_seen, now)
+        except ProximityError as exc:
+            log.warning("zones.toml is not taken up: %s", exc)
             return
-        settings = rezoned(context.settings, context.zones_seen, now)
-    except ProximityError as exc:
-        log.warning("zones.toml is not taken up: %s", exc)
-        return
-    context.settings, context.zones_seen = settings, now
-    context.network = context.status.network = NetworkManager(settings)
-    if context._containers is not None:
-        context._containers = ContainerManager(context.network, context._containers.backend)
+        context.settings, context.zones_seen = settings, now
+        context.network = context.status.network = followed(context, NetworkManager(settings))
+        if context._containers is not None:
+            context._containers = ContainerManager(context.network, context._containers.backend)
     context.zones.invalidate()
+
+
+def followed(context: Context, manager: NetworkManager) -> NetworkManager:
+    """``manager``, whose heal reads zones.toml again under the host lock (a `zone create` may hold it)."""
+    from proximity.zone_admin import rezoned
+
+    def follow(s: Settings) -> Settings:
+        try:
+            return rezoned(s, context.zones_seen, read_zones_file(s.zones_file))
+        except ProximityError:  # a damaged file: as the service knew it (status names the file)
+            return s
+
+    manager.follow = follow
+    return manager
 
 
 def current_settings(context: Context) -> Settings:
