@@ -93,7 +93,8 @@ def test_zone_status_has_the_status_routes_shape(api):
     ({"name": "bad", "domain": "-x-"}, "domain", 400),
     ({"name": "web"}, "web", 409),
     ({"name": "prox-net"}, "prox-net", 409),
-    ({"name": "Bad_Name"}, "name", 422),  # the schema's own check, as for every body
+    ({"name": "Bad_Name"}, "zone name", 400),
+    ({"name": "web", "subnet": 24}, "subnet", 422),  # not a string: the schema's own check, as for every body
 ])
 def test_bad_input_is_refused_at_once_naming_the_field(api, body, field, status):
     _, client, context = api

@@ -44,24 +44,28 @@ class Initialize(BaseModel):
 
 
 ZONE_PATTERN = f"^{ZONE_NAME_RE.pattern}$"
-# The syntax of a zone's fields for the schema. Their meaning is checked by `zone create`'s own checks: a
-# range inside its subnet, no overlap with the host or the other zones, a /64 the host can route (a 400
-# naming the field: no schema can say these, as they relate the fields to each other and to the host).
+# A zone's fields: their syntax is in the schema only; `zone create`'s own checks read them, so a wrong
+# value is a 400 in the CLI's words, naming the field. A value of the right syntax may still be refused
+# (a range outside its subnet, an overlap with the host or another zone): no schema can say that.
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 
 
+def _syntax(pattern: str) -> dict[str, Any]:
+    return {"json_schema_extra": {"pattern": pattern}}
+
+
 class CreateZone(BaseModel):
-    name: str = Field(max_length=32, pattern=ZONE_PATTERN,
-                      description="1 to 32 of a-z, 0-9 and '-', starting with a letter, e.g. web")
-    subnet: str | None = Field(None, pattern=rf"^{_IPV4}/(?:[0-9]|[12][0-9]|3[0-2])$",
-                               description="IPv4 subnet, e.g. 10.20.0.0/24 (the gateway is .1); default: a free /24")
-    domain: str | None = Field(None, max_length=253, pattern="^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$",
-                               description="DNS domain of two labels or more (default: NAME.internal)")
-    dhcp_range: str | None = Field(None, pattern=rf"^{_IPV4}-{_IPV4}$",
-                                   description="inside the subnet, e.g. 10.20.0.100-10.20.0.250 (needs subnet)")
-    ipv6: str | None = Field(None, max_length=43, pattern="^(?:auto|off|[0-9A-Fa-f:]{2,39}/64)$",
-                             description="auto (a /64 of the host's ULA prefix; the default), off, or a routed /64")
+    name: str = Field(max_length=32, description="1 to 32 of a-z, 0-9 and '-', starting with a letter, e.g. web",
+                      **_syntax(ZONE_PATTERN))
+    subnet: str | None = Field(None, max_length=18, description="IPv4 subnet, e.g. 10.20.0.0/24 (the gateway is .1); "
+                               "default: a free /24", **_syntax(rf"^{_IPV4}/(?:[0-9]|[12][0-9]|3[0-2])$"))
+    domain: str | None = Field(None, max_length=253, description="DNS domain of two labels or more (default: "
+                               "NAME.internal)", **_syntax("^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"))
+    dhcp_range: str | None = Field(None, max_length=31, description="inside the subnet, e.g. "
+                                   "10.20.0.100-10.20.0.250 (needs subnet)", **_syntax(rf"^{_IPV4}-{_IPV4}$"))
+    ipv6: str | None = Field(None, max_length=43, description="auto (a /64 of the host's ULA prefix; the default), "
+                             "off, or a routed /64", **_syntax("^(?:auto|off|[0-9A-Fa-f:]{2,39}/64)$"))
     host_services: StrictBool | None = Field(None, description="may the zone reach the host's own services (ssh, 8006)")
     dry_run: StrictBool = False
 
