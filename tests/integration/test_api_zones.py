@@ -6,6 +6,7 @@ jobs: list and status, create, peer, unpeer and delete as jobs (dry runs change 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 
@@ -257,3 +258,34 @@ def test_a_zone_down_on_purpose_alerts_nothing_and_status_exits_by_the_worst_zon
         proximity("up", "--sandbox", sb.name)
     context.zones.invalidate()
     assert by_zone(scrape(client)["proximity_network_state"], state="healthy")["db"] == 1
+
+
+def test_status_through_the_running_service_shows_every_zone(api):
+    """`proximity status --api URL`: the default zone's status as ever, every zone from GET /api/v1/zones."""
+    import subprocess
+
+    import httpx
+
+    sb, _, _ = api
+    port = 19000 + os.getpid() % 1000
+    server = subprocess.Popen([sys.executable, "-m", "proximity", "serve", "--sandbox", sb.name, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def answering() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(answering, timeout=30)
+        result = proximity("status", "--json", "--sandbox", sb.name, "--api", url, check=False)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        data = json.loads(result.stdout)
+        assert data["bridge_name"] == "prox-net" and [z["name"] for z in data["zones"]] == ["prox-net", "web", "db"]
+        text = proximity("status", "--sandbox", sb.name, "--api", url).stdout
+        assert "zone db  pz-db" in text and "healthy" in text, text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
