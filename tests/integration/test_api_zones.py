@@ -289,3 +289,26 @@ def test_status_through_the_running_service_shows_every_zone(api):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_damaged_zones_state_leaves_the_default_zone_readable(api):
+    """status shows prox-net and exits 1 naming the file; /metrics still answers for prox-net."""
+    from proximity.spec.state import state_file
+
+    sb, client, context = api
+    path = state_file(context.settings)
+    original = path.read_bytes()
+    path.write_bytes(b"{not json")
+    try:
+        context.zones.invalidate()
+        result = proximity("status", "--json", "--sandbox", sb.name, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (result.stdout, result.stderr)
+        assert str(path) in result.stderr and json.loads(result.stdout)["bridge_name"] == "prox-net"
+        families = scrape(client)
+        assert by_zone(families["proximity_pool_size"]) == {"prox-net": context.settings.pool_size}
+        answer = client.get("/api/v1/zones")
+        assert str(path) in answer.json()["detail"], answer.text  # a damaged host file: named, with its fix
+    finally:
+        path.write_bytes(original)
+    context.zones.invalidate()
+    assert set(by_zone(scrape(client)["proximity_pool_size"])) == {"prox-net", "web", "db"}

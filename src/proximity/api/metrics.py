@@ -32,6 +32,7 @@ from proximity.api.status import iproute_in
 from proximity.network.observe import vmid_of_port
 from proximity.network.reservations import Reservation, Reservations
 from proximity.settings import Settings
+from proximity.spec.view import default_view
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,11 @@ class ProximityCollector(Collector):
 
     def collect(self) -> Iterator:
         context = self.context
-        zones = context.zones.get()  # every zone, the default (prox-net) first with the snapshot's status
+        try:
+            zones = context.zones.get()  # every zone, the default (prox-net) first with the snapshot's status
+        except Exception as exc:  # a damaged zones.json must not break the scrape: the default zone still counts
+            log.warning("metrics: cannot read the zones: %s", exc)
+            zones = [(default_view(context.settings), context.status.get())]
         converge = context.last_converge or {}
 
         def per_zone(name: str, documentation: str, value_of) -> GaugeMetricFamily:

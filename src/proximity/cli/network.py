@@ -81,10 +81,10 @@ def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = N
     if api:
         data = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/status", api_ca, insecure_http)
         rows = remote_call(api, token, sandbox, "GET", "/api/v1/zones", api_ca, insecure_http)
-        st, rows = show_status(RemoteStatus(data, rows), as_json)
+        _, healths = show_status(RemoteStatus(data, rows), as_json)
     else:
-        st, rows = show_status(manager_for(sandbox), as_json, reprobe=True)
-    raise typer.Exit(status_exit([st.health_status, *(row["health"] for row in rows[1:])]))
+        _, healths = show_status(manager_for(sandbox), as_json, reprobe=True)
+    raise typer.Exit(status_exit(healths))
 
 
 class RemoteStatus:
@@ -100,25 +100,33 @@ class RemoteStatus:
         return self.rows
 
 
-def _zone_rows(manager, st) -> list[dict]:
-    """Every zone as `zone list --json` shows it, the default first with ``st``."""
+def _zone_rows(manager, st) -> tuple[list[dict], bool]:
+    """Every zone as `zone list --json` shows it, the default first with ``st``; False: the rest unreadable."""
     if isinstance(manager, RemoteStatus):
-        return manager.zone_rows(st)
+        return manager.zone_rows(st), True
+    from proximity.errors import ProximityError
     from proximity.network.zone_status import with_default, zone_row
+    from proximity.spec.view import default_view
 
-    return [zone_row(view, status) for view, status in with_default(manager, st)]
+    try:
+        return [zone_row(view, status) for view, status in with_default(manager, st)], True
+    except ProximityError as exc:  # a damaged zones.json: the default zone's status still stands, and exits 1
+        err.print(f"[yellow]warning:[/] the further zones cannot be read: {as_text(str(exc))}", highlight=False)
+        return [zone_row(default_view(manager.settings), st)], False
 
 
 COLOURS = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "down": "cyan"}
 
 
 def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
-    """The default zone's table (or JSON, with a "zones" list), then one line per further zone; (st, rows)."""
+    """The default zone's table (or JSON, with a "zones" list), then one line per further zone; (st, every
+    zone's health, an unreadable zones file as unhealthy)."""
     st = manager.status(reprobe=reprobe)
-    rows = _zone_rows(manager, st)
+    rows, readable = _zone_rows(manager, st)
+    healths = [st.health_status, *(row["health"] for row in rows[1:]), *([] if readable else ["unhealthy"])]
     if as_json:
         print_json({**st.as_dict(), "zones": rows})
-        return st, rows
+        return st, healths
     colour = COLOURS[st.health_status]
     table = Table(title=f"{st.bridge_name} status: [{colour}]{st.health_status}[/]", show_header=False)
     yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
@@ -143,7 +151,7 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
         reasons = f": {as_text('; '.join(row['reasons']))}" if row["reasons"] and row["health"] != "healthy" else ""
         out.print(f"zone {row['name']}  {row['bridge']}  {', '.join(row['subnets'])}  "
                   f"[{COLOURS[row['health']]}]{row['health']}[/]{reasons}", highlight=False)
-    return st, rows
+    return st, healths
 
 
 @app.command()
