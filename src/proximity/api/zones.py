@@ -2,9 +2,9 @@
 delete, peer and unpeer as jobs (``dry_run``: the plan at once, nothing changed).
 
 A change is admitted first, as a dry run in the request (a wrong field is a 400 and a clash a 409,
-never a failed job), then runs as a job alone with the service's heal; afterwards the service
-follows zones.toml (:meth:`Context.follow_zones`), so its heal keeps the new zones rather than
-undoing them. Every zone's status is computed at most every few seconds (:class:`ZoneStatuses`);
+never a failed job), then runs as a job alone with the service's heal. The service follows
+zones.toml (:func:`follow_zones`, and its heal under the host lock: :func:`followed`), so a zone made
+by a job or by the CLI is kept by the heal rather than undone. Every zone's status is computed at most every few seconds (:class:`ZoneStatuses`);
 the default zone's is always the status snapshot's, so every surface tells one story.
 """
 
