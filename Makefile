@@ -14,12 +14,16 @@ demo: bootstrap
 	$(PROXIMITY) up --sandbox $(SANDBOX)
 	$(PROXIMITY) ct create nginx-01 --sandbox $(SANDBOX)
 	$(PROXIMITY) ct create wordpress-02 --sandbox $(SANDBOX)
+	$(PROXIMITY) zone create lab --subnet 10.20.0.0/24 --sandbox $(SANDBOX)
+	$(PROXIMITY) ct create api-01 --zone lab --sandbox $(SANDBOX)
 	$(PROXIMITY) ct list --sandbox $(SANDBOX)
+	$(PROXIMITY) zone list --sandbox $(SANDBOX)
 	$(PROXIMITY) status --sandbox $(SANDBOX)
-	@scripts/wait-leases.sh $(SANDBOX) 2
+	@scripts/wait-leases.sh $(SANDBOX) 3
 	$(PROXIMITY) leases --sandbox $(SANDBOX)
 	$(PROXIMITY) ct exec wordpress-02 --sandbox $(SANDBOX) -- nslookup nginx-01.prox.local
 	$(PROXIMITY) ct exec wordpress-02 --sandbox $(SANDBOX) -- wget -qO- http://nginx-01.prox.local
+	@scripts/demo-zones.sh $(SANDBOX)
 	@scripts/demo-serve.sh $(SANDBOX) $(PORT)
 	@echo "The sandbox $(SANDBOX) and the service stay up to explore (see the README); remove them with: make demo-clean"
 

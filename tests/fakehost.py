@@ -36,6 +36,8 @@ class FakeLink:
 
 
 class FakeHost(Host):
+    nft_in_process = False  # nft goes through the commands this host models
+
     def __init__(self, bridge: str, netns: str = "fake"):
         super().__init__(netns)
         self.bridge = bridge  # whose address dnsmasq binds
@@ -83,7 +85,7 @@ class FakeHost(Host):
     def read_text(self, path: Path, errors: str = "strict") -> str | None:
         return self.files.get(str(path))
 
-    def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:
+    def write_text(self, path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
         self._mutate(["write", str(path)])
         self.files[str(path)] = text
 

@@ -13,7 +13,8 @@ reverse, ``success()`` drops them. Used as a context manager, an exception that 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 
 class Reverter:
@@ -54,3 +55,19 @@ class Reverter:
             if exc is not None:
                 for failure in self.failures:
                     exc.add_note(f"undoing also failed: {failure}")
+
+
+@contextlib.contextmanager
+def reverting(what: str) -> Iterator[Reverter]:
+    """A Reverter whose undo problems are not lost: they join the error (a HostError then)."""
+    from proximity.errors import HostError
+
+    with Reverter() as revert:
+        try:
+            yield revert
+        except Exception as exc:
+            if revert.fail():
+                raise HostError(f"{exc}; undoing {what} also failed: {'; '.join(revert.failures)} "
+                                "(`proximity gc` removes what is left)") from exc
+            raise
+        revert.success()

@@ -171,6 +171,37 @@ def test_create_start_and_lease(pair):
     print(f"\ntimings: {', '.join(f'{k} {v:.3f}s' for k, v in TIMINGS.items())}")
 
 
+def test_list_asks_lxc_once(pair, monkeypatch):
+    """list() gives each container the state lxc-info gives it, from one lxc-ls for all; a container
+    lxc-ls cannot see (no config) and a failed lxc-ls fall back to lxc-info per container."""
+    sb, backend, vmids, _ = pair
+    idle = backend.create(ContainerSpec("idle-03", "name=eth0,bridge=prox-net,ip=dhcp"))
+    noconf = backend.create(ContainerSpec("noconf-04", "name=eth0,bridge=prox-net,ip=dhcp"))
+    (backend.lxcpath / str(noconf.vmid) / "config").unlink()
+    try:
+        each = []
+        for vmid in sorted([*vmids.values(), idle.vmid, noconf.vmid]):
+            try:
+                each.append(backend.status(vmid))
+            except BackendError:
+                pass  # list() skips it too
+        assert {c.state for c in each} == {"running", "stopped"}
+        calls: list[str] = []
+        run = backend._run
+        monkeypatch.setattr(backend, "_run", lambda argv, **kw: calls.append(argv[0]) or run(argv, **kw))
+        assert backend.list() == each
+        assert calls == ["lxc-ls", "lxc-info"], calls  # lxc-info for the one without a config only
+
+        def fails() -> set[int]:
+            raise BackendError("lxc-ls failed")
+
+        monkeypatch.setattr(backend, "_running_ids", fails)
+        assert backend.list() == each
+    finally:
+        for vmid in (idle.vmid, noconf.vmid):
+            backend.destroy(vmid)
+
+
 def test_dns_route_and_http_between_containers(pair):
     sb, backend, vmids, ips = pair
     wp = vmids[WORDPRESS]

@@ -5,6 +5,8 @@ and Proxmox's writer over a host with three zones."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 
 import pytest
@@ -14,7 +16,7 @@ from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import Reservations
 from proximity.sandbox import pve_host
 from tests.integration.test_kill import dnsmasqs
-from tests.integration.tools import Listener, connect, nft_table, proximity, resolve
+from tests.integration.tools import Listener, connect, nft_table, proximity, resolve, wait_or_fail
 from tests.unit.pve_rewrite import PveRewrite
 
 WEB_NET, WEB_GW = "10.20.0.0/24", "10.20.0.1"
@@ -110,6 +112,36 @@ def test_the_lan_host_routing_to_every_zone_reaches_none(zoned):
         finally:
             for net, _ in routes:
                 sandboxes.ns_run(sb.lan_ns, ["ip", "route", "del", net], check=False)
+
+
+def test_a_new_zone_reaches_only_dhcp_dns_and_icmp_of_the_host_until_allowed(zoned):
+    """The host's own services (ssh 22, pveproxy 8006, spiceproxy 3128, VNC 5900-5999) are closed to a
+    new zone; prox-net keeps reaching them, as it always could; `zone set --host-services` opens them."""
+    sb, clients = zoned
+    web, default = clients["web"], clients["prox-net"]
+    with Listener(sb.name, "0.0.0.0", 8006), Listener(sb.name, "0.0.0.0", 22), Listener(sb.name, "0.0.0.0", 5901):
+        for port in (8006, 22, 5901):
+            assert connect(web.ns, WEB_GW, port, timeout=1).returncode != 0, port
+            assert connect(default.ns, "10.10.0.1", port).returncode == 0, port
+        assert pings(web.ns, WEB_GW) and resolve(web.ns, "web-1.web.internal", WEB_GW)  # ICMP and DNS stay open
+        proximity("zone", "set", "web", "--host-services", "--sandbox", sb.name)
+        try:
+            assert connect(web.ns, WEB_GW, 8006).returncode == 0
+        finally:
+            proximity("zone", "set", "web", "--no-host-services", "--sandbox", sb.name)
+        assert connect(web.ns, WEB_GW, 8006, timeout=1).returncode != 0
+
+
+def test_the_service_heals_a_zone_whose_dnsmasq_was_killed(zoned):
+    sb, clients = zoned
+    (pid,) = zone_dnsmasqs(sb, "web")
+    os.kill(pid, signal.SIGKILL)
+    wait_or_fail(lambda: zone_dnsmasqs(sb, "web") != [pid] and not os.path.exists(f"/proc/{pid}/cmdline"), 10,
+                 "the killed dnsmasq to be gone")
+    report = NetworkManager(sb.settings()).heal()
+    assert any("start dnsmasq" in action for action in report.actions), report.actions
+    assert len(zone_dnsmasqs(sb, "web")) == 1
+    assert resolve(clients["web"].ns, "web-1.web.internal", WEB_GW) == [clients["web"].ip]
 
 
 def test_down_one_zone_keeps_the_others_and_the_service_leaves_it_down(zoned):

@@ -73,13 +73,13 @@ def connect(ns: str, address: str, port: int, timeout: float = 3) -> subprocess.
     )
 
 
-def resolve(ns: str, name: str, server: str, timeout: float = 2.0) -> list[str]:
-    """A real DNS query for an A record, sent from inside namespace ``ns``; Timeout if nobody answers."""
+def resolve(ns: str, name: str, server: str, timeout: float = 2.0, rdtype: str = "A") -> list[str]:
+    """A real DNS query for an A (or AAAA) record, sent from inside namespace ``ns``; Timeout if nobody answers."""
     import dns.exception
 
     from proximity.host import Host
 
-    found = Host(ns).resolve(name, server, timeout=timeout, attempts=3)
+    found = Host(ns).resolve(name, server, timeout=timeout, attempts=3, rdtype=rdtype)
     if found is None:
         raise dns.exception.Timeout(f"no answer from {server} for {name}")
     return found

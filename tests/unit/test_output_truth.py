@@ -46,7 +46,7 @@ def manager(settings, *containers):
 
 def test_migrate_dry_run_refuses_what_the_real_run_refuses(settings, monkeypatch):
     # The network counts as up here: this test is about admission, not about the intent record.
-    monkeypatch.setattr(NetworkManager, "require_up", lambda self: None)
+    monkeypatch.setattr(NetworkManager, "require_up", lambda self, view=None: None)
     m = manager(settings, Container(120, "legacy-01", "running", "name=eth0,bridge=vmbr0,ip=dhcp", "memory"))
     m.reservations.reserve("legacy-01", [])  # the name is taken on the bridge already
     with pytest.raises(AdmissionError, match="'legacy-01' is already in use"):

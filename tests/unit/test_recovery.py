@@ -183,3 +183,19 @@ def test_gc_converges_in_one_pass_and_never_touches_a_live_operation_or_a_contai
     assert not [r for r in recovered[0] if r.intent and not alive(r.intent)]
     assert [(r.hostname, r.vmid) for r in recovered[0] if not r.intent and r in reservations] == [
         (r.hostname, r.vmid) for r in reservations if not r.intent]
+
+
+def test_across_zones_a_mac_is_one_container():
+    """MACs are unique across the host: a container on another zone's bridge is that zone's. Its MAC reserved
+    there is not adopted here, and a reservation left here by an interrupted `ct move` is released by gc."""
+    moved = ct(101, "app", bridge="pz-db")
+    left = Reservation("app", MAC, "10.10.0.100", 101)
+    repairs = plan_repairs([left], [moved], bridge=BRIDGE, alive=lambda i: True, other_bridges={"pz-db"})
+    assert [(r.kind, r.elsewhere) for r in repairs] == [(RELEASE, "pz-db")]
+    assert "another zone's bridge" in repairs[0].describe() and "pz-db" in repairs[0].orphan
+    assert plan_repairs([left], [moved], bridge=BRIDGE, alive=lambda i: True, other_bridges={"pz-db"},
+                        interrupted_only=True) == []  # crash recovery leaves it to gc
+    here = ct(102, "web", mac="02:00:00:00:00:02")  # on prox-net, its MAC reserved in zone web
+    assert plan_repairs([], [here], bridge=BRIDGE, alive=lambda i: True,
+                        reserved_elsewhere={"02:00:00:00:00:02"}) == []
+    assert [r.kind for r in plan_repairs([], [here], bridge=BRIDGE, alive=lambda i: True)] == [ADOPT]

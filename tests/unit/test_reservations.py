@@ -62,3 +62,50 @@ def test_names_that_differ_only_in_case_are_the_same_name(reservations):
     with pytest.raises(AdmissionError, match="already in use"):
         reservations.reserve("other-box", [foreign])
     assert reservations.settings.reservations_db.read_text() == before
+
+
+# -- MACs are unique across the host's zones ---------------------------------------------------------
+
+def two_zones(tmp_path):
+    """prox-net and web (10.20.0.0/24) as the reservations see them: two files under one state directory."""
+    import dataclasses
+
+    from proximity.spec.config import parse_zone
+    from proximity.spec.state import ZoneState
+    from proximity.spec.zones import resolve
+
+    s = dataclasses.replace(load_settings(state_dir=str(tmp_path), run_dir=str(tmp_path / "run")),
+                            zones=(parse_zone("web", {"subnet": "10.20.0.0/24", "ipv6": "off"}),))
+    default, web = resolve(s, ZoneState()).views()
+    return Reservations(default, Host()), Reservations(web, Host())
+
+
+def test_a_new_reservation_takes_no_mac_another_zone_holds(tmp_path):
+    default, web = two_zones(tmp_path)
+    assert default.settings.reservations_db != web.settings.reservations_db
+    first = default.reserve("app", [])
+    second = web.reserve("app", [])  # the same name in another zone: allowed, with another MAC
+    assert first.mac == stable_mac("app") and second.mac != first.mac
+    assert second.ip.startswith("10.20.0.") and first.ip.startswith("10.10.0.")
+    with pytest.raises(AdmissionError, match=f"MAC {first.mac} is already reserved .*app in zone prox-net"):
+        web.reserve("other", [], first.mac)  # an explicit MAC (migrate, adopt) is checked across zones too
+    with pytest.raises(AdmissionError, match=f"MAC {second.mac} is already reserved .*app in zone web"):
+        default.reserve("other", [], second.mac.upper())
+    assert [r.hostname for r in web.all()] == ["app"]  # refused: nothing written
+
+
+def test_a_move_may_take_the_mac_of_the_zone_it_leaves(tmp_path):
+    default, web = two_zones(tmp_path)
+    old = default.reserve("app", [])
+    moved = web.reserve("app", [], old.mac, move_from="prox-net")
+    assert moved.mac == old.mac and moved.ip.startswith("10.20.0.")
+
+
+def test_a_damaged_file_of_another_zone_refuses_admission_naming_it(tmp_path):
+    from proximity.network.reservations import DamagedReservations
+
+    default, web = two_zones(tmp_path)
+    web.reserve("db-1", [])
+    web.settings.reservations_db.write_text("{")
+    with pytest.raises(DamagedReservations, match=r"reservations\.json of zone web is damaged.*gc --rebuild --zone web"):
+        default.reserve("app", [])

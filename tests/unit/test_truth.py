@@ -18,7 +18,7 @@ from proximity.network.probe import ProbeResult, client_mac, rules_digest
 from proximity.network.reconciler import NetworkManager
 from tests.unit.test_plan import SETTINGS, converged_host, make_settings
 
-SHAPE = {"id", "name", "ok", "severity", "observed", "fix"}
+SHAPE = {"id", "name", "ok", "severity", "observed", "fix", "zone"}  # zone: the zone it is about
 
 
 def status_of(host, settings=SETTINGS):

@@ -93,6 +93,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Change nothing; show the diff of every file and every command.")]
 InterfacesOpt = Annotated[str | None, typer.Option("--interfaces-file", help="The interfaces file to manage.")]
 UplinkOpt = Annotated[str | None, typer.Option("--uplink", help="Interface to masquerade out of (default: the default route's).")]
+ZoneOpt = Annotated[str | None, typer.Option(
+    "--zone", help="The zone (default: prox-net; for a named container, the zone that holds it).")]
 
 ApiOpt = Annotated[str | None, typer.Option(
     "--api", envvar="PROXIMITY_API_URL",

@@ -8,8 +8,9 @@ import typer
 
 from proximity import sandbox as sandboxes
 from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, InterfacesOpt, JsonOpt,
-                                  SandboxOpt, Table, TokenOpt, UplinkOpt, app, as_text, changes_host, err, friendly,
-                                  manager_for, out, print_json, remote, remote_call, show_report)
+                                  SandboxOpt, Table, TokenOpt, UplinkOpt, ZoneOpt, app, as_text, changes_host, err,
+                                  friendly, manager_for, out, print_json, remote, remote_call, show_report)
+from proximity.errors import InputError
 from proximity.network.reconciler import NetworkManager
 
 @app.command()
@@ -156,28 +157,43 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
 
 @app.command()
 @friendly
-def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
-           api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
-    """List DHCP leases from dnsmasq's lease file."""
+def leases(sandbox: SandboxOpt = None, as_json: JsonOpt = False, zone: ZoneOpt = None, api: ApiOpt = None,
+           token: TokenOpt = None, api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
+    """List DHCP leases (v4 and v6) from dnsmasq's lease files: every zone's, or --zone's."""
+    from proximity.network.zone_views import zone_view_of, zone_views
+
     manager = manager_for(sandbox)
     if api:
+        if zone:
+            raise InputError("--zone with --api: the service's API lists the default zone's leases only so far",
+                             fix="run `proximity leases --zone ZONE` on the host, or leave out --zone")
         answer = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/leases", api_ca, insecure_http,
                              whole=True)
-        found, warnings = [Fetched(lease) for lease in answer["data"]], answer["warnings"]
+        views = [manager.settings]
+        found = [(manager.settings, Fetched(lease)) for lease in answer["data"]]
+        warnings = answer["warnings"]
     else:
-        found, warnings = manager.leases()
+        views = [zone_view_of(manager, zone)] if zone else list(zone_views(manager))
+        found, warnings = [], []
+        for view in views:
+            held, said = manager.leases(view)
+            found += [(view, lease) for lease in held]
+            warnings += said
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:
-        print_json([lease.as_dict() for lease in found])
+        print_json([{**lease.as_dict(), "zone": getattr(view, "zone", "prox-net")} for view, lease in found])
         return
-    table = Table(title=f"DHCP leases ({manager.settings.leases_file})")
-    for column in ("DNS name", "IP", "MAC", "expires"):
+    title = ", ".join(str(v.leases_file) for v in views)
+    table = Table(title=f"DHCP leases ({title})")
+    for column in ("zone", "DNS name", "IP", "client", "expires"):
         table.add_column(column, no_wrap=True)
-    for lease in found:
-        expires = lease.expires_text()
-        name = f"{lease.hostname}.{manager.settings.domain}" if lease.hostname else "-"
-        table.add_row(name, lease.ip, lease.mac, expires)
+    for view, lease in found:
+        name = f"{lease.hostname}.{view.domain}" if lease.hostname else "-"
+        client = lease.client_text() if hasattr(lease, "client_text") else lease.mac
+        if getattr(lease, "duid", None):
+            client += f" DUID {lease.duid}"
+        table.add_row(getattr(view, "zone", "prox-net"), name, lease.ip, client, lease.expires_text())
     out.print(table)
 
 

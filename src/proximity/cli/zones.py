@@ -17,6 +17,9 @@ SubnetOpt = Annotated[str | None, typer.Option("--subnet", help="IPv4 subnet, e.
 DomainOpt = Annotated[str | None, typer.Option("--domain", help="DNS domain (default: NAME.internal).")]
 RangeOpt = Annotated[str | None, typer.Option("--dhcp-range", help="DHCP range inside the subnet, e.g. 10.20.0.100-10.20.0.250.")]
 Ipv6Opt = Annotated[str | None, typer.Option("--ipv6", help="auto (a /64 of this host's ULA prefix), off, or a routed /64.")]
+ZoneArg = Annotated[str, typer.Argument(help="The zone's name: lowercase letters, digits and '-' (e.g. web).",
+                                         show_default=False)]
+PeerArg = Annotated[str, typer.Argument(help="A zone's name (prox-net is the default zone).", show_default=False)]
 HostServicesOpt = Annotated[bool | None, typer.Option(
     "--host-services/--no-host-services", help="May the zone's containers reach the host's own services (ssh, 8006)?",
     show_default=False)]
@@ -31,7 +34,7 @@ def _admin(sandbox: str | None, dry_run: bool):
 @zone_app.command("create")
 @friendly
 @changes_host("zone create")
-def zone_create(name: str, sandbox: SandboxOpt = None, subnet: SubnetOpt = None, domain: DomainOpt = None,
+def zone_create(name: ZoneArg, sandbox: SandboxOpt = None, subnet: SubnetOpt = None, domain: DomainOpt = None,
                 dhcp_range: RangeOpt = None, ipv6: Ipv6Opt = None, host_services: HostServicesOpt = None,
                 dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Create zone NAME and bring it up (kept in zones.toml, beside proximity.toml)."""
@@ -43,7 +46,7 @@ def zone_create(name: str, sandbox: SandboxOpt = None, subnet: SubnetOpt = None,
 @zone_app.command("set")
 @friendly
 @changes_host("zone set")
-def zone_set(name: str, sandbox: SandboxOpt = None, subnet: SubnetOpt = None, domain: DomainOpt = None,
+def zone_set(name: ZoneArg, sandbox: SandboxOpt = None, subnet: SubnetOpt = None, domain: DomainOpt = None,
              dhcp_range: RangeOpt = None, ipv6: Ipv6Opt = None, host_services: HostServicesOpt = None,
              dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Change zone NAME (`zone set prox-net --ipv6 auto` turns IPv6 on in the default zone)."""
@@ -55,7 +58,7 @@ def zone_set(name: str, sandbox: SandboxOpt = None, subnet: SubnetOpt = None, do
 @zone_app.command("delete")
 @friendly
 @changes_host("zone delete")
-def zone_delete(name: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+def zone_delete(name: ZoneArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
                 force: Annotated[bool, typer.Option(
                     "--force", help="Delete it although containers have reservations there: they are cut off.")] = False,
                 ) -> None:
@@ -66,7 +69,7 @@ def zone_delete(name: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = Fals
 @zone_app.command("peer")
 @friendly
 @changes_host("zone peer")
-def zone_peer(a: str, b: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+def zone_peer(a: PeerArg, b: PeerArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Let zones A and B reach each other (names resolve across by their full name, web.B-domain)."""
     show_report(_admin(sandbox, dry_run).peer(a, b), as_json, f"zone peer {a} {b}")
 
@@ -74,7 +77,7 @@ def zone_peer(a: str, b: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = F
 @zone_app.command("unpeer")
 @friendly
 @changes_host("zone unpeer")
-def zone_unpeer(a: str, b: str, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+def zone_unpeer(a: PeerArg, b: PeerArg, sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Isolate zones A and B from each other again."""
     show_report(_admin(sandbox, dry_run).peer(a, b, join=False), as_json, f"zone unpeer {a} {b}")
 
@@ -101,7 +104,7 @@ def zone_list(sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
 
 @zone_app.command("show")
 @friendly
-def zone_show(name: str, sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
+def zone_show(name: ZoneArg, sandbox: SandboxOpt = None, as_json: JsonOpt = False) -> None:
     """Show zone NAME: its settings, files, service and health with its reasons."""
     from proximity.errors import NotFoundError
     from proximity.network.zone_status import zone_row, zone_statuses

@@ -1,4 +1,5 @@
-"""ContainerManager: containers on prox-net with stable names and addresses (migration: migration.py).
+"""ContainerManager: containers on one zone (prox-net by default) with stable names and addresses
+(migration: migration.py; moving between zones: move.py; finding a container's zone: zoned.py).
 
 It asks the network for ``net0`` and a reservation, refuses what cannot work before
 anything is created (bad or duplicate hostname, full pool), and leaves nothing behind
@@ -8,9 +9,7 @@ one interrupted by kill -9 is finished or undone by :meth:`ContainerManager.reco
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 from proximity.containers.base import (
@@ -25,13 +24,16 @@ from proximity.containers.guest_firewall import allow_dhcp, applies
 from proximity.containers.recovery import (ADOPT, KEEP, LINK, OPERATIONS, RELEASE, REMOVE, Repair, RepairFailure, mac_of,
                                           plan_repairs)
 from proximity.containers.migration import Migration, MigrationError, MigrationReport
+from proximity.containers.move import Move
 from proximity.containers.rebuild import Rebuilt, rebuild
-from proximity.errors import HostError, NotFoundError, ProximityError
+from proximity.errors import NotFoundError, ProximityError
 from proximity.host import wait_for
 from proximity.network.reconciler import NetworkManager
 from proximity.network.reservations import AdmissionError, Intent, Reservation, Reservations
-from proximity.revert import Reverter
+from proximity.network.zone_views import zone_view_of, zone_views
+from proximity.revert import Reverter, reverting as _reverting
 from proximity.settings import SettingsError
+from proximity.spec.view import ZoneSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class ContainerInfo:
     dns_name: str | None
     bridge: str | None
     backend: str
+    zone: str | None = None  # the zone whose bridge it is on (None: on none of Proximity's, e.g. vmbr0)
     note: str | None = None  # how an action went, when that is worth saying (a forced stop)
 
     def as_dict(self) -> dict:
@@ -56,20 +59,28 @@ class NoSuchContainer(NotFoundError, SettingsError):
     """No container has that id or hostname."""
 
 
-class ContainerManager(Migration):
-    def __init__(self, network: NetworkManager, backend: ContainerBackend):
+class ContainerManager(Migration, Move):
+    """One zone's containers (``view``; the default zone's without it). ``network`` is the host's."""
+
+    def __init__(self, network: NetworkManager, backend: ContainerBackend, view: ZoneSettings | None = None):
         self.network, self.backend = network, backend
-        self.settings = network.settings
+        self.settings = view or zone_view_of(network, None)
         self.reservations = Reservations(self.settings, network.host)
+        self.dns = network.env_for(self.settings).dns
+
+    def _leases(self) -> list:
+        return self.network.leases(self.settings)[0]
 
     # -- lifecycle -----------------------------------------------------------------
     def plan_create(self, hostname: str) -> tuple[Reservation, str]:
         """What ``create`` would reserve and send, after the same admission checks; changes nothing."""
-        base_net0 = self.network.get_container_network_config(hostname)
-        self.network.require_up()  # before `proximity up`, a create could only fail after making the container
-        if any(c.hostname.lower() == hostname.lower() for c in self.backend.list()):  # DNS ignores case
+        base_net0 = self.network.get_container_network_config(hostname, self.settings)
+        self.network.require_up(self.settings)  # before `proximity up`, a create could only fail after making the container
+        others = {v.bridge for v in zone_views(self.network)} - {self.settings.bridge}  # a name is unique per zone
+        if any(c.hostname.lower() == hostname.lower() and Net0.parse(c.net0 or "").get("bridge") not in others
+               for c in self.backend.list()):  # DNS ignores case
             raise AdmissionError(f"a container named {hostname!r} already exists: pick another hostname")
-        reservation = self.reservations.reserve(hostname, self.network.leases()[0], save=False)
+        reservation = self.reservations.reserve(hostname, self._leases(), save=False)
         return reservation, f"{base_net0},hwaddr={reservation.mac}"
 
     def create(self, hostname: str, *, memory: int = 256, cores: int = 1, template: str | None = None,
@@ -80,7 +91,7 @@ class ContainerManager(Migration):
         with _reverting(f"the create of {hostname}") as revert:
             with self.reservations.locked():
                 planned, net0 = self.plan_create(hostname)
-                reservation = self.reservations.reserve(hostname, self.network.leases()[0], planned.mac,
+                reservation = self.reservations.reserve(hostname, self._leases(), planned.mac,
                                                         intent=Intent.begin("create", start=start))
             made: list[int] = []  # the container, while it exists: its reservation must then stay
             revert.add(f"release the reservation of {hostname}", lambda: made or self._forget(hostname, reservation))
@@ -199,10 +210,18 @@ class ContainerManager(Migration):
         """A container by id or hostname."""
         if ref.isascii() and ref.isdigit():  # "²".isdigit() is true too
             return int(ref)
-        matches = [c.vmid for c in self.backend.list() if c.hostname == ref]
+        matches = [c for c in self.backend.list() if c.hostname == ref]
         if not matches:
             raise NoSuchContainer(f"no container with id or hostname {ref!r}", fix="see `proximity ct list`")
-        return matches[0]
+        if len(matches) > 1:  # a name is unique per zone: this zone's own first
+            reservations = self.reservations.all()
+            matches = [c for c in matches if self._in_zone(c, reservations)] or matches
+        return matches[0].vmid
+
+    def _in_zone(self, container: Container, reservations: list[Reservation]) -> bool:
+        bridge = Net0.parse(container.net0).get("bridge") if container.net0 else None
+        return bridge == self.settings.bridge or (bridge is None and self._reservation_of(container, reservations)
+                                                  is not None)
 
     def _target(self, ref: str) -> tuple[Container | None, Reservation | None]:
         """The container ``ref`` names and its reservation; or, when the container is gone, its reservation."""
@@ -237,8 +256,11 @@ class ContainerManager(Migration):
     def plan_repairs(self, interrupted_only: bool = False) -> list[Repair]:
         """Every orphan and its repair (see proximity.containers.recovery); changes nothing."""
         strays = self.backend.strays() if hasattr(self.backend, "strays") else []
+        elsewhere = {mac for macs in self.reservations.macs_elsewhere().values() for mac in macs}
         return plan_repairs(self.reservations.all(), self._with_net0(self.backend.list()), bridge=self.settings.bridge,
-                            alive=Intent.alive, strays=strays, interrupted_only=interrupted_only)
+                            alive=Intent.alive, strays=strays, interrupted_only=interrupted_only,
+                            reserved_elsewhere=elsewhere,
+                            other_bridges={v.bridge for v in zone_views(self.network)} - {self.settings.bridge})
 
     def _with_net0(self, containers: list[Container]) -> list[Container]:
         """Containers as recovery needs them, with net0 (and so the MAC): a listing without it (Proxmox's
@@ -263,7 +285,7 @@ class ContainerManager(Migration):
         with self.reservations.locked():
             result = rebuild(s, host.read_text(s.dhcp_hosts_file, errors="replace"),
                              host.read_text(s.addn_hosts_file, errors="replace"),
-                             self._with_net0(self.backend.list()), self.network.leases()[0])
+                             self._with_net0(self.backend.list()), self._leases())
             if not dry_run:
                 kept = self.reservations.replace_all(result.reservations)
                 result.notes.append(f"the damaged file is kept as {kept}" if kept else
@@ -302,8 +324,8 @@ class ContainerManager(Migration):
             self._release(r)
         elif repair.kind == ADOPT:
             mac = mac_of(c)
-            self.network.get_container_network_config(c.hostname)  # an RFC 1123 name, or refuse
-            leases = [lease for lease in self.network.leases()[0] if lease.mac != mac]  # its own lease is fine
+            self.network.get_container_network_config(c.hostname, self.settings)  # an RFC 1123 name, or refuse
+            leases = [lease for lease in self._leases() if lease.mac != mac]  # its own lease is fine
             self.reservations.reserve(c.hostname, leases, mac)
             self.reservations.assign(c.hostname, c.vmid)
         elif repair.kind == REMOVE:
@@ -313,7 +335,7 @@ class ContainerManager(Migration):
     # -- names ---------------------------------------------------------------------
     def _wait_resolvable(self, reservation: Reservation, timeout: float = 5) -> None:
         """After SIGHUP, dnsmasq answers for the new name within milliseconds; make sure of it."""
-        if self.network.dns.running_pid() is None:
+        if self.dns.running_pid() is None:
             return  # nothing to ask; `proximity status` reports the missing service
         name = f"{reservation.hostname}.{self.settings.domain}"
         if not wait_for(lambda: self.lookup(name) == [reservation.ip], timeout, interval=0.05):
@@ -353,22 +375,9 @@ class ContainerManager(Migration):
         mac = (reservation.mac if reservation else net0.get("hwaddr")) or None
         ip = reservation.ip if reservation else _static_ip(net0)
         dns_name = f"{reservation.hostname}.{self.settings.domain}" if reservation else None
+        zone = self.settings.zone if bridge == self.settings.bridge else None
         return ContainerInfo(container.vmid, container.hostname, container.state, mac and mac.lower(), ip, dns_name,
-                             bridge, container.backend)
-
-
-@contextlib.contextmanager
-def _reverting(what: str) -> Iterator[Reverter]:
-    """A Reverter whose undo problems are not lost: they join the error (a HostError then)."""
-    with Reverter() as revert:
-        try:
-            yield revert
-        except Exception as exc:
-            if revert.fail():
-                raise HostError(f"{exc}; undoing {what} also failed: {'; '.join(revert.failures)} "
-                                "(`proximity gc` removes what is left)") from exc
-            raise
-        revert.success()
+                             bridge, container.backend, zone)
 
 
 def _static_ip(net0: Net0) -> str | None:

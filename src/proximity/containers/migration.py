@@ -15,6 +15,7 @@ from proximity.containers.base import BackendError, ContainerLocked, Net0, Still
 from proximity.containers.guest_firewall import allow_dhcp, applies
 from proximity.host import wait_for
 from proximity.network.reservations import Reservation
+from proximity.network.zone_views import zone_views
 from proximity.revert import Reverter
 from proximity.settings import SettingsError
 
@@ -59,9 +60,12 @@ class Migration:
         old = Net0.parse(container.net0)
         if old.get("bridge") == self.settings.bridge:
             raise SettingsError(f"CT {vmid} ({container.hostname}) is already on {self.settings.bridge}")
+        if old.get("bridge") in {v.bridge for v in zone_views(self.network)}:
+            raise SettingsError(f"CT {vmid} ({container.hostname}) is on {old.get('bridge')}, a bridge of another zone",
+                                fix=f"move it with `proximity ct move {vmid} --zone {self.settings.zone}`")
         name = dns_label(container.hostname)  # Proxmox allows an FQDN hostname; DNS on the bridge uses its first label
-        self.network.get_container_network_config(name)  # an RFC 1123 name or refuse
-        self.network.require_up()  # before `proximity up` the move could only fail and roll back
+        self.network.get_container_network_config(name, self.settings)  # an RFC 1123 name or refuse
+        self.network.require_up(self.settings)  # before `proximity up` the move could only fail and roll back
         can_snapshot = self.backend.can_snapshot(vmid)
         snapshot = f"proximity_premigrate_{time.strftime('%Y%m%d%H%M%S')}" if can_snapshot else None
         was_running = container.state == "running"
@@ -83,7 +87,7 @@ class Migration:
                          "rollback is config-only (the old net0 is written back; files are not rolled back)")
 
         if dry_run:  # the same admission the real run makes (name or address in use, a full pool), saving nothing
-            planned = self.reservations.reserve(name, self.network.leases()[0], old.get("hwaddr"), save=False)
+            planned = self.reservations.reserve(name, self._leases(), old.get("hwaddr"), save=False)
             report.new_net0 = self._migrated_net0(old, planned.mac)
             for text in [*notes, f"reserve {planned.ip} and the name {name} for MAC {planned.mac}", f"snapshot CT {vmid} as {snapshot}" if snapshot else "take no snapshot",
                          f"shut down CT {vmid} (stop by force if it takes over 30 s)" if was_running
@@ -96,7 +100,7 @@ class Migration:
         for text in notes:
             step(text)
         with self.reservations.locked():  # refused (name or address in use): nothing has changed
-            reservation = self.reservations.reserve(name, self.network.leases()[0], old.get("hwaddr"))
+            reservation = self.reservations.reserve(name, self._leases(), old.get("hwaddr"))
             self.reservations.assign(name, vmid)
         with Reverter() as revert:
             revert.add(f"release the reservation of {name}", lambda: self._forget(name, reservation))
@@ -161,7 +165,7 @@ class Migration:
 
     def _verify_on_network(self, reservation: Reservation, timeout: float) -> None:
         def leased() -> bool:
-            return any(l.mac == reservation.mac and l.ip == reservation.ip for l in self.network.leases()[0])
+            return any(l.mac == reservation.mac and l.ip == reservation.ip for l in self._leases())
 
         if not wait_for(leased, timeout, interval=0.1):
             raise BackendError(f"no DHCP lease for {reservation.mac} ({reservation.ip}) within {timeout:.0f} s")

@@ -41,6 +41,7 @@ class Repair:
     container: Container | None = None  # LINK, KEEP, ADOPT
     path: Path | None = None  # REMOVE
     start: bool = False  # LINK, KEEP: start the container (the create asked for it; the destroy stopped it)
+    elsewhere: str | None = None  # RELEASE: the other zone's bridge its container is on (an interrupted `ct move`)
 
     @property
     def subject(self) -> str:
@@ -58,6 +59,8 @@ class Repair:
         if self.kind == ADOPT:
             return f"CT {c.vmid} ({c.hostname}) is on the bridge with no reservation (MAC {mac_of(c)})"
         why = f"an interrupted {r.intent.op}" if r.intent else "a reservation"
+        if self.kind == RELEASE and self.elsewhere:
+            return f"{why} of {r.hostname} ({r.ip}, {r.mac}) is left behind: its container is on {self.elsewhere}"
         if self.kind == RELEASE:
             return f"{why} of {r.hostname} ({r.ip}, {r.mac}) has no container"
         if self.kind == KEEP:
@@ -70,8 +73,9 @@ class Repair:
         return {
             LINK: lambda: f"link CT {c.vmid} ({c.hostname}) to its reservation {r.ip}"
                           + (" and start it" if self.start else ""),
-            RELEASE: lambda: f"release the reservation of {r.hostname} ({r.ip}, {r.mac}) and its lease: "
-                             "no container holds it",
+            RELEASE: lambda: f"release the reservation of {r.hostname} ({r.ip}, {r.mac}) and its lease: " + (
+                f"its container is on {self.elsewhere}, another zone's bridge" if self.elsewhere
+                else "no container holds it"),
             KEEP: lambda: f"keep the reservation of {r.hostname}: the interrupted destroy left CT {c.vmid} "
                           "in place" + (", so start it again" if self.start else "") + " (destroy it again to finish)",
             ADOPT: lambda: f"reserve an address and the name {c.hostname} for CT {c.vmid}, on the bridge "
@@ -87,13 +91,18 @@ def mac_of(container: Container) -> str | None:
 
 def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Container], *, bridge: str,
                  alive: Callable[[Intent], bool], strays: Iterable[Path] = (),
-                 interrupted_only: bool = False) -> list[Repair]:
+                 interrupted_only: bool = False, reserved_elsewhere: Iterable[str] = (),
+                 other_bridges: Iterable[str] = ()) -> list[Repair]:
     """The repairs, in the order they should run.
 
     ``alive(intent)`` says whether the process of an intent still runs. With
     ``interrupted_only`` only interrupted operations are settled (crash recovery); otherwise
-    every orphan is (garbage collection).
+    every orphan is (garbage collection). ``reserved_elsewhere``: the MACs other zones' reservations hold
+    (MACs are unique across the host): a container with one is that zone's, never adopted here.
+    ``other_bridges``: the other zones' bridges; a reservation whose container is on one of them was left
+    behind by an interrupted move, and is released (garbage collection only).
     """
+    other_bridges = set(other_bridges)
     reservations, containers = list(reservations), list(containers)
     by_mac = {mac: c for c in containers if (mac := mac_of(c))}
     repairs = []
@@ -106,14 +115,17 @@ def plan_repairs(reservations: Iterable[Reservation], containers: Iterable[Conta
             continue  # an operation this module does not know how to settle
         container = by_mac.get(r.mac)
         start = r.intent is not None and r.intent.start and container is not None and container.state != "running"
+        on = Net0.parse(container.net0 or "").get("bridge") if container is not None else None
         if container is None:
             repairs.append(Repair(RELEASE, r))
+        elif r.intent is None and on in other_bridges:  # (never when interrupted_only: see above)
+            repairs.append(Repair(RELEASE, r, elsewhere=on))
         elif r.intent is not None and r.intent.op == "destroy":
             repairs.append(Repair(KEEP, r, container, start=start))
         elif r.intent is not None or r.vmid != container.vmid:
             repairs.append(Repair(LINK, r, container, start=start))
     if not interrupted_only:
-        reserved = {r.mac for r in reservations}
+        reserved = {r.mac for r in reservations} | set(reserved_elsewhere)
         repairs += [Repair(ADOPT, container=c) for c in containers
                     if Net0.parse(c.net0 or "").get("bridge") == bridge and mac_of(c)
                     and mac_of(c) not in reserved]

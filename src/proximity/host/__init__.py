@@ -59,6 +59,7 @@ class Host:
     """The real machine, or one network namespace of it."""
 
     dry_run = False
+    nft_in_process = True  # nftables through libnftables where it loads (a stand-in host says no)
 
     def __init__(self, netns: str | None = None):
         self.netns = netns
@@ -130,14 +131,15 @@ class Host:
         except (OSError, UnicodeDecodeError) as exc:
             raise HostError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
-    def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:
-        """Atomic write: temp file in the same directory, fsync, rename.
+    def write_text(self, path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
+        """Atomic write: temp file in the same directory, fsync, rename (no fsync if not ``durable``:
+        for a record whose loss after a crash only costs redoing a step).
 
         An existing file keeps its mode and owner. On any failure (a full disk, a read-only
         file system) the old file is intact and a HostError names the path.
         """
         try:
-            self._write_atomic(path, text, mode)
+            self._write_atomic(path, text, mode, durable)
         except OSError as exc:
             hint = {errno.ENOSPC: "free some space on that file system", errno.EROFS: "the file system is read-only",
                     errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno, "check the path and its permissions")
@@ -159,7 +161,7 @@ class Host:
                 return 0 if st.f_files and not st.f_favail else st.f_bavail * st.f_frsize
         return None
 
-    def _write_atomic(self, path: Path, text: str, mode: int) -> None:
+    def _write_atomic(self, path: Path, text: str, mode: int, durable: bool = True) -> None:
         # A symlinked file (configuration management links /etc/network/interfaces) stays a link:
         # the target is replaced, atomically, in the target's own directory.
         path = Path(os.path.realpath(path))
@@ -182,7 +184,8 @@ class Host:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             os.chmod(tmp, mode)
             if owner:
                 os.chown(tmp, *owner)
@@ -191,6 +194,8 @@ class Host:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        if not durable:
+            return
         dirfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dirfd)
@@ -301,8 +306,9 @@ class Host:
     def write_sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-q", "-w", f"{key}={value}"])
 
-    def resolve(self, name: str, server: str, timeout: float = 1.0, attempts: int = 2) -> list[str] | None:
-        """A records of ``name`` asked of ``server`` from inside this host's namespace.
+    def resolve(self, name: str, server: str, timeout: float = 1.0, attempts: int = 2,
+                rdtype: str = "A") -> list[str] | None:
+        """A (or AAAA) records of ``name`` asked of ``server`` from inside this host's namespace.
 
         ``[]`` is an answer without addresses (NXDOMAIN included); None means no answer at all.
         UDP datagrams can be lost, so the query is retried like a stub resolver does.
@@ -312,20 +318,20 @@ class Host:
         import dns.query
         import dns.rdatatype
 
-        query = dns.message.make_query(name, "A")
+        query, wanted = dns.message.make_query(name, rdtype), dns.rdatatype.from_text(rdtype)
         for _ in range(attempts):
             try:
-                with self.udp_socket() as sock:
+                with self.udp_socket(6 if ":" in server else 4) as sock:
                     answer = dns.query.udp(query, server, timeout=timeout, sock=sock)
             except (dns.exception.DNSException, OSError):
                 continue
-            return [item.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for item in rrset]
+            return [item.address for rrset in answer.answer if rrset.rdtype == wanted for item in rrset]
         return None
 
-    def udp_socket(self) -> socket.socket:
+    def udp_socket(self, version: int = 4) -> socket.socket:
         """A non-blocking UDP socket in this host's network namespace (what dnspython expects)."""
         with inside_netns(self.netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         return sock
 

@@ -31,7 +31,7 @@ class DryRunHost(Host):
         self.commands.append(full)
         return Result(full, 0, "", "")
 
-    def write_text(self, path: Path, text: str, mode: int = 0o644) -> None:
+    def write_text(self, path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
         before = self.read_text(path)
         self._written[str(path)] = text
         self.files.append({"path": str(path), "before": before or "", "after": text})

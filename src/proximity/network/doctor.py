@@ -8,7 +8,12 @@ from __future__ import annotations
 from proximity.network import interfaces
 from proximity.network.firewall import accept_chain, filter_chains
 from proximity.network.health import Check
+from proximity.network.probe import list_ruleset
 from proximity.network.reconciler import NetworkManager
+from proximity.network.trace import suspects
+
+# Where another table's drop policy stops what a zone sends to the host (DHCP, DNS, RS, ND, DHCPv6) or through it.
+ZONE_HOOKS = {family: {"prerouting", "input", "forward"} for family in ("inet", "ip", "ip6", "bridge")}
 
 
 def network_checks(manager: NetworkManager) -> list[Check]:
@@ -31,8 +36,29 @@ def network_checks(manager: NetworkManager) -> list[Check]:
     checks.append(_leases_check(manager))
     checks += _port_checks(manager, obs)
     checks += _firewall_policy_checks(manager, st.isolation_configured)
+    checks.append(_other_tables_check(manager))
     checks += _interfaces_file_checks(manager)
-    return checks
+    return checks + zone_checks(manager)
+
+
+def zone_checks(manager: NetworkManager) -> list[Check]:
+    """Every further zone's status checks, each after a fresh end-to-end probe of that zone's own bridge."""
+    from dataclasses import replace
+
+    from proximity.network.probe import probe, save
+    from proximity.network.zone_status import zone_statuses
+
+    obs = manager.observe()
+    _, zones, _ = manager.zone_views(obs)
+    down = obs.intent.zones_down if obs.intent else ()
+    for view, zone_obs in zones:
+        if view.zone not in down and zone_obs.link(view.bridge) is not None:
+            try:
+                save(manager.host, view, probe(manager.host, view))
+            except Exception:  # noqa: BLE001 - a check, not a change: its status says the probe is missing or old
+                pass
+    return [replace(check, zone=view.zone, name=f"zone {view.zone}: {check.name}")
+            for view, status in zone_statuses(manager)[1:] for check in status.checks]
 
 
 def _leases_check(manager: NetworkManager) -> Check:
@@ -80,6 +106,27 @@ def _firewall_policy_checks(manager: NetworkManager, own_rules_ok: bool) -> list
             f"INPUT policy is DROP (ufw/firewalld?): DHCP (udp 67) and DNS (53) to {s.bridge} may be blocked",
             f"if the end-to-end probe fails, allow them: `{allow}`", "warning"))
     return checks
+
+
+def _other_tables_check(manager: NetworkManager) -> Check:
+    """Other nftables tables whose base chains drop by policy where a zone's traffic passes (iptables' own
+    tables are the policy checks above). The end-to-end probe traces which of them drops its packets."""
+    s = manager.settings
+    listing, error = list_ruleset(manager.host)
+    if error:
+        return Check("other_nft_tables", "other nftables tables", False, f"cannot read the ruleset: {error}",
+                     "install nftables (`apt install nftables`)", "warning")
+    dropping = [c for c in suspects(listing, ZONE_HOOKS, with_iptables=False) if c.policy == "drop"]
+    if not dropping:
+        return Check("other_nft_tables", "other nftables tables", True,
+                     "no other nftables table drops by policy at prerouting, input or forward")
+    named = "; ".join(f"{c.where} (hook {c.hook}, policy drop, {c.rules} rule(s))" for c in dropping)
+    return Check("other_nft_tables", "other nftables tables", False,
+                 f"{named}: an accept in Proximity's table cannot cancel another table's drop, so DHCP, DNS, "
+                 f"router solicitations, neighbour discovery and DHCPv6 from {s.bridge} pass only if that table "
+                 "accepts them", "if the end-to-end probe fails, it names the chain that dropped its packets: "
+                 f"let them through in the tool that owns it (for the Proxmox firewall, `{s.command('up')}` "
+                 "with the Proxmox API token set adds host rules)", "warning")
 
 
 def _interfaces_file_checks(manager: NetworkManager) -> list[Check]:

@@ -37,6 +37,7 @@ class Check:
     observed: str  # what was seen, in plain words
     fix: str = ""  # the whole fix, for this host (a sandbox by name); empty when ok
     severity: str = "error"  # "error": something is broken; "warning": it does not break the network by itself
+    zone: str = "prox-net"  # the zone it is about (the host's own checks say the default zone)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,9 +80,11 @@ class NetworkStatus:
         return asdict(self)
 
 
-def health(settings: Settings, obs: Observation, firewall: nft.FirewallSpec | None = None) -> NetworkStatus:
+def health(settings: Settings, obs: Observation, firewall: nft.FirewallSpec | None = None,
+           pending: list[str] | None = None) -> NetworkStatus:
     """The verdict, its checks and reasons; probes that were not taken (``obs.probes`` None) count as passed.
-    ``firewall``: the host's whole table (every zone); None: the default zone's alone.
+    ``firewall``: the host's whole table (every zone); None: the default zone's alone. ``pending``: what the
+    plan would change in this zone now (None: not planned); healthy needs it empty, and the probes passing.
 
     While the admin's intent is down, the verdict is ``down`` (a damaged record: ``unhealthy``, named)."""
     intent = obs.intent
@@ -166,6 +169,10 @@ def health(settings: Settings, obs: Observation, firewall: nft.FirewallSpec | No
     if not obs.full_disks:
         check("disk_space", "disk space", True, "Proximity's state directories have room to spare", "")
     checks += _probe_checks(s, obs, usage)
+    if pending is not None:  # the planner's word: the checks above say why, this one that nothing is left
+        check("converged", "converged", not pending, "`up` would change nothing",
+              f"`up` would change {len(pending)} thing(s): {'; '.join(pending[:4])}"
+              + ("; ..." if len(pending) > 4 else ""))
 
     failing = [c for c in checks if not c.ok]
     verdict = "healthy"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from proximity.errors import HostError
-from proximity.network import nft
+from proximity.network import libnft, nft
 from proximity.network.changes import AddRule, Change, DeleteRule, Env, RemoveFile, WriteFile
 from proximity.network.firewall import accept_chain, docker_rules
 from proximity.network.observe import Observation
@@ -83,7 +83,12 @@ def live_table(env: Env) -> str | None:
 
 
 def live_digest(env: Env) -> str | None:
-    objects = nft.own_objects(list_ruleset(env.host)[0])
+    return digest_of(list_ruleset(env.host)[0])
+
+
+def digest_of(listing: dict) -> str | None:
+    """The digest of Proximity's table in a ``nft -j list ruleset`` listing (None: no table)."""
+    objects = nft.own_objects(listing)
     return nft.digest(json.dumps(objects, sort_keys=True)) if objects else None
 
 
@@ -109,10 +114,29 @@ def _put_back(env: Env, path: Path, text: str | None) -> None:
         env.host.write_text(path, text)
 
 
+def check_ruleset(host, lib, text: str, path: Path) -> str | None:
+    """None if nft accepts ``text``, else nft's error. In-process (libnft.check: committed in a private,
+    empty namespace), else ``nft -c``; in dry runs too: either touches nothing of the host."""
+    if lib is not None:
+        try:
+            return libnft.check(lib, text, str(path))
+        except libnft.NftError:  # no namespace of its own to check in (not root, say): `nft -c`
+            pass
+    try:
+        check = host.query(["nft", "-c", "-f", "-"], input=text)
+    except HostError as exc:  # no nft binary
+        raise HostError(f"cannot run nft ({exc}): install nftables (`apt-get install nftables`); "
+                        "nothing was changed") from None
+    return None if check.ok else (check.stderr or check.stdout).strip()
+
+
 @dataclass(frozen=True)
 class ApplyRuleset(Change):
-    """Write the ruleset file and load it: ``nft -c`` first (a refused ruleset changes nothing), then one
-    ``nft -f`` that replaces the whole table atomically; then record the digests of what was applied."""
+    """Write the ruleset file and load it: checked first (a refused ruleset changes nothing), then one
+    transaction that replaces the whole table atomically; then record the digests of what was applied.
+
+    Through libnftables in this process where it loads (no process per step, and the transaction
+    does not wait for the old table's destruction); else, and in dry runs, ``nft -f FILE``."""
 
     path: Path
     text: str
@@ -124,26 +148,36 @@ class ApplyRuleset(Change):
 
     def apply(self, env: Env) -> None:
         host, state = env.host, env.settings.ruleset_state_file
-        try:
-            check = host.query(["nft", "-c", "-f", "-"], input=self.text)
-        except HostError as exc:  # no nft binary
-            raise HostError(f"cannot run nft ({exc}): install nftables (`apt-get install nftables`); "
-                            "nothing was changed") from None
-        if not check.ok:
-            raise HostError(f"nft refused the ruleset for {self.path} (`nft -c`), so the table was not changed: "
-                            f"{(check.stderr or check.stdout).strip()}")
-        self._saved.update(table=live_table(env), state=_read(env, state))
-        self._saved["applied"] = True
-        WriteFile(self.path, self.text, self.before).apply(env)
-        host.run(["nft", "-f", str(self.path)])
-        if not host.dry_run:
-            record = {"rendered": nft.digest(self.text), "live": live_digest(env)}
-            host.write_text(state, json.dumps(record) + "\n")
+        lib = libnft.library() if host.nft_in_process else None
+
+        def check_and_write() -> None:
+            refused = check_ruleset(host, lib, self.text, self.path)
+            if refused is not None:
+                raise HostError(f"nft refused the ruleset for {self.path} (`nft -c`), so the table was not "
+                                f"changed: {refused}")
+            self._saved["state"] = _read(env, state)
+            self._saved["applied"] = True
+            WriteFile(self.path, self.text, self.before).apply(env)
+
+        if lib is None or host.dry_run:
+            check_and_write()
+            self._saved["table"] = live_table(env)
+            host.run(["nft", "-f", str(self.path)])
+            listing = None if host.dry_run else list_ruleset(host)[0]
+        else:
+            try:  # `nft -f FILE` in-process; the worker gets into the namespace while this checks
+                listing = libnft.apply(lib, str(self.path), host.netns, self._saved, check_and_write)
+            except libnft.NftError as exc:
+                raise HostError(f"nft could not load {self.path}, so the table was not changed: {exc}") from None
+        if listing is not None:
+            record = {"rendered": nft.digest(self.text), "live": digest_of(listing)}
+            host.write_text(state, json.dumps(record) + "\n", durable=False)  # lost in a crash: applied again
 
     def undo(self, env: Env) -> None:
         if not self._saved.get("applied"):
             return
-        restore_table(env, self._saved["table"])
+        if "table" in self._saved:  # else the transaction never ran: the table is as it was
+            restore_table(env, self._saved["table"])
         _put_back(env, self.path, self.before)
         _put_back(env, env.settings.ruleset_state_file, self._saved["state"])
 

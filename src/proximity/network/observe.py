@@ -28,7 +28,7 @@ from proximity.network.intent import read as read_intent
 from proximity.network.leases import Lease, parse_leases
 from proximity.network.probe import ProbeResult
 from proximity.network.probe import load as load_probe
-from proximity.network.probe import list_ruleset, rules_digest
+from proximity.network.probe import list_ruleset, probe_name, rules_digest
 from proximity.network.reservations import Reservation, Reservations
 from proximity.network.stanzas import SourcedFile, source_patterns, sourced_files
 from proximity.settings import Settings
@@ -138,6 +138,40 @@ class Observation:
         return self.files.get(path)
 
 
+@dataclass(frozen=True)
+class Addressing:
+    """The host's links, addresses and routes alone: what resolving the zones needs (an observation
+    without the firewall, files and processes, for the container commands)."""
+
+    links: tuple[Link, ...]
+    addresses: tuple[tuple[str, ipaddress.IPv4Interface], ...]
+    addresses6: tuple[tuple[str, ipaddress.IPv6Interface], ...]
+    routes: tuple[tuple[str, ipaddress.IPv4Network, str | None], ...]
+    routes6: tuple[tuple[str, ipaddress.IPv6Network, str | None], ...]
+
+    default_route_link = Observation.default_route_link
+
+
+def read_addressing(host: Host) -> Addressing:
+    links, addresses, addresses6 = [], [], []
+    for item in host.ip_json("-details", "address", "show"):
+        links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
+                          item.get("linkinfo", {}).get("info_kind"), item.get("master")))
+        addresses += [(item["ifname"], ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
+                      for a in item.get("addr_info", []) if a.get("family") == "inet"]
+        addresses6 += [(item["ifname"], ipaddress.IPv6Interface(f"{a['local']}/{a['prefixlen']}"))
+                       for a in item.get("addr_info", []) if a.get("family") == "inet6" and a.get("scope") == "global"]
+    routes = tuple(
+        (r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
+         ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False), r.get("gateway"))
+        for r in host.ip_json("-4", "route", "show", "table", "main"))
+    routes6 = tuple(
+        (r.get("dev", "(no device)"), ipaddress.IPv6Network("::/0" if r["dst"] == "default" else r["dst"], strict=False),
+         r.get("gateway"))
+        for r in host.ip_json("-6", "route", "show", "table", "main") if not r["dst"].startswith(("fe80", "ff")))
+    return Addressing(tuple(links), tuple(addresses), tuple(addresses6), routes, routes6)
+
+
 def watched_files(settings: Settings, systemd: bool) -> tuple[Path, ...]:
     s = settings
     zone_own = (s.dns_log_file, s.probe_file) if getattr(s, "is_default", True) is False else ()
@@ -167,22 +201,8 @@ def observe(host: Host, settings: Settings, dns: DnsService, *, probe: bool = Fa
     observation of another zone of this host, gives the host's part: only the zone's own is read."""
     if base is not None:
         return _zone_observation(host, settings, dns, base, probe, probes)
-    links, addresses, addresses6 = [], [], []
-    for item in host.ip_json("-details", "address", "show"):
-        links.append(Link(item["ifname"], item["ifindex"], "UP" in item.get("flags", []),
-                          item.get("linkinfo", {}).get("info_kind"), item.get("master")))
-        addresses += [(item["ifname"], ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
-                      for a in item.get("addr_info", []) if a.get("family") == "inet"]
-        addresses6 += [(item["ifname"], ipaddress.IPv6Interface(f"{a['local']}/{a['prefixlen']}"))
-                       for a in item.get("addr_info", []) if a.get("family") == "inet6" and a.get("scope") == "global"]
-    routes = tuple(
-        (r.get("dev", "(no device)"),  # blackhole, unreachable and prohibit routes have none
-         ipaddress.IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False), r.get("gateway"))
-        for r in host.ip_json("-4", "route", "show", "table", "main"))
-    routes6 = tuple(
-        (r.get("dev", "(no device)"), ipaddress.IPv6Network("::/0" if r["dst"] == "default" else r["dst"], strict=False),
-         r.get("gateway"))
-        for r in host.ip_json("-6", "route", "show", "table", "main") if not r["dst"].startswith(("fe80", "ff")))
+    net = read_addressing(host)
+    links, addresses, addresses6, routes, routes6 = net.links, net.addresses, net.addresses6, net.routes, net.routes6
     if firewall is None:
         firewall = read_firewall(host, settings, probe)
     reservations = tuple(Reservations(settings, host).all())
@@ -233,8 +253,7 @@ def _with_probes(host: Host, settings: Settings, obs: Observation, probes: Probe
     if probes is None:
         link = obs.link(settings.bridge)
         answering = (dns_process is not None and link is not None and (settings.bridge, settings.gateway) in addresses
-                     and host.resolve(f"{settings.service_name.replace('@', '-')}-probe.{settings.domain}",
-                                      str(settings.gateway.ip)) is not None)
+                     and host.resolve(probe_name(settings), str(settings.gateway.ip)) is not None)
         probes = Probes(answering, tuple(port_holders(host, settings)) if link is not None else ())
     return Observation(**{**obs.__dict__, "leases": tuple(leases), "lease_warnings": tuple(warnings),
                           "probes": probes, "last_probe": load_probe(host, settings)})

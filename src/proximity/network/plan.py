@@ -123,9 +123,10 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False, *, zone
     staying = [v for v, _ in every if v.zone not in gone]
     if not staying:
         return plan_down(settings, obs, purge, zones=zones)
-    uplink = resolve_uplink(default, obs)
-    first, rule_changes = plan_firewall(default, obs, spec_of(staying, uplink, obs, remaining_peers))
-    out.add(default.zone, [*first, *rule_changes])
+    if obs.firewall.table is not None:  # the others keep their table (a network down has none to keep)
+        uplink = resolve_uplink(default, obs)
+        first, rule_changes = plan_firewall(default, obs, spec_of(staying, uplink, obs, remaining_peers))
+        out.add(default.zone, [*first, *rule_changes])
     return out.plan()
 
 

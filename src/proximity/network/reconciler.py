@@ -24,7 +24,7 @@ from proximity.network.changes import Change, Env, RemoveFile, WriteFile
 from proximity.network.dnsmasq import dns_service
 from proximity.network.health import Check, NetworkStatus, health  # noqa: F401 (Check: its old home)
 from proximity.network.leases import Lease, parse_leases
-from proximity.network.observe import Firewall, Observation, Probes, observe
+from proximity.network.observe import Addressing, Firewall, Observation, Probes, observe
 from proximity.network.plan import Mode, Plan, Zone, plan_down, plan_up
 from proximity.network.probe import ProbeResult, host_rules_digest, is_stale, probe
 from proximity.network.probe import load as load_probe
@@ -74,13 +74,13 @@ class NetworkManager:
         self.dns = dns_service(self.host, settings)
         self.env = Env(self.host, settings, self.dns)
         self._envs: dict[str, Env] = {}  # the further zones', by name
-        self._leases_cache: tuple[tuple[int, int, int], tuple[list[Lease], list[str]]] | None = None
+        self._leases_cache: dict[Path, tuple[tuple[int, int, int], tuple[list[Lease], list[str]]]] = {}
         # The service's: the settings with the zones as zones.toml says now, read by heal under the host lock,
         # so a heal queued behind `zone create` (the CLI's) builds the new zone rather than undoing it.
         self.follow: Callable[[Settings], Settings] | None = None
 
     # -- zones ------------------------------------------------------------------------------
-    def zones(self, obs: Observation) -> tuple[HostSpec | None, list[Change]]:
+    def zones(self, obs: Observation | Addressing) -> tuple[HostSpec | None, list[Change]]:
         """Every zone resolved against the host (None: the default zone alone, IPv4, as ever), and the
         change that keeps what the resolution allocated (the plan writes it, and undoes it on failure)."""
         s = self.settings
@@ -142,10 +142,23 @@ class NetworkManager:
 
     def verdict(self, obs: Observation, view: ZoneSettings | None = None) -> NetworkStatus:
         """The health of the default zone (or ``view``'s), judged against the host's whole table."""
-        return health(view or self.default_zone(obs), obs, self.firewall_spec(obs))
+        view = view or self.default_zone(obs)
+        return health(view, obs, self.firewall_spec(obs), self.pending(obs).get(view.zone, []))
 
-    def _plan_up(self, mode: Mode) -> Plan:
-        obs = self.observe()
+    def pending(self, obs: Observation) -> dict[str, list[str]]:
+        """What `up` would change now, by zone: health's "healthy" means nothing is pending here."""
+        default = default_view(self.settings).zone
+        try:
+            plan = self._plan_up("heal", obs)
+        except ProximityError as exc:  # a refusal: `up` would change nothing, and say why
+            return {default: [str(exc).splitlines()[0]]}
+        found: dict[str, list[str]] = {}
+        for index, change in enumerate(plan.changes):
+            found.setdefault(plan.zone_of(index) or default, []).append(change.describe())
+        return found
+
+    def _plan_up(self, mode: Mode, obs: Observation | None = None) -> Plan:
+        obs = obs or self.observe()
         intent = intents.read(self.host, self.settings)
         default, zones, state_change = self.zone_views(obs, skip=intent.zones_down if mode == "heal" else ())
         peers = self.settings.peers
@@ -209,24 +222,26 @@ class NetworkManager:
     def plan(self, mode: Mode = "up") -> Plan:
         return self._plan_up(mode)
 
-    def leases(self) -> tuple[list[Lease], list[str]]:
-        """Leases, parsed again only when dnsmasq has rewritten the file (it is read on hot paths)."""
-        path = self.settings.leases_file
+    def leases(self, view: Settings | None = None) -> tuple[list[Lease], list[str]]:
+        """The default zone's (or ``view``'s) leases, parsed again only when dnsmasq has rewritten the
+        file (it is read on hot paths)."""
+        path = (view or self.settings).leases_file
         try:
             st = path.stat()
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             return [], []
-        cached = self._leases_cache
+        cached = self._leases_cache.get(path)
         if cached is None or cached[0] != key:
-            cached = self._leases_cache = (key, parse_leases(self.host.read_text(path, errors="replace") or "", str(path)))
+            cached = self._leases_cache[path] = (key, parse_leases(self.host.read_text(path, errors="replace") or "",
+                                                                    str(path)))
         leases, warnings = cached[1]
         return list(leases), list(warnings)
 
-    def get_container_network_config(self, hostname: str) -> str:
-        """``net0`` for a container on the managed bridge (the container backends use this)."""
+    def get_container_network_config(self, hostname: str, view: Settings | None = None) -> str:
+        """``net0`` for a container on the managed bridge, or ``view``'s zone's (the container backends use this)."""
         check_hostname(hostname)
-        return render.container_net0(self.settings)
+        return render.container_net0(view or self.settings)
 
     # -- changing ---------------------------------------------------------------------------
     def up(self) -> Report:
@@ -294,15 +309,19 @@ class NetworkManager:
                 revert.success()
         return self._finish(report)
 
-    def require_up(self) -> None:
-        """Refuse (before anything is created) when the network is not up: the intent down, or no bridge."""
-        intent = intents.read(self.host, self.settings)
+    def require_up(self, view: ZoneSettings | None = None) -> None:
+        """Refuse (before anything is created) when the network, or ``view``'s zone, is not up: the intent
+        down, or no bridge."""
+        intent, bridge = intents.read(self.host, self.settings), (view or self.settings).bridge
         if not intent.up:
             why = intent.error or "`proximity down`, or `up` never ran"
             raise intents.NetworkDown(f"the managed network is down ({why}): run `proximity up` first; nothing "
                                       "was created")
-        if not any(link.get("ifname") == self.settings.bridge for link in self.host.ip_json("link", "show")):
-            raise intents.NetworkDown(f"bridge {self.settings.bridge} does not exist: run `proximity up` first; "
+        if view is not None and view.zone in intent.zones_down:
+            raise intents.NetworkDown(f"zone {view.zone} is down (`proximity down --zone {view.zone}`): run "
+                                      "`proximity up` first; nothing was created")
+        if not any(link.get("ifname") == bridge for link in self.host.ip_json("link", "show")):
+            raise intents.NetworkDown(f"bridge {bridge} does not exist: run `proximity up` first; "
                                       "nothing was created")
 
     def toward_intent(self) -> NetworkManager:

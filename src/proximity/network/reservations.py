@@ -24,11 +24,13 @@ from pathlib import Path
 from proximity.errors import ConflictError, HostError
 from proximity.host import Host
 from proximity.network.leases import Lease
-from proximity.network.render import stable_mac
+from proximity.network.render import stable_mac  # noqa: F401 (imported from here too)
 from proximity.network.render_ipv6 import stable_ipv6
 from proximity.network.dnsmasq import dns_service
 from proximity.owner import Owner
 from proximity.settings import Settings, SettingsError
+from proximity.spec.macs import free_mac
+from proximity.spec.view import reservation_dbs
 
 
 class AdmissionError(ConflictError, SettingsError):
@@ -212,11 +214,31 @@ class Reservations:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return self.host.lock(self.settings.state_dir / "reservations.lock", what="another change of the reservations")
 
-    def reserve(self, hostname: str, leases: list[Lease], mac: str | None = None, *, save: bool = True,
-                intent: Intent | None = None) -> Reservation:
-        """Admit ``hostname``: refuse a name in use or a full pool; call with the lock held.
+    def macs_elsewhere(self) -> dict[str, dict[str, str]]:
+        """What the other zones' reservations hold: ``{zone: {mac: hostname}}`` (a MAC is unique host-wide:
+        recovery and the leases know a container by it, wherever it is)."""
+        found: dict[str, dict[str, str]] = {}
+        for zone, db in reservation_dbs(self.settings).items():
+            if db == self.settings.reservations_db:
+                continue
+            text = self.host.read_text(db, errors="replace")
+            if text is None:
+                continue
+            try:
+                found[zone] = {r.mac: r.hostname for r in parse_reservations(text)}
+            except ValueError as exc:
+                raise DamagedReservations(
+                    f"the reservations file {db} of zone {zone} is damaged: {exc}. MACs are unique across the "
+                    "host, so no container is admitted in any zone until it is repaired: "
+                    f"`{proximity_command(self.settings, f'gc --rebuild --zone {zone}')}`") from None
+        return found
 
-        With ``save=False`` only say what would be reserved (for --dry-run).
+    def reserve(self, hostname: str, leases: list[Lease], mac: str | None = None, *, save: bool = True,
+                intent: Intent | None = None, move_from: str | None = None) -> Reservation:
+        """Admit ``hostname``: refuse a name in use, a MAC any zone holds, or a full pool; call with the lock held.
+
+        With ``save=False`` only say what would be reserved (for --dry-run). ``move_from``: the zone whose
+        reservation of ``mac`` is being moved here (`ct move`), so that one MAC is not refused.
         """
         current = self.all()
         name = hostname.lower()  # DNS is case-insensitive: WEB-01 is web-01
@@ -231,12 +253,15 @@ class Reservations:
                 f"hostname {hostname!r} is already in use on {self.settings.bridge}: pick another name "
                 f"(see `proximity ct list` and `proximity leases`)"
             )
-        taken_macs = {r.mac for r in current}
+        elsewhere = {z: macs for z, macs in self.macs_elsewhere().items() if z != move_from}
         if mac is None:
-            mac = next(stable_mac(hostname, salt) for salt in range(1000) if stable_mac(hostname, salt) not in taken_macs)
-        elif mac.lower() in taken_macs:
-            raise AdmissionError(f"MAC {mac} is already reserved for another container")
+            mac = free_mac(hostname, {"": [r.mac for r in current], **elsewhere})
         mac = mac.lower()
+        holder = next((f"{r.hostname} on {self.settings.bridge}" for r in current if r.mac == mac), None) or next(
+            (f"{macs[mac]} in zone {z}" for z, macs in elsewhere.items() if mac in macs), None)
+        if holder is not None:
+            raise AdmissionError(f"MAC {mac} is already reserved for another container ({holder}): MACs are unique "
+                                 "across the host's zones")
         # An address is taken if reserved, or leased to a client we did not reserve it for.
         taken = {r.ip for r in current} | {l.ip for l in leases if l.mac != mac}
         ip = next((str(a) for a in self._pool() if str(a) not in taken), None)

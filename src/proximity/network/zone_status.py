@@ -14,14 +14,14 @@ def zone_statuses(manager: NetworkManager) -> list[tuple[ZoneSettings, NetworkSt
     """(view, status) of every zone, the default first. A zone that `down --zone` took down reads ``down``."""
     obs = manager.observe(probe=True)
     default, zones, _ = manager.zone_views(obs)
-    firewall = manager.firewall_spec(obs)
-    found = [(default, health(default, obs, firewall))]
+    firewall, pending = manager.firewall_spec(obs), manager.pending(obs)
+    found = [(default, health(default, obs, firewall, pending.get(default.zone, [])))]
     down = obs.intent.zones_down if obs.intent else ()
     for view, _ in zones:
         zone_obs = manager.observe_zone(view, obs, probe=True)
         if view.zone in down:
             zone_obs = replace(zone_obs, intent=intents.Intent(intents.DOWN, "record"))
-        found.append((view, health(view, zone_obs, firewall)))
+        found.append((view, health(view, zone_obs, firewall, pending.get(view.zone, []))))
     return found
 
 

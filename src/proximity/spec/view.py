@@ -122,3 +122,10 @@ def default_view(settings: Settings) -> ZoneSettings:
         return settings
     return ZoneSettings(**{f: getattr(settings, f) for f in settings.__dataclass_fields__}, host_settings=settings)
 
+
+
+def reservation_dbs(settings: Settings) -> dict[str, Path]:
+    """Every declared zone's reservations file, by zone (the host's MACs are unique across them all)."""
+    host = settings.host if isinstance(settings, ZoneSettings) else settings
+    return {DEFAULT_ZONE: default_view(host).reservations_db,
+            **{z.name: zone_state_dir(host, z.name) / "reservations.json" for z in host.zones}}
