@@ -118,11 +118,7 @@ class ZoneAdmin:
     # -- the one way a change is applied -------------------------------------------------------
     def _apply(self, s: Settings, tables: dict, peers: list, ipv6: str | None) -> Report:
         """Converge toward ``s`` with zones.toml holding ``tables``, ``peers`` and ``ipv6``."""
-        old = read_zones_file(s.zones_file)
-        theirs = [z for z in s.zones if z.name not in _tables(old)]  # proximity.toml's own zones stay
-        new = replace(s, zones=(*theirs, *(_parsed(n, t) for n, t in tables.items())),
-                      peers=tuple(sorted({*(set(s.peers) - set(_peers(old))), *(tuple(p) for p in peers)})),
-                      ipv6=ipv6 if ipv6 is not None else s.ipv6)
+        new = rezoned(s, read_zones_file(s.zones_file), {"zones": tables, "peers": peers, "ipv6": ipv6})
         check_declared(new)
         manager = NetworkManager(new, dry_run=self.dry_run, own_files={s.zones_file: self._zones_text(tables, peers, ipv6)})
         if not intents.read(manager.host, new).up:
@@ -141,6 +137,16 @@ class ZoneAdmin:
         if name != DEFAULT_ZONE and not any(z.name == name for z in s.zones):
             names = ", ".join([DEFAULT_ZONE, *(z.name for z in s.zones)])
             raise NotFoundError(f"there is no zone {name!r}: the zones are {names} (`proximity zone list`)")
+
+
+def rezoned(s: Settings, old: dict, new: dict) -> Settings:
+    """``s``, loaded while zones.toml read ``old``, as it is with zones.toml reading ``new`` (the service
+    follows the file with this, so a zone made by the CLI or the API is never undone by its heal)."""
+    theirs = [z for z in s.zones if z.name not in _tables(old)]  # proximity.toml's own zones stay
+    ipv6 = new.get("ipv6")
+    return replace(s, zones=(*theirs, *(_parsed(n, t) for n, t in _tables(new).items())),
+                   peers=tuple(sorted({*(set(s.peers) - set(_peers(old))), *_peers(new)})),
+                   ipv6=ipv6 if ipv6 is not None else s.ipv6)
 
 
 def _view(manager: NetworkManager, name: str):

@@ -310,8 +310,9 @@ def test_the_running_service_obeys_up_and_down(sb):
         assert body["data"]["health_status"] == "down" and body["message"] == "Network down as requested"
         assert body["data"]["last_converge"]["skipped"]
         metrics = service.client.get("/metrics").text
-        assert 'proximity_network_state{state="down"} 1.0' in metrics
-        assert "proximity_network_up_requested 0.0" in metrics and "proximity_healthy 1.0" in metrics
+        assert 'proximity_network_state{state="down",zone="prox-net"} 1.0' in metrics
+        assert 'proximity_network_up_requested{zone="prox-net"} 0.0' in metrics
+        assert 'proximity_healthy{zone="prox-net"} 1.0' in metrics
 
         # The API's converge (the dashboard's "Re-run converge") is `up`: it records the intent up.
         job = service.client.post("/api/v1/system/network/initialize", json={}).json()["job"]

@@ -81,7 +81,7 @@ def test_metrics_count_a_containers_traffic(service):
         assert before["proximity_container_traffic_up"].samples[0].value == 1
         values = {key: counter(before, key, web.vmid)[0] for key in COUNTERS}
         _, labels = counter(before, "receive_bytes", web.vmid)
-        assert labels == {"vmid": str(web.vmid), "hostname": "web-01", "ip": web.ip, "interface": f"veth{web.vmid}i0"}
+        assert labels == {"zone": "prox-net", "vmid": str(web.vmid), "hostname": "web-01", "ip": web.ip, "interface": f"veth{web.vmid}i0"}
         assert wait_for(lambda: context.status.get().leases_in_use >= 2, timeout=5)  # web-01 and the peer
         assert scrape(client)["proximity_leases_in_use"].samples[0].value >= 2
 

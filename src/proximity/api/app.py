@@ -32,6 +32,7 @@ from proximity.api.door import STATUS_PATH, Door
 from proximity.api.info import sentence, system_info
 from proximity.api.jobs import Job, JobRunner, StreamsFull
 from proximity.api.models import DRY_RUN, ERRORS, CreateContainer, Initialize, Migrate, Problem
+from proximity.api.zones import ZoneStatuses, follow_zones, followed, status_body, zone_routes
 from proximity.containers.base import BackendError
 from proximity.containers.manager import ContainerManager, MigrationError
 from proximity.doctor import doctor_dict, run_doctor
@@ -40,6 +41,7 @@ from proximity.network.health import NetworkStatus
 from proximity.network.probe import load as load_probe
 from proximity.network.reconciler import NetworkManager
 from proximity.settings import Settings, SettingsError
+from proximity.zones_file import read_zones_file
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ class Context:
         from proximity.api.status import StatusSnapshot  # noqa: PLC0415 (after network is built)
 
         self.status = StatusSnapshot(self.network)
+        self.zones = ZoneStatuses(self)
+        self.zones_seen = read_zones_file(settings.zones_file)  # what ``settings`` were loaded with (follow_zones)
+        followed(self, self.network)
         self._status_json: tuple[NetworkStatus, dict[str, Any], bytes] | None = None
 
     def status_json(self, wait: bool = False) -> bytes | None:
@@ -77,20 +82,7 @@ class Context:
         converge = self.last_converge
         rendered = self._status_json
         if rendered is None or rendered[0] is not st or rendered[1] is not converge:
-            data = st.as_dict()
-            data["last_converge"] = converge
-            if converge["ok"] is False and data["intent"] == "up":  # the service could not set it up: say so
-                data["health_status"] = "unhealthy"
-                failed = f"converge failed (retrying every {self.retry_every:g} s): {converge['error']}"
-                data["reasons"] = [failed, *data["reasons"]]
-                data["checks"] = [{"id": "converge", "name": "converge", "ok": False, "observed": failed,
-                                   "fix": "see the service's log", "severity": "error"}, *data["checks"]]
-            healthy = data["health_status"] == "healthy"
-            message = "Network infrastructure operational" if healthy else "Network down as requested" if data[
-                "health_status"] == "down" else (
-                f"Network {data['health_status']}: " + "; ".join(data["reasons"] or ["unknown"]))
-            body = json.dumps({"message": message, "data": data}, separators=(",", ":")).encode()
-            rendered = self._status_json = (st, converge, body)
+            rendered = self._status_json = (st, converge, status_body(st, converge, self.retry_every))
         return rendered[2]
 
     @property
@@ -111,6 +103,7 @@ class Context:
 
     def _reconcile(self, kind: str, job: Job | None = None) -> dict:
         with self._converge_lock:
+            follow_zones(self)
             try:
                 # up: the last `up` again, with what it was given (the dashboard's "Re-run converge")
                 report = self.network.toward_intent().up() if kind == "up" else self.network.heal()
@@ -125,6 +118,7 @@ class Context:
                                       "actions": []}
                 raise
             finally:
+                self.zones.invalidate()
                 self.status.invalidate()
 
     def wake(self) -> None:
@@ -257,6 +251,8 @@ def create_app(context: Context, start_background: bool = True) -> FastAPI:
             return JSONResponse({"data": plan.as_dict()}, status_code=200)
         job = context.jobs.submit("initialize", context.settings.bridge, lambda job: context.converge(job))
         return {"job": job.public()}
+
+    app.include_router(zone_routes(context, auth))
 
     # -- containers ------------------------------------------------------------------
     @app.get("/api/v1/containers", tags=["containers"], dependencies=auth)

@@ -300,6 +300,7 @@ class StatusSnapshot:
 
     def _refresh(self, probe: _Refresher, full: bool) -> tuple[NetworkStatus, bool]:
         self._refreshes["full" if full else "quick"] += 1
+        probe.network = self.network  # the service swaps its manager when the zones change (api.zones)
         try:
             return probe.refresh(full), True
         except Exception as exc:

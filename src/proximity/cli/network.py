@@ -8,8 +8,8 @@ import typer
 
 from proximity import sandbox as sandboxes
 from proximity.cli.common import (ApiCaOpt, ApiOpt, DryRunOpt, Fetched, InsecureHttpOpt, InterfacesOpt, JsonOpt,
-                                  SandboxOpt, Table, TokenOpt, UplinkOpt, ZoneOpt, app, changes_host, err, friendly,
-                                  manager_for, out, print_json, remote, remote_call, show_report)
+                                  SandboxOpt, Table, TokenOpt, UplinkOpt, ZoneOpt, app, as_text, changes_host, err,
+                                  friendly, manager_for, out, print_json, remote, remote_call, show_report)
 from proximity.errors import InputError
 from proximity.network.reconciler import NetworkManager
 
@@ -62,42 +62,73 @@ def down(sandbox: SandboxOpt = None, dry_run: DryRunOpt = False, as_json: JsonOp
                   "`proximity up`.", highlight=False)
 
 
-STATUS_EXIT = {"healthy": 0, "degraded": 1, "unhealthy": 1, "down": 3}
+def status_exit(healths: list[str]) -> int:
+    """The worst zone decides, as `systemctl is-active` tells inactive from failed: 1 when any zone is degraded
+    or unhealthy, 3 only when every zone is down as requested, else 0 (a zone down on purpose is fine)."""
+    if any(h in ("degraded", "unhealthy") for h in healths):
+        return 1
+    return 3 if healths and all(h == "down" for h in healths) else 0
 
 
 @app.command()
 @friendly
 def status(sandbox: SandboxOpt = None, as_json: JsonOpt = False, api: ApiOpt = None, token: TokenOpt = None,
            api_ca: ApiCaOpt = None, insecure_http: InsecureHttpOpt = False) -> None:
-    """Show whether the managed network is healthy, read from netlink and /proc.
+    """Show whether the managed network is healthy, every zone, read from netlink and /proc.
 
-    Exit status (with --json too), as `systemctl is-active` tells inactive from failed: 0 healthy,
-    1 degraded or unhealthy, 3 down as requested (`proximity down`), 2 refused input.
+    Exit status (with --json too), the worst zone's: 0 healthy, 1 degraded or unhealthy, 3 down as requested
+    (`proximity down`; only when every zone is), 2 refused input. A zone down on purpose beside healthy ones is 0.
     """
     if api:
         data = remote_call(api, token, sandbox, "GET", "/api/v1/system/network/status", api_ca, insecure_http)
-        st = show_status(RemoteStatus(data), as_json)
+        rows = remote_call(api, token, sandbox, "GET", "/api/v1/zones", api_ca, insecure_http)
+        _, healths = show_status(RemoteStatus(data, rows), as_json)
     else:
-        st = show_status(manager_for(sandbox), as_json, reprobe=True)
-    raise typer.Exit(STATUS_EXIT[st.health_status])
+        _, healths = show_status(manager_for(sandbox), as_json, reprobe=True)
+    raise typer.Exit(status_exit(healths))
 
 
 class RemoteStatus:
-    """The service's status answer, shown by `show_status` as a local one is."""
+    """The service's status answer (and its zones), shown by `show_status` as a local one is."""
 
-    def __init__(self, data: dict):
-        self.data = data
+    def __init__(self, data: dict, rows: list[dict]):
+        self.data, self.rows = data, rows
 
     def status(self, reprobe: bool = False) -> Fetched:
         return Fetched(self.data)
 
+    def zone_rows(self, st) -> list[dict]:
+        return self.rows
+
+
+def _zone_rows(manager, st) -> tuple[list[dict], bool]:
+    """Every zone as `zone list --json` shows it, the default first with ``st``; False: the rest unreadable."""
+    if isinstance(manager, RemoteStatus):
+        return manager.zone_rows(st), True
+    from proximity.errors import ProximityError
+    from proximity.network.zone_status import with_default, zone_row
+    from proximity.spec.view import default_view
+
+    try:
+        return [zone_row(view, status) for view, status in with_default(manager, st)], True
+    except ProximityError as exc:  # a damaged zones.json: the default zone's status still stands, and exits 1
+        err.print(f"[yellow]warning:[/] the further zones cannot be read: {as_text(str(exc))}", highlight=False)
+        return [zone_row(default_view(manager.settings), st)], False
+
+
+COLOURS = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "down": "cyan"}
+
 
 def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
+    """The default zone's table (or JSON, with a "zones" list), then one line per further zone; (st, every
+    zone's health, an unreadable zones file as unhealthy)."""
     st = manager.status(reprobe=reprobe)
+    rows, readable = _zone_rows(manager, st)
+    healths = [st.health_status, *(row["health"] for row in rows[1:]), *([] if readable else ["unhealthy"])]
     if as_json:
-        print_json(st.as_dict())
-        return st
-    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "down": "cyan"}[st.health_status]
+        print_json({**st.as_dict(), "zones": rows})
+        return st, healths
+    colour = COLOURS[st.health_status]
     table = Table(title=f"{st.bridge_name} status: [{colour}]{st.health_status}[/]", show_header=False)
     yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
     for key, value in [
@@ -117,7 +148,11 @@ def show_status(manager: NetworkManager, as_json: bool, reprobe: bool = False):
     from proximity.cli.checks import render_problems
 
     render_problems(st.checks, colour, out)
-    return st
+    for row in rows[1:]:  # the further zones, one line each (`zone show NAME` has the rest)
+        reasons = f": {as_text('; '.join(row['reasons']))}" if row["reasons"] and row["health"] != "healthy" else ""
+        out.print(f"zone {row['name']}  {row['bridge']}  {', '.join(row['subnets'])}  "
+                  f"[{COLOURS[row['health']]}]{row['health']}[/]{reasons}", highlight=False)
+    return st, healths
 
 
 @app.command()

@@ -9,6 +9,7 @@ restarted. ``heal`` does the same with targeted changes only, for the service.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 
@@ -74,6 +75,9 @@ class NetworkManager:
         self.env = Env(self.host, settings, self.dns)
         self._envs: dict[str, Env] = {}  # the further zones', by name
         self._leases_cache: dict[Path, tuple[tuple[int, int, int], tuple[list[Lease], list[str]]]] = {}
+        # The service's: the settings with the zones as zones.toml says now, read by heal under the host lock,
+        # so a heal queued behind `zone create` (the CLI's) builds the new zone rather than undoing it.
+        self.follow: Callable[[Settings], Settings] | None = None
 
     # -- zones ------------------------------------------------------------------------------
     def zones(self, obs: Observation | Addressing) -> tuple[HostSpec | None, list[Change]]:
@@ -256,6 +260,7 @@ class NetworkManager:
             if not intent.up:
                 return Report(dry_run=self.host.dry_run, skipped=intents.reason(intent))
             wanted = intent.settings(self.settings)
+            wanted = self.follow(wanted) if self.follow else wanted
             target = self if wanted == self.settings else NetworkManager(wanted, host=self.host)
             report = target._converge_locked("heal")
         if report.changed:

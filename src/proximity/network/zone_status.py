@@ -7,7 +7,7 @@ from dataclasses import replace
 from proximity.network import intent as intents
 from proximity.network.health import NetworkStatus, health
 from proximity.network.reconciler import NetworkManager
-from proximity.spec.view import ZoneSettings
+from proximity.spec.view import ZoneSettings, default_view
 
 
 def zone_statuses(manager: NetworkManager) -> list[tuple[ZoneSettings, NetworkStatus]]:
@@ -23,6 +23,16 @@ def zone_statuses(manager: NetworkManager) -> list[tuple[ZoneSettings, NetworkSt
             zone_obs = replace(zone_obs, intent=intents.Intent(intents.DOWN, "record"))
         found.append((view, health(view, zone_obs, firewall, pending.get(view.zone, []))))
     return found
+
+
+def with_default(manager: NetworkManager, default: NetworkStatus | None) -> list[tuple[ZoneSettings, NetworkStatus]]:
+    """Every zone's (view, status) with ``default`` as the default zone's status (the caller's own: the
+    service's snapshot, the CLI's reprobed one). prox-net alone (no zones, IPv4 only) reads nothing more."""
+    s = manager.settings
+    if not s.zones and s.ipv6 == "off":
+        return [(default_view(s), default)]
+    found = zone_statuses(manager)
+    return [(found[0][0], default if default is not None else found[0][1]), *found[1:]]
 
 
 def zone_row(view: ZoneSettings, status: NetworkStatus) -> dict:
