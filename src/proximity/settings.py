@@ -27,8 +27,7 @@ from proximity.names import (  # noqa: F401
 )
 from proximity.spec.checks import check_domain, check_gateway, check_range
 from proximity.spec.config import ZoneConfig, parse_ipv6_mode, parse_peers, parse_zones
-from proximity.spec.naming import DEFAULT_ZONE
-from proximity.zones_file import merge_zones, read_zones_file
+from proximity.zones_file import check_peers, merge_zones, read_zones_file
 from proximity.setting_sources import (  # noqa: F401
     DEFAULT_CONFIG_FILE,
     ENV_PREFIX,
@@ -341,20 +340,8 @@ def load_settings(defaults: dict[str, Any] | None = None, **overrides: Any) -> S
     settings = validate(values)
     made = read_zones_file(settings.zones_file)  # zones made with `proximity zone create`, and peers
     settings = validate(merge_zones(values, made, settings.zones_file)) if made else settings
-    _check_peers(settings)
+    check_peers(settings)
     return settings
-
-
-def _check_peers(settings: Settings) -> None:
-    """Every peered zone exists (checked once both files are merged: a pair may join the two files' zones).
-    A misspelt zone in ``peers`` would otherwise peer nothing, silently."""
-    known = [DEFAULT_ZONE, *(zone.name for zone in settings.zones)]
-    for pair in settings.peers:
-        unknown = [name for name in pair if name not in known]
-        if unknown:
-            raise SettingsError(
-                f"setting 'peers': {list(pair)} names {', '.join(repr(n) for n in unknown)}, which is no zone (the zones "
-                f"are {', '.join(known)}): fix or delete the pair where it is ({config_file()} or {settings.zones_file})")
 
 
 def validate(values: dict[str, Any]) -> Settings:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
 from proximity.errors import SettingsError
 from proximity.setting_sources import config_file
+from proximity.spec.naming import DEFAULT_ZONE
+
+if TYPE_CHECKING:
+    from proximity.settings import Settings
 from proximity.spec.config import parse_zone
 
 
@@ -75,3 +79,16 @@ def render_zones_file(zones: dict[str, dict[str, Any]], peers: list[list[str]], 
     if zones:
         data["zones"] = zones
     return header + tomli_w.dumps(data)
+
+
+def check_peers(settings: Settings) -> None:
+    """Every peered zone exists (checked once both files are merged: a pair may join the two files' zones).
+    A misspelt zone in ``peers`` would otherwise peer nothing, silently."""
+    known = [DEFAULT_ZONE, *(zone.name for zone in settings.zones)]
+    for pair in settings.peers:
+        unknown = [name for name in pair if name not in known]
+        if unknown:
+            raise SettingsError(
+                f"setting 'peers': {list(pair)} names {', '.join(repr(n) for n in unknown)}, which is no zone (the zones "
+                f"are {', '.join(known)}): fix or delete the pair where it is ({config_file()} or {settings.zones_file})")
+

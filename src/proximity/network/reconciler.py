@@ -18,23 +18,20 @@ from proximity.host import DryRunHost, Host
 from proximity.network import intent as intents
 from types import MappingProxyType
 
-from proximity.network import ipv6_host, nft, render
-from proximity.network.nft_changes import spec_of
+from proximity.network import ipv6_host, render
 from proximity.network.changes import Change, Env, RemoveFile, WriteFile
 from proximity.network.dnsmasq import dns_service
 from proximity.network.health import Check, NetworkStatus, health  # noqa: F401 (Check: its old home)
 from proximity.network.leases import Lease, parse_leases
-from proximity.network.observe import Addressing, Firewall, Observation, Probes, observe
-from proximity.network.plan import Mode, Plan, Zone, plan_down, plan_up
+from proximity.network.observe import Firewall, Observation, Probes, observe
+from proximity.network.zoned import ZoneLookup
+from proximity.network.plan import Mode, Plan, plan_down, plan_up
 from proximity.network.probe import ProbeResult, host_rules_digest, is_stale, probe
 from proximity.network.probe import load as load_probe
 from proximity.network.probe import save as save_probe
 from proximity.revert import Reverter
 from proximity.settings import Settings, check_hostname
-from proximity.spec.overlaps import host_claims
-from proximity.spec.state import parse_state, render_state, state_file
 from proximity.spec.view import ZoneSettings, default_view
-from proximity.spec.zones import HostSpec, resolve
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 4  # a change may reveal the next (a re-created bridge lost its ports); never loop forever
@@ -63,7 +60,7 @@ class Report:
         return {"dry_run": self.dry_run, "changed": self.changed, **asdict(self)}
 
 
-class NetworkManager:
+class NetworkManager(ZoneLookup):
     def __init__(self, settings: Settings, *, dry_run: bool = False, host: Host | None = None,
                  own_files: dict[Path, str | None] | None = None):
         self.settings = settings
@@ -78,67 +75,6 @@ class NetworkManager:
         # The service's: the settings with the zones as zones.toml says now, read by heal under the host lock,
         # so a heal queued behind `zone create` (the CLI's) builds the new zone rather than undoing it.
         self.follow: Callable[[Settings], Settings] | None = None
-
-    # -- zones ------------------------------------------------------------------------------
-    def zones(self, obs: Observation | Addressing) -> tuple[HostSpec | None, list[Change]]:
-        """Every zone resolved against the host (None: the default zone alone, IPv4, as ever), and the
-        change that keeps what the resolution allocated (the plan writes it, and undoes it on failure)."""
-        s = self.settings
-        if not s.zones and s.ipv6 == "off":
-            return None, []
-        path = state_file(s)
-        text = self.host.read_text(path, errors="replace")  # a bad byte is damage parse_state names, with the fix
-        state = parse_state(text, str(path))
-        uplink = s.uplink or obs.default_route_link()
-        spec = resolve(s, state, host_claims((*obs.addresses, *obs.addresses6), (*obs.routes, *obs.routes6), uplink))
-        return spec, ([WriteFile(path, render_state(spec.state), text)] if spec.state != state else [])
-
-    def zone_views(self, obs: Observation, skip: tuple[str, ...] = ()) -> tuple[ZoneSettings, list[Zone], list[Change]]:
-        """(the default zone's view, the further zones each with its observation, the state change)."""
-        spec, state_change = self.zones(obs)
-        if spec is None:
-            return default_view(self.settings), [], []
-        views = spec.views()
-        further = [(v, self.observe_zone(v, obs)) for v in views[1:] if v.zone not in skip]
-        return views[0], further, state_change
-
-    def observe_zone(self, view: ZoneSettings, base: Observation, probe: bool = False) -> Observation:
-        return observe(self.host, view, self.env_for(view).dns, probe=probe, base=base)
-
-    def env_for(self, view: ZoneSettings | str | None) -> Env:
-        """What a zone's changes act through (its own dnsmasq); the default zone's is ``self.env``."""
-        name = view if isinstance(view, str) or view is None else view.zone
-        if name is None or name == default_view(self.settings).zone:
-            return self.env
-        if name not in self._envs:
-            if isinstance(view, str):
-                raise KeyError(name)
-            self._envs[name] = Env(self.host, view, dns_service(self.host, view))
-        return self._envs[name]
-
-    def firewall_spec(self, obs: Observation) -> nft.FirewallSpec | None:
-        """The table the host should have now (every zone up, peers among them); None: the default zone's."""
-        try:
-            spec, _ = self.zones(obs)
-        except ProximityError:  # a damaged zones.json: the default zone's verdict still stands
-            return None
-        if spec is None:
-            return None
-        down = intents.read(self.host, self.settings).zones_down
-        views = [v for v in spec.views() if v.is_default or v.zone not in down]
-        uplink = self.settings.uplink or obs.default_route_link()
-        if not uplink:
-            return None
-        live = {v.zone for v in views}
-        return spec_of(views, uplink, obs, [p for p in self.settings.peers if set(p) <= live])
-
-    def default_zone(self, obs: Observation) -> ZoneSettings:
-        """The default zone's view (with what the other zones add to it: their domains, IPv6)."""
-        try:
-            spec, _ = self.zones(obs)
-        except ProximityError:  # a damaged zones.json: the default zone as the settings say
-            spec = None
-        return spec.views()[0] if spec is not None else default_view(self.settings)
 
     def verdict(self, obs: Observation, view: ZoneSettings | None = None) -> NetworkStatus:
         """The health of the default zone (or ``view``'s), judged against the host's whole table."""
