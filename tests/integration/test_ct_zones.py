@@ -124,3 +124,26 @@ def test_migrate_into_a_zone(zoned):
     again = proximity("migrate", str(old.vmid), "--zone", "db", "--sandbox", sb.name, check=False)
     assert again.returncode == 2 and "ct move" in again.stderr  # another zone's bridge: that is a move
     assert cli_json(sb, "ct", "show", str(old.vmid))["zone"] == "web"
+
+
+def test_a_container_in_an_ipv6_zone_gets_its_reserved_ipv6_by_dhcpv6_and_its_aaaa_before_boot(zoned):
+    sb, backend = zoned
+    proximity("zone", "create", "six", "--subnet", "10.40.0.0/24", "--sandbox", sb.name)  # --ipv6 auto
+    try:
+        made = cli_json(sb, "ct", "create", "app-6", "--zone", "six", "--no-start")
+        view = zone_view_of(NetworkManager(sb.settings()), "six")
+        (reservation,) = [r for r in Reservations(view, NetworkManager(sb.settings()).host).all() if r.hostname == "app-6"]
+        gateway6 = str(view.ipv6_gateway.ip)
+        aaaa = resolve(sb.name, "app-6.six.internal", gateway6, rdtype="AAAA")  # before the first boot
+        assert len(aaaa) == 1 and aaaa[0].startswith(str(view.ipv6_gateway.network.network_address)[:-1])
+        assert "ip6=dhcp" in backend.get_net0(made["vmid"])
+        proximity("ct", "start", "app-6", "--zone", "six", "--sandbox", sb.name)
+
+        def has_reserved_v6() -> bool:
+            out = backend.exec(made["vmid"], ["ip", "-6", "-o", "addr", "show", "eth0", "scope", "global"], timeout=5)
+            return f"{aaaa[0]}/" in out.stdout and "tentative" not in out.stdout
+        assert wait_for(has_reserved_v6, 20), backend.exec(made["vmid"], ["ip", "-6", "addr"], timeout=5).stdout
+        assert resolve(sb.name, "app-6.six.internal", view.gateway.ip.exploded) == [reservation.ip]
+    finally:
+        proximity("ct", "destroy", "app-6", "--zone", "six", "--force", "--sandbox", sb.name, check=False)
+        proximity("zone", "delete", "six", "--force", "--sandbox", sb.name, check=False)

@@ -207,8 +207,10 @@ def dnsmasq_binary() -> str:
 
 
 def container_net0(settings: Settings, hwaddr: str | None = None) -> str:
-    """The Proxmox ``net0`` property string for a container on the bridge."""
-    value = f"name=eth0,bridge={settings.bridge},ip=dhcp,firewall=1"
+    """The Proxmox ``net0`` property string for a container on the bridge (``ip6=dhcp`` in a zone with IPv6:
+    the reservation's stable address comes by DHCPv6, as its AAAA record says)."""
+    v6 = ",ip6=dhcp" if getattr(settings, "ipv6_gateway", None) is not None else ""
+    value = f"name=eth0,bridge={settings.bridge},ip=dhcp{v6},firewall=1"
     return f"{value},hwaddr={hwaddr}" if hwaddr else value
 
 
