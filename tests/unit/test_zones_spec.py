@@ -155,7 +155,7 @@ def test_further_zones_resolve_with_their_own_names_paths_and_networks(tmp_path,
     assert str(p.dnsmasq_conf) == "/etc/proximity/zones/web.conf"
     assert {p.leases_file.parent, p.reservations_db.parent, p.dhcp_hosts_file.parent, p.addn_hosts_file.parent,
             p.dns_log_file.parent} == {s.state_dir / "zones" / "web"}
-    assert (p.service_name, p.unit_file.name) == ("proximity-dns@web", "proximity-dns@web.service")
+    assert (p.service_name, p.unit_file.name) == ("proximity-dns@web", "proximity-dns@.service")
     assert p.dns_pid_file == s.run_dir / "proximity-dns@web.pid"
     assert all(z.upstream_dns == tuple(s.upstream_dns) and z.lease_time == s.lease_time for z in spec.zones)
     with pytest.raises(NotFoundError, match="'nope'.*prox-net, web, db, build"):

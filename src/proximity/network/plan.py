@@ -111,15 +111,16 @@ def plan_down(settings: Settings, obs: Observation, purge: bool = False, *, zone
     every: list[Zone] = [(default, obs), *zones]
     out = _Builder()
     bridges = tuple(v.bridge for v, _ in every)
+    gone = {v.zone for v, _ in (every if only is None else only)}
+    template_stays = any(not v.is_default and v.zone not in gone for v, _ in every)
     for v, o in (every if only is None else only):
-        out.add(v.zone, plan_zone_down(v, o, purge, bridges))
+        out.add(v.zone, plan_zone_down(v, o, purge, bridges, template_stays))
         if obs.pve_firewall:
             out.add(v.zone, _pve_changes(v, o, [], out.warnings))
     if only is None:
         out.add(default.zone, plan_remove(default, obs))
         out.add(default.zone, [DeleteRule(rule, obs.rules.count(rule)) for rule in obs.rules])
         return out.plan()
-    gone = {v.zone for v, _ in only}
     staying = [v for v, _ in every if v.zone not in gone]
     if not staying:
         return plan_down(settings, obs, purge, zones=zones)

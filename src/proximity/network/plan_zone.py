@@ -101,13 +101,15 @@ def _dns_up(v: ZoneSettings, obs: Observation, link, remake_bridge: bool) -> lis
     return changes
 
 
-def plan_zone_down(v: ZoneSettings, obs: Observation, purge: bool, bridges: tuple[str, ...] = ()) -> list[Change]:
-    """What removes one zone: its dnsmasq and files, its stanza (a further zone's whole file), its bridge."""
+def plan_zone_down(v: ZoneSettings, obs: Observation, purge: bool, bridges: tuple[str, ...] = (),
+                   template_stays: bool = False) -> list[Change]:
+    """What removes one zone: its dnsmasq and files, its stanza (a further zone's whole file), its bridge.
+    ``template_stays``: other further zones still run from the template unit, which is kept."""
     changes: list[Change] = []
     units = [path for path in render.dns_unit_files(v, obs.systemd) if obs.file(path) is not None]
     if obs.dns is not None or units:
         changes.append(StopDns(disable=bool(units)))
-    removable = [*units, v.dnsmasq_conf]
+    removable = [*([] if template_stays and not v.is_default else units), v.dnsmasq_conf]
     if purge:
         removable += [v.leases_file, v.reservations_db, v.reservations_db.with_name(v.reservations_db.name + ".bak"),
                       v.dhcp_hosts_file, v.addn_hosts_file]

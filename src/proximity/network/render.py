@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import shlex
 import shutil
@@ -9,6 +11,7 @@ import shutil
 from proximity.network.interfaces import IPV6_TAG
 from proximity.network.render_ipv6 import dnsmasq_ipv6_conf, view_subnet
 from proximity.settings import RESERVED_HOSTNAMES, Settings
+from proximity.spec.naming import TEMPLATE_SERVICE
 
 HEADER = "# Managed by Proximity: 'proximity up' rewrites this file from its settings.\n"
 
@@ -199,7 +202,14 @@ WantedBy=multi-user.target
 
 def dns_unit_files(settings: Settings, systemd: bool) -> dict:
     """The unit files dnsmasq runs from: the proximity-dns unit on a host with systemd, none elsewhere."""
-    return {settings.unit_file: systemd_unit(settings, dnsmasq_binary())} if systemd else {}
+    if not systemd:
+        return {}
+    if getattr(settings, "is_default", True):
+        return {settings.unit_file: systemd_unit(settings, dnsmasq_binary())}
+    # A further zone's: the one template unit every zone's instance runs from (proximity-dns@NAME).
+    template = dataclasses.replace(settings, dnsmasq_conf=settings.dnsmasq_conf.with_name("%i.conf"),
+                                   service_name=f"{TEMPLATE_SERVICE}%i", bridge="zone %i")
+    return {settings.unit_file: systemd_unit(template, dnsmasq_binary())}
 
 
 def dnsmasq_binary() -> str:

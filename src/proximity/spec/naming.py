@@ -105,5 +105,5 @@ def zone_paths(settings: Settings, zone: str) -> ZonePaths:
         dns_pid_file=settings.run_dir / f"{service}.pid",
         dns_log_file=state / f"{service}.log",
         service_name=service,
-        unit_file=settings.systemd_dir / f"{service}.service",  # an instance's own file: systemd reads it first
+        unit_file=settings.systemd_dir / f"{TEMPLATE_SERVICE}.service",  # the template every zone runs from
     )

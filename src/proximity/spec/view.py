@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proximity.settings import Settings
-from proximity.spec.naming import DEFAULT_ZONE, zone_state_dir
+from proximity.spec.naming import DEFAULT_ZONE, TEMPLATE_SERVICE, zone_state_dir
 
 ZONE_FILE_PREFIX = "proximity-"  # interfaces.d/proximity-NAME: a further zone's stanza
 
@@ -66,6 +66,11 @@ class ZoneSettings(Settings):
     @property
     def dns_log_file(self) -> Path:
         return self.zone_dir / f"{self.service_name}.log"
+
+    @property
+    def unit_file(self) -> Path:
+        """The default zone's own unit; a further zone's instance runs from the one template unit."""
+        return super().unit_file if self.is_default else self.systemd_dir / f"{TEMPLATE_SERVICE}.service"
 
     @property
     def probe_file(self) -> Path:
