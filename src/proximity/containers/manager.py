@@ -60,7 +60,11 @@ class ContainerManager(Migration):
     def __init__(self, network: NetworkManager, backend: ContainerBackend):
         self.network, self.backend = network, backend
         self.settings = network.settings
-        self.reservations = Reservations(self.settings, network.host)
+        # With IPv6 in prox-net a reservation has a stable IPv6 address and AAAA record, from the prefix
+        # only the zone's view knows: the files are written as `up` writes them (else each create
+        # dropped every IPv6 line until the next `up`), and net0 asks for DHCPv6 (ip6=dhcp).
+        self.view = network.default_zone(network.observe()) if self.settings.ipv6 != "off" else self.settings
+        self.reservations = Reservations(self.view, network.host)
 
     # -- lifecycle -----------------------------------------------------------------
     def plan_create(self, hostname: str) -> tuple[Reservation, str]:
@@ -70,7 +74,8 @@ class ContainerManager(Migration):
         if any(c.hostname.lower() == hostname.lower() for c in self.backend.list()):  # DNS ignores case
             raise AdmissionError(f"a container named {hostname!r} already exists: pick another hostname")
         reservation = self.reservations.reserve(hostname, self.network.leases()[0], save=False)
-        return reservation, f"{base_net0},hwaddr={reservation.mac}"
+        ip6 = ",ip6=dhcp" if getattr(self.view, "ipv6_gateway", None) is not None else ""
+        return reservation, f"{base_net0}{ip6},hwaddr={reservation.mac}"
 
     def create(self, hostname: str, *, memory: int = 256, cores: int = 1, template: str | None = None,
                start: bool = True) -> ContainerInfo:
