@@ -239,7 +239,7 @@ def run(count: int = 20) -> list[Row]:
             notes=f"baseline: the same containers' IPv4 (udhcpc bound; A record before boot); median "
                   f"{median(ready):.3f} s, max {max(ready):.3f} s; medians: {breakdown(shipped)}; container: "
                   f"{sysctls['shipped']}; load {' → '.join(loads)}",
-            samples={"proximity": ready, "baseline": v4}),
+            samples={"proximity": ready, "baseline": v4, **{f"step: {k}": v for k, v in shipped.items()}}),
         Row(f"what-if (not shipped): the same with RetransTimer {WHAT_IF_MS} ms in the container, p95",
             percentile(what_if["network-ready"], 95), p95, "s", "", None,
             notes=f"baseline: as shipped (RetransTimer 1000 ms), same run, taking turns; median "

@@ -28,6 +28,7 @@ from scale import GATEWAY, LightClients, destroy_sandbox, fresh_dnsmasq, reserva
 
 from proximity import sandbox as sandboxes
 from proximity.host import Host
+from proximity.host.ifupdown import is_locked
 from proximity.settings import load_settings
 from proximity.zones_file import render_zones_file
 
@@ -52,6 +53,22 @@ def timed(*argv: str) -> float:
     return time.perf_counter() - start
 
 
+def reload_timed(name: str) -> float:
+    """A no-op ``ifreload -a`` in the sandbox: the run that got ifupdown2's machine-wide lock (another
+    session's reload makes it exit 89 at once; those tries are not counted: in the baseline's favour)."""
+    for _ in range(600):
+        start = time.perf_counter()
+        result = subprocess.run(["ip", "netns", "exec", name, "ifreload", "-a"], capture_output=True, text=True,
+                                timeout=300, check=False)
+        seconds = time.perf_counter() - start
+        if result.returncode == 0:
+            return seconds
+        if not is_locked(result.returncode, result.stderr):
+            raise RuntimeError(f"ifreload -a failed in {name}: {result.stderr[-2000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"ifreload -a in {name}: ifupdown2's lock stayed held by others")
+
+
 def fresh(name: str) -> sandboxes.Sandbox:
     sandboxes.destroy(name)
     return sandboxes.create(name)
@@ -72,7 +89,7 @@ def make_zones(name: str, ipv6: str) -> None:
 
 def dns_pids(sb: sandboxes.Sandbox) -> dict[str, str]:
     """Every dnsmasq pid file of the sandbox: one per zone."""
-    return {p.name: p.read_text().strip() for p in sorted(sb.run_dir.rglob("*dns*.pid"))}
+    return {p.name: p.read_text().strip() for p in sorted(sb.run_dir.glob("proximity-dns*.pid"))}
 
 
 def converge_variant(ipv6: str, runs: int) -> Row:
@@ -91,7 +108,7 @@ def converge_variant(ipv6: str, runs: int) -> Row:
             start = time.perf_counter()
             changes += len(json.loads(cli("up", "--sandbox", name, "--json").stdout)["actions"])
             up.append(time.perf_counter() - start)
-            reload.append(timed("ip", "netns", "exec", name, "ifreload", "-a"))
+            reload.append(reload_timed(name))
         restarted = [k for k, v in dns_pids(sb).items() if pids.get(k) != v]
     finally:
         destroy_sandbox(name)
@@ -187,7 +204,7 @@ class DnsTarget:
 
 
 def dns_rows(quick: bool) -> list[Row]:
-    seconds, rounds = (2, 1) if quick else (5, 3)
+    seconds, rounds = (2, 1) if quick else (5, 5)  # 5 rounds: round-to-round noise here is +-20%
     targets: list[DnsTarget] = []
     samples: dict[str, list[float]] = {"ten": [], "one": []}
     loads = []
