@@ -24,8 +24,10 @@ import containers  # noqa: E402
 import datapath  # noqa: E402
 import dnsload  # noqa: E402
 import peers  # noqa: E402
+import ready6  # noqa: E402
 import ruleset  # noqa: E402
 import scale  # noqa: E402
+import zones  # noqa: E402
 from common import Row, machine, median, percentile  # noqa: E402
 
 from proximity import sandbox as sandboxes  # noqa: E402
@@ -155,6 +157,10 @@ def main() -> None:
         "DNS": lambda: dnsload.run(quick),
         "data path": lambda: datapath.run(quick),
         "firewall": lambda: ruleset.run(quick),
+        "zones converge": lambda: zones.converge_rows(quick),
+        "zones up": lambda: zones.up_rows(2 if quick else 3),
+        "zones DNS": lambda: zones.dns_rows(quick),
+        "network-ready IPv6": lambda: ready6.run(5 if quick else 20),
     }
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     if only is not None:  # some parts, printed; the results files keep the last whole run

@@ -12,7 +12,7 @@ import contextlib
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -167,10 +167,14 @@ class ApplyInterfaces(Change):
     whole_file: bool = True  # ifreload -a; False: ifup BRIDGE
     check_bridge: bool = True  # `ifquery --check` must pass for the bridge afterwards
     others: tuple[tuple[str, BridgeState], ...] = ()  # the other zones' bridges: `ifreload -a` takes their ports too
+    reload: bool = True  # False: only write the file; the last change of its batch reloads (batch_reloads)
+    batch: tuple[ApplyInterfaces, ...] = ()  # the earlier changes whose files this one's reload applies
     _reached: set = field(default_factory=set, compare=False, repr=False)  # how far apply got
 
     def describe(self) -> str:
         how = "`ifreload -a`" if self.whole_file else f"`ifup {self.bridge}`"
+        if not self.reload:
+            how = "the one `ifreload -a` of every zone below"
         if self.text is None:
             return f"remove {self.path} and apply the change with {how}"
         return (f"write {self.path} and apply it with {how}" if self.text != self.before
@@ -181,15 +185,21 @@ class ApplyInterfaces(Change):
             env.host.remove(self.path)
         elif self.text != self.before:
             WriteFile(self.path, self.text, self.before, backup=True).apply(env)
+        if not self.reload:
+            return
         env.host.mkdir(IFUPDOWN_RUN_DIR)
-        self._reached.add("reload")
+        parts = (*self.batch, self)
+        for part in parts:
+            part._reached.add("reload")  # from here each part's undo puts its bridge back too
         _retry_locked(env, ["ifreload", "-a"] if self.whole_file else ["ifup", self.bridge])
         if self.whole_file and not env.host.dry_run:
             for bridge, state in self.others:
                 state.reattach(env, bridge)
-        if self.check_bridge and not env.host.dry_run:
-            ifquery_check(env, self.bridge)
-            self.bridge_before.reattach(env, self.bridge)
+        checked = [part for part in parts if part.check_bridge]
+        if checked and not env.host.dry_run:
+            ifquery_check(env, *(part.bridge for part in checked))
+            for part in checked:
+                part.bridge_before.reattach(env, part.bridge)
 
     def undo(self, env: Env) -> None:
         """The file differs from the old one only in the bridge's stanza, so putting the bridge, its
@@ -370,18 +380,33 @@ def _retry_locked(env: Env, argv: list[str]) -> None:
         raise failure
 
 
-def ifquery_check(env: Env, bridge: str | None = None) -> None:
-    """``ifquery -a --check`` must pass for the bridge: ifupdown2's own word that it is applied."""
-    bridge = bridge or env.settings.bridge
+def ifquery_check(env: Env, *bridges: str) -> None:
+    """``ifquery -a --check`` must pass for the bridges (default: the zone's): ifupdown2's own word that
+    they are applied. One run checks them all (it parses every stanza each time: ~0.4 s)."""
     result = env.host.query(["ifquery", "-a", "--check", "-o", "json"], timeout=30)
     try:
         entries = json.loads(result.stdout or "[]")
     except json.JSONDecodeError:
         raise HostError(f"`ifquery -a --check` gave no readable answer: {result.stderr.strip()}") from None
-    ours = [entry for entry in entries if entry.get("name") == bridge]
-    if not ours or any(entry.get("status") != "pass" for entry in ours):
-        failed = {k for entry in ours for k, v in entry.get("config_status", {}).items() if v == "fail"}
-        raise HostError(f"`ifquery -a --check` does not pass for {bridge} after `ifreload -a`: "
-                        + (", ".join(f"{key} fails" for key in sorted(failed)) or "not applied"))
+    for bridge in bridges or (env.settings.bridge,):
+        ours = [entry for entry in entries if entry.get("name") == bridge]
+        if not ours or any(entry.get("status") != "pass" for entry in ours):
+            failed = {k for entry in ours for k, v in entry.get("config_status", {}).items() if v == "fail"}
+            raise HostError(f"`ifquery -a --check` does not pass for {bridge} after `ifreload -a`: "
+                            + (", ".join(f"{key} fails" for key in sorted(failed)) or "not applied"))
+
+
+def batch_reloads(per_zone: list[tuple[str, list[Change]]]) -> list[tuple[str, Change]]:
+    """Every zone's changes in order, but with the zones' ``ifreload -a`` (ApplyInterfaces) first and
+    merged: each writes its file, the last reloads once and checks every bridge once. Each reload and
+    check takes ~0.5 s (ifupdown2 parses every stanza), so ten zones built one by one took ~10 s."""
+    applies = [(zone, c) for zone, changes in per_zone for c in changes
+               if isinstance(c, ApplyInterfaces) and c.whole_file and c.reload and not c.batch]
+    rest = [(zone, c) for zone, changes in per_zone for c in changes if all(c is not a for _, a in applies)]
+    if len(applies) < 2:
+        return [(zone, c) for zone, changes in per_zone for c in changes]
+    *early, (zone, last) = applies
+    early = [(z, replace(c, reload=False)) for z, c in early]
+    return [*early, (zone, replace(last, batch=tuple(c for _, c in early))), *rest]
 
 

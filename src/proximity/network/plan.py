@@ -16,7 +16,7 @@ from typing import Iterable, Literal, Sequence
 
 from proximity.errors import ConflictError
 from proximity.network import interfaces, ipv6_host, safety
-from proximity.network.changes import AddPveRule, Change, DeletePveRule, DeleteRule, SetSysctl
+from proximity.network.changes import AddPveRule, Change, DeletePveRule, DeleteRule, SetSysctl, batch_reloads
 from proximity.network.nft_changes import plan_firewall, plan_remove, spec_of
 from proximity.network.observe import Observation
 from proximity.network.plan_zone import check_zone, plan_zone_down, plan_zone_up, zone_text
@@ -85,9 +85,10 @@ def plan_up(settings: Settings, obs: Observation, mode: Mode = "up", *, zones: S
     first, rule_changes = plan_firewall(default, obs, spec_of([v for v, _ in every], uplink, obs, peers))
     out.add(default.zone, first)
     # 1-2. Each zone's bridge, its containers' ports and its dnsmasq.
+    #      New or changed stanzas of several zones are applied by one `ifreload -a` (batch_reloads).
     bridges = tuple(v.bridge for v, _ in every)
-    for v, o in every:
-        out.add(v.zone, plan_zone_up(v, o, mode, out.warnings, bridges))
+    for zone, change in batch_reloads([(v.zone, plan_zone_up(v, o, mode, out.warnings, bridges)) for v, o in every]):
+        out.add(zone, [change])
     # 3. iptables: the accepts a FORWARD policy of DROP needs, exactly once; no other rule of ours.
     out.add(default.zone, rule_changes)
     # 4. Forwarding (IPv6's after the uplink keeps accepting router advertisements, ipv6_host).
