@@ -31,12 +31,12 @@ def test_a_container_on_dual_stack_prox_net_has_its_aaaa_before_boot(sandbox):
         manager = manager_of(sb)
         info = manager.create("dual-6", start=False)
         assert ",ip6=dhcp," in manager.backend.get_net0(info.vmid)
-        prefix = manager.view.ipv6_gateway.network
-        hosts = manager.view.addn_hosts_file.read_text()
+        prefix = manager.settings.ipv6_gateway.network
+        hosts = manager.settings.addn_hosts_file.read_text()
         aaaa = [line.split()[0] for line in hosts.splitlines() if "dual-6.prox.local" in line and ":" in line.split()[0]]
         assert len(aaaa) == 1 and aaaa[0].startswith(str(prefix.network_address).rstrip(":")), hosts
-        assert f",[{aaaa[0]}],dual-6" in manager.view.dhcp_hosts_file.read_text()
-        plain = [line for line in manager.view.dhcp_hosts_file.read_text().splitlines() if line.endswith(",plain-4")]
+        assert f",[{aaaa[0]}],dual-6" in manager.settings.dhcp_hosts_file.read_text()
+        plain = [line for line in manager.settings.dhcp_hosts_file.read_text().splitlines() if line.endswith(",plain-4")]
         assert len(plain) == 1 and ",[" in plain[0], plain  # the earlier reservation got its IPv6 address too
         assert resolve(sb.name, "dual-6.prox.local", "10.10.0.1", rdtype="AAAA") == aaaa
         assert json_up_actions(sb) == []  # `up` writes the same files: nothing to do
