@@ -82,8 +82,7 @@ def _dns_up(v: ZoneSettings, obs: Observation, link, remake_bridge: bool) -> lis
     """dnsmasq's files, then dnsmasq itself: started, restarted when what it runs with is stale, or
     told to re-read the reservations."""
     conf = render.dnsmasq_conf(v, ipv6_default_route=obs.ipv6_default_route)
-    hosts = {v.dhcp_hosts_file: render_dhcp_hosts(list(obs.reservations), v.subnet, v.ipv6_gateway),
-             v.addn_hosts_file: render_addn_hosts(list(obs.reservations), v.domain, v.subnet, v.ipv6_gateway)}
+    hosts = reservation_files(v, obs.reservations)
     changes: list[Change] = [WriteFile(path, text, obs.file(path))
                              for path, text in {**hosts, **render.dns_unit_files(v, obs.systemd)}.items()
                              if obs.file(path) != text]
@@ -97,6 +96,23 @@ def _dns_up(v: ZoneSettings, obs: Observation, link, remake_bridge: bool) -> lis
     elif remake_bridge or (link is not None and dns.bridge_index != link.index):
         changes.append(RestartDns(f"{v.bridge} was re-created"))
     elif dns.hosts != content_hash(*hosts.values()):
+        changes.append(ReloadDns())
+    return changes
+
+
+def reservation_files(v: ZoneSettings, reservations) -> dict:
+    """dnsmasq's two files of the zone's reservations: dhcp-hosts (MAC, addresses, name) and hosts (names)."""
+    return {v.dhcp_hosts_file: render_dhcp_hosts(list(reservations), v.subnet, v.ipv6_gateway),
+            v.addn_hosts_file: render_addn_hosts(list(reservations), v.domain, v.subnet, v.ipv6_gateway)}
+
+
+def plan_reservations(v: ZoneSettings, reservations, read, dns) -> list[Change]:
+    """The zone's plan for a change of its reservations alone (``ct create``/``destroy`` apply it at once,
+    under the reservations' lock): dnsmasq's two files, then a SIGHUP if dnsmasq runs with older ones.
+    ``read``: a file's text now; ``dns``: the zone's dnsmasq (None: not running)."""
+    files = reservation_files(v, reservations)
+    changes: list[Change] = [WriteFile(path, text, read(path)) for path, text in files.items() if read(path) != text]
+    if dns is not None and dns.hosts != content_hash(*files.values()):
         changes.append(ReloadDns())
     return changes
 

@@ -295,9 +295,7 @@ class Reservations:
 
     def ensure_files(self) -> None:
         """The files dnsmasq reads must exist before it starts."""
-        for path, text in self._rendered(self.all()).items():
-            if self.host.read_text(path) != text:
-                self.host.write_text(path, text)
+        self._apply(self.all(), running=False)
 
     def _pool(self) -> Iterator[ipaddress.IPv4Address]:
         address = self.settings.dhcp_start
@@ -306,12 +304,25 @@ class Reservations:
             address += 1
 
     def _rendered(self, reservations: list[Reservation]) -> dict:
-        s = self.settings
-        ipv6 = getattr(s, "ipv6_gateway", None)  # a zone view with IPv6 on
-        return {
-            s.dhcp_hosts_file: render_dhcp_hosts(reservations, s.subnet, ipv6),
-            s.addn_hosts_file: render_addn_hosts(reservations, s.domain, s.subnet, ipv6),
-        }
+        from proximity.network.plan_zone import reservation_files
+        from proximity.spec.view import default_view
+
+        return reservation_files(default_view(self.settings), reservations)
+
+    def _apply(self, reservations: list[Reservation], running: bool = True) -> None:
+        """dnsmasq's files and its SIGHUP, as the zone's plan says (network.plan_zone.plan_reservations)."""
+        from proximity.network.changes import Env
+        from proximity.network.dns_changes import ReloadDns
+        from proximity.network.plan_zone import plan_reservations
+        from proximity.spec.view import default_view
+
+        dns = dns_service(self.host, self.settings)
+        for change in plan_reservations(default_view(self.settings), reservations, self.host.read_text,
+                                        dns.process() if running else None):
+            if isinstance(change, ReloadDns):
+                self._reload_dnsmasq()
+            else:
+                change.apply(Env(self.host, self.settings, dns))
 
     def replace_all(self, reservations: list[Reservation]) -> str | None:
         """Write ``reservations`` over whatever the file holds (``gc --rebuild``); call with the lock held.
@@ -333,8 +344,8 @@ class Reservations:
         return None
 
     def _save(self, reservations: list[Reservation]) -> None:
-        """Write the database (its previous good copy kept as the backup), then dnsmasq's files,
-        reloading dnsmasq only when those changed."""
+        """Write the database (its previous good copy kept as the backup), then what the zone's plan
+        makes of it: dnsmasq's files, and a SIGHUP when dnsmasq runs with older ones."""
         s = self.settings
         before = self.host.read_text(s.reservations_db)
         if before is not None:
@@ -344,13 +355,7 @@ class Reservations:
                 raise self._damaged(str(exc)) from None
             self.host.write_text(self.backup, before, mode=0o600)
         self.host.write_text(s.reservations_db, json.dumps([asdict(r) for r in reservations]) + "\n")
-        changed = False
-        for path, text in self._rendered(reservations).items():
-            if self.host.read_text(path) != text:
-                self.host.write_text(path, text)
-                changed = True
-        if changed:
-            self._reload_dnsmasq()
+        self._apply(reservations)
 
     def _reload_dnsmasq(self) -> None:
         dns_service(self.host, self.settings).reload()  # re-reads dhcp-hostsfile and addn-hosts
