@@ -106,7 +106,7 @@ class ZoneAdmin:
         for name in (a, b):
             self._require_zone(s, name)
         if a == b:
-            raise InputError(f"zone peer {a} {b}: a zone always reaches itself; name two different zones")
+            raise ConflictError(f"zone peer {a} {b}: a zone always reaches itself; name two different zones")
         data = read_zones_file(s.zones_file)
         pair, peers = tuple(sorted((a, b))), _peers(data)
         if not join and pair not in peers and pair in s.peers:

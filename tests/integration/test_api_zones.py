@@ -129,7 +129,7 @@ def test_peer_and_unpeer_are_jobs(api):
     assert job["status"] == "succeeded", job
     assert _peers(sb) == []
     assert client.post("/api/v1/zones/web/peers/nope").status_code == 404
-    assert client.post("/api/v1/zones/web/peers/web").status_code == 400
+    assert client.post("/api/v1/zones/web/peers/web").status_code == 409
 
 
 def _peers(sb) -> list[list[str]]:
@@ -312,3 +312,19 @@ def test_a_damaged_zones_state_leaves_the_default_zone_readable(api):
         path.write_bytes(original)
     context.zones.invalidate()
     assert set(by_zone(scrape(client)["proximity_pool_size"])) == {"prox-net", "web", "db"}
+
+
+def test_a_zone_s_leases_through_the_api(api):
+    sb, client, context = api
+    assert client.get("/api/v1/zones/nosuch/leases").status_code == 404
+    web1 = sandboxes.attach_client(sb, "web-2", bridge="pz-web")
+    try:
+        answer = client.get("/api/v1/zones/web/leases")
+        assert answer.status_code == 200, answer.text
+        assert [lease["ip"] for lease in answer.json()["data"] if lease["hostname"] == "web-2"] == [web1.ip]
+        db = client.get("/api/v1/zones/db/leases").json()["data"]
+        assert all(lease["hostname"] != "web-2" for lease in db)
+        default = client.get("/api/v1/zones/prox-net/leases").json()
+        assert default == client.get("/api/v1/system/network/leases").json()
+    finally:
+        sandboxes.detach_client(sb, web1.hostname)

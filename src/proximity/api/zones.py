@@ -153,6 +153,17 @@ def zone_routes(context: Context, auth: list) -> APIRouter:
         return Response(status_body(found[0], context.last_converge, context.retry_every),
                         media_type="application/json")
 
+    @router.get("/api/v1/zones/{name}/leases", response_model=dict[str, Any])
+    def get_zone_leases(name: ZoneName) -> dict[str, Any]:
+        """The zone's DHCP leases, IPv4 and DHCPv6, as ``GET /api/v1/system/network/leases`` gives the default's."""
+        from proximity.network.zone_views import zone_view_of
+
+        views = tuple(view for view, _ in context.zones.get())
+        if not any(view.zone == name for view in views):
+            raise NotFoundError(f"there is no zone {name!r}: GET /api/v1/zones lists them")
+        leases, warnings = context.network.leases(zone_view_of(context.network, name, views))
+        return {"data": [lease.as_dict() for lease in leases], "warnings": warnings}
+
     @router.post("/api/v1/zones", status_code=202, responses=DRY_RUN)
     def create_zone(body: CreateZone) -> Any:
         """Create a zone and bring it up (kept in zones.toml), as `proximity zone create`."""
