@@ -144,6 +144,9 @@ def test_a_container_in_an_ipv6_zone_gets_its_reserved_ipv6_by_dhcpv6_and_its_aa
             return f"{aaaa[0]}/" in out.stdout and "tentative" not in out.stdout
         assert wait_for(has_reserved_v6, 20), backend.exec(made["vmid"], ["ip", "-6", "addr"], timeout=5).stdout
         assert resolve(sb.name, "app-6.six.internal", view.gateway.ip.exploded) == [reservation.ip]
+        row = next(r for r in cli_json(sb, "zone", "list") if r["name"] == "six")
+        assert wait_for(lambda: next(r for r in cli_json(sb, "zone", "list") if r["name"] == "six")["leases6_in_use"] == 1,
+                        10), row  # its DHCPv6 lease, counted apart from IPv4
     finally:
         proximity("ct", "destroy", "app-6", "--zone", "six", "--force", "--sandbox", sb.name, check=False)
         proximity("zone", "delete", "six", "--force", "--sandbox", sb.name, check=False)

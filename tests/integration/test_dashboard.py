@@ -491,14 +491,14 @@ def test_the_zones_card_shows_every_zone_with_its_ipv6_prefix_leases_and_health(
         expect(web.locator('[data-col="subnet"]')).to_have_text("10.20.0.0/24")
         expect(web.locator('[data-col="ipv6_prefix"]')).to_have_text(prefix)
         expect(web.locator('[data-col="health"] .badge')).to_have_text("healthy", timeout=30_000)
-        expect(web.locator('[data-col="leases"]')).to_have_text("0 of 151")
+        expect(web.locator('[data-col="leases"]')).to_have_text("0 of 151, 0 DHCPv6")
         default = page.locator('#zones tr[data-zone="prox-net"]')
         expect(default.locator('[data-col="ipv6_prefix"]')).to_have_text("off")  # opt-in for the default zone
         expect(default.locator('[data-col="bridge"]')).to_have_text("prox-net")
         # pyroute2 runs its own event loop: a thread of its own, beside Playwright's
         client = off_loop(sandboxes.attach_client, sandbox, "web-1", bridge="pz-web")
         try:  # a lease in web shows in its row on a later refresh
-            expect(web.locator('[data-col="leases"]')).to_have_text("1 of 151", timeout=30_000)
+            expect(web.locator('[data-col="leases"]')).to_have_text("1 of 151, 0 DHCPv6", timeout=30_000)
         finally:
             off_loop(sandboxes.detach_client, sandbox, client.hostname)
         OUTPUT.mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from proximity.network import intent as intents
 from proximity.network.health import NetworkStatus, health
+from proximity.network.leases import parse_leases
 from proximity.network.reconciler import NetworkManager
 from proximity.spec.view import ZoneSettings, default_view
 
@@ -46,7 +47,16 @@ def zone_row(view: ZoneSettings, status: NetworkStatus) -> dict:
         "ipv6_nat": view.ipv6_nat, "host_services": view.host_services, "default": view.is_default,
         "service": view.service_name, "health": status.health_status, "reasons": status.reasons,
         "leases_in_use": status.leases_in_use, "pool_size": status.pool_size,
+        "leases6_in_use": _leases6(view) if view.ipv6_gateway else 0,  # DHCPv6 leases (SLAAC leaves none)
     }
+
+
+def _leases6(view: ZoneSettings) -> int:
+    try:
+        text = view.leases_file.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for lease in parse_leases(text, str(view.leases_file))[0] if lease.version == 6)
 
 
 def zone_status(manager: NetworkManager, name: str) -> NetworkStatus:
