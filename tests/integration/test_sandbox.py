@@ -377,6 +377,21 @@ def test_destroy_leaves_foreign_namespace_alone(make_name: Callable[[str], str])
         subprocess.run(["ip", "netns", "delete", name], check=True)
 
 
+def test_destroy_removes_the_namespace_of_a_probe_its_service_was_stopped_in(make_name: Callable[[str], str]) -> None:
+    """`make demo-clean` stops the service, maybe midway through a probe: its namespace goes too."""
+    name = make_name("p")
+    sandbox.create(name)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = f"pxprobe-{gone.pid}"  # a probe whose process is dead
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        sandbox.destroy(name)
+        assert stale not in netns_list()
+    finally:
+        subprocess.run(["ip", "netns", "delete", stale], capture_output=True)
+
+
 def test_no_leftovers() -> None:
     """Runs last in this module: nothing of this run remains."""
     mine = re.compile(rf"{BASE}[a-z](-.*)?")

@@ -61,7 +61,7 @@ def probe(host: Host, settings: Settings, timeout: float = 6.0) -> ProbeResult:
         listing = list_ruleset(host)[0]
     digest = host_rules_digest(host, listing)
     before = _drop_counters(host)
-    _remove_stale_probes(root)
+    remove_stale_probes(root)
     # Only another table's chain that can drop is worth a trace (a host with Proximity's table alone has none);
     # its monitor starts while the client is set up.
     suspected = suspects(listing)
@@ -146,7 +146,7 @@ def is_stale(result: ProbeResult | None, digest: str | None) -> bool:
     return result is not None and digest is not None and result.rules_digest != digest
 
 
-def _remove_stale_probes(root: Host) -> None:
+def remove_stale_probes(root: Host) -> None:
     """A probe killed midway (kill -9) leaves its namespace: the next one removes it."""
     for line in root.query(["ip", "netns", "list"]).stdout.splitlines():
         name = line.split()[0] if line.split() else ""

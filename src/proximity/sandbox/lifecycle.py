@@ -207,6 +207,9 @@ def destroy(name: str, missing_ok: bool = True) -> None:
     survivors = stop_all(sb.run_dir, [ns for ns in namespaces if ns_exists(ns)])
     if survivors:
         errors.append(f"processes {survivors} survived SIGKILL")
+    from proximity.network.probe import remove_stale_probes  # a probe of its service, stopped midway
+
+    remove_stale_probes(host)
 
     for ns in namespaces:
         if ns_exists(ns):
