@@ -12,7 +12,8 @@ import pytest
 from proximity.errors import ConflictError, HostError
 from proximity.host import Host
 from proximity.network import interfaces, render
-from proximity.network.changes import DeleteLink, DeleteRule, Env, WriteFile
+from proximity.network.bridge_changes import DeleteLink
+from proximity.network.changes import DeleteRule, Env, WriteFile
 from proximity.network.health import health
 from proximity.network.plan import plan_down
 from proximity.network.reconciler import NetworkManager

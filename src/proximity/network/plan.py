@@ -16,7 +16,8 @@ from typing import Iterable, Literal, Sequence
 
 from proximity.errors import ConflictError
 from proximity.network import interfaces, ipv6_host, safety
-from proximity.network.changes import AddPveRule, Change, DeletePveRule, DeleteRule, SetSysctl, batch_reloads
+from proximity.network.bridge_changes import batch_reloads
+from proximity.network.changes import AddPveRule, Change, DeletePveRule, DeleteRule, SetSysctl
 from proximity.network.nft_changes import plan_firewall, plan_remove, spec_of
 from proximity.network.observe import Observation
 from proximity.network.plan_zone import check_zone, plan_zone_down, plan_zone_up, zone_text

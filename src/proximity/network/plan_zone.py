@@ -8,7 +8,8 @@ file, as it always did; a further zone's in a file of Proximity's own under ``in
 from __future__ import annotations
 
 from proximity.network import interfaces, render, safety
-from proximity.network.changes import (ApplyInterfaces, AttachPort, BridgeState, Change, DeleteLink, RemoveDir, RemoveFile,
+from proximity.network.bridge_changes import ApplyInterfaces, AttachPort, BridgeState, DeleteLink
+from proximity.network.changes import (Change, RemoveDir, RemoveFile,
                                        WriteFile)
 from proximity.network.dns_changes import ReloadDns, RestartDns, StartDns, StopDns, WriteDnsConfig
 from proximity.network.dnsmasq import content_hash
