@@ -25,7 +25,7 @@ from proximity.names import (  # noqa: F401
     is_dns_name,
     is_hostname_label,
 )
-from proximity.spec.checks import check_domain, check_gateway, check_range
+from proximity.spec.checks import check_domain, check_gateway, check_range, check_upstream_dns
 from proximity.spec.config import ZoneConfig, parse_ipv6_mode, parse_peers, parse_zones
 from proximity.zones_file import check_peers, merge_zones, read_zones_file
 from proximity.setting_sources import (  # noqa: F401
@@ -64,6 +64,7 @@ def _check(field: str):
 # Checks shared with the zones' tables (proximity.spec.checks).
 _CHECKS["domain"] = check_domain
 _CHECKS["gateway"] = check_gateway
+_CHECKS["upstream_dns"] = check_upstream_dns
 
 
 def lease_seconds(value: str) -> int | None:
@@ -182,29 +183,6 @@ class Settings:
                 "or 'infinite' for leases that never expire"
             )
         return value
-
-    @_check("upstream_dns")
-    @staticmethod
-    def _upstream_dns(value: Any) -> list:
-        if isinstance(value, str):  # one address, or a list written as in the environment
-            value = [v for v in re.split(r"[\s,]+", value) if v]
-        if not isinstance(value, list):
-            raise ValueError(f"{value!r} is not a list of addresses: write it as [\"1.1.1.1\", \"8.8.8.8\"]")
-        addresses = []
-        for item in value:
-            try:
-                if isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
-                    addresses.append(item)
-                    continue
-                if not isinstance(item, str):  # ip_address(5) would be 0.0.0.5
-                    raise ValueError(item)
-                addresses.append(ipaddress.ip_address(item.strip()))
-            except ValueError:
-                raise ValueError(
-                    f"{item!r} is not an IPv4 or IPv6 address: give the addresses of DNS servers, "
-                    "for example 1.1.1.1,8.8.8.8 (no names, ports or prefixes)"
-                ) from None
-        return addresses
 
     @_check("service_name")
     @staticmethod

@@ -1,4 +1,4 @@
-"""Checks shared by the settings (the default zone) and the ``[zones.NAME]`` tables.
+"""Checks shared by the settings (the default zone, and what every zone takes from them) and the ``[zones.NAME]`` tables.
 
 Each raises ``ValueError`` with the reason and the fix; the caller adds where the value was set.
 """
@@ -6,6 +6,7 @@ Each raises ``ValueError`` with the reason and the fix; the caller adds where th
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from proximity.names import is_dns_name
 
@@ -86,3 +87,26 @@ def default_range(gateway: ipaddress.IPv4Interface) -> IPv4Range:
         below, above = int(gateway.ip) - int(start), int(end) - int(gateway.ip)
         start, end = (start, gateway.ip - 1) if below >= above else (gateway.ip + 1, end)
     return start, end
+
+
+def check_upstream_dns(value: object) -> list:
+    """The DNS servers every zone's dnsmasq asks: a list of addresses (a string: split on commas and spaces)."""
+    if isinstance(value, str):  # one address, or a list written as in the environment
+        value = [v for v in re.split(r"[\s,]+", value) if v]
+    if not isinstance(value, list):
+        raise ValueError(f"{value!r} is not a list of addresses: write it as [\"1.1.1.1\", \"8.8.8.8\"]")
+    addresses = []
+    for item in value:
+        try:
+            if isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                addresses.append(item)
+                continue
+            if not isinstance(item, str):  # ip_address(5) would be 0.0.0.5
+                raise ValueError(item)
+            addresses.append(ipaddress.ip_address(item.strip()))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IPv4 or IPv6 address: give the addresses of DNS servers, "
+                "for example 1.1.1.1,8.8.8.8 (no names, ports or prefixes)"
+            ) from None
+    return addresses
