@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from proximity.api.status import iproute_in
+from proximity.api.events import iproute_in
 from proximity.network.observe import vmid_of_port
 from proximity.network.reservations import Reservation, Reservations
 from proximity.settings import Settings

@@ -24,60 +24,23 @@ snapshot and ``proximity status`` always agree.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
-import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from proximity.api.events import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, Inotify, poll_readable
 from proximity.host import NETNS_RUN_DIR, inside_netns
 from proximity.network.health import NetworkStatus, unknown_status
 from proximity.network.intent import intent_file
 from proximity.network.observe import Observation
 from proximity.network.reconciler import NetworkManager
 
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-
 log = logging.getLogger(__name__)
-
-# rtnetlink multicast groups: link changes, IPv4 addresses, IPv4 routes (the default route = uplink)
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
-
-# inotify(7)
-IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
-IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
-IN_ONLYDIR = 0x01000000
-WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-              | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
-_EVENT = struct.Struct("iIII")
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def iproute_in(netns: str | None) -> IPRoute:
-    """An IPRoute on a netlink socket made in ``netns`` (or this namespace for None).
-
-    Unlike ``IPRoute(netns=...)`` this forks no helper process and never creates the namespace:
-    the socket is opened with this thread briefly in the namespace (a socket keeps the namespace
-    it was made in).
-    """
-    from pyroute2 import IPRoute  # slow to import: only when used
-
-    with inside_netns(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-    try:
-        return IPRoute(use_socket=sock)
-    except BaseException:
-        sock.close()
-        raise
 
 
 class _Refresher:
@@ -102,63 +65,6 @@ class _Refresher:
         return self.network.verdict(obs)
 
 
-def _poll(fds: list[int], timeout: float) -> list[int]:
-    """The descriptors that are readable (poll, not select: a service may hold more than 1024 fds)."""
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    return [fd for fd, _event in poller.poll(timeout * 1000)]
-
-
-class _Inotify:
-    """Watches directories for changes to a few file names (inotify through libc, no dependency)."""
-
-    def __init__(self, names_by_dir: dict[Path, set[str]]):
-        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self.names_by_dir = names_by_dir
-        self._dirs: dict[int, Path] = {}  # watch descriptor -> directory
-
-    def ensure_watches(self) -> None:
-        """Watch every directory that exists now (they appear with `proximity up`)."""
-        watched = set(self._dirs.values())
-        for directory in self.names_by_dir:
-            if directory not in watched and directory.is_dir():
-                wd = _libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK)
-                if wd >= 0:
-                    self._dirs[wd] = directory
-
-    def read(self) -> bool:
-        """Drain pending events; True if one concerns a watched name (or a watch went away)."""
-        relevant = False
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return relevant
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0").decode(errors="replace")
-                offset += _EVENT.size + length
-                directory = self._dirs.get(wd)
-                if mask & IN_Q_OVERFLOW:  # events were lost: look at everything again
-                    relevant = True
-                elif mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
-                    self._dirs.pop(wd, None)
-                    relevant = True
-                elif directory is not None and name in self.names_by_dir.get(directory, ()):
-                    relevant = True
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
 class StatusSnapshot:
     """The network status, kept current by a background thread; ``get()`` never waits on the host."""
 
@@ -180,7 +86,7 @@ class StatusSnapshot:
         self._refreshes = {"full": 0, "quick": 0}
         self._wake_r = self._wake_w = -1  # a pipe, made with the thread: a snapshot never read costs nothing
         self._netlink: socket.socket | None = None
-        self._inotify: _Inotify | None = None
+        self._inotify: Inotify | None = None
         self._pidfd: int | None = None
         self._pid: int | None = None
         self.on_change: Callable[[NetworkStatus], object] | None = None  # called with each new status
@@ -313,13 +219,13 @@ class StatusSnapshot:
         for source in (self._netlink, self._inotify, self._pidfd):
             if source is not None:
                 fds.append(source if isinstance(source, int) else source.fileno())
-        ready = _poll(fds, timeout)
+        ready = poll_readable(fds, timeout)
         if not ready:
             return
         if self._drain(ready):
             # A container start, a lease written: events come in bursts. Take them as one.
             time.sleep(self.debounce)
-            self._drain(_poll([fd for fd in fds if fd != self._pidfd], 0))
+            self._drain(poll_readable([fd for fd in fds if fd != self._pidfd], 0))
             with self._cond:
                 self._dirty = True
 
@@ -365,7 +271,7 @@ class StatusSnapshot:
             for path in (s.leases_file, s.dns_pid_file, intent_file(s)):  # `up` and `down` write the intent
                 names.setdefault(path.parent, set()).add(path.name)
             try:
-                self._inotify = _Inotify(names)
+                self._inotify = Inotify(names)
             except OSError as exc:
                 log.debug("no inotify (%s); relying on the periodic refresh", exc)
         if self._inotify is not None:
