@@ -95,7 +95,7 @@ class NetworkManager(ZoneLookup):
 
     def _plan_up(self, mode: Mode, obs: Observation | None = None) -> Plan:
         obs = obs or self.observe()
-        intent = intents.read(self.host, self.settings)
+        intent = obs.intent or intents.read(self.host, self.settings)  # the observation read it (under the lock)
         default, zones, state_change = self.zone_views(obs, skip=intent.zones_down if mode == "heal" else ())
         peers = self.settings.peers
         live = {default.zone, *(v.zone for v, _ in zones)}

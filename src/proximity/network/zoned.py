@@ -26,6 +26,15 @@ class ZoneLookup:
         s = self.settings
         if not s.zones and s.ipv6 == "off":
             return None, []
+        cached = getattr(self, "_resolved", None)
+        if cached is not None and cached[0] is obs:  # status asks three times of one observation
+            return cached[1]
+        found = self._resolve(obs)
+        self._resolved = (obs, found)
+        return found
+
+    def _resolve(self, obs: Observation | Addressing) -> tuple[HostSpec, list[Change]]:
+        s = self.settings
         path = state_file(s)
         text = self.host.read_text(path, errors="replace")  # a bad byte is damage parse_state names, with the fix
         state = parse_state(text, str(path))
@@ -64,7 +73,7 @@ class ZoneLookup:
             return None
         if spec is None:
             return None
-        down = intents.read(self.host, self.settings).zones_down
+        down = (obs.intent or intents.read(self.host, self.settings)).zones_down
         views = [v for v in spec.views() if v.is_default or v.zone not in down]
         uplink = self.settings.uplink or obs.default_route_link()
         if not uplink:
