@@ -51,12 +51,20 @@ def zone_row(view: ZoneSettings, status: NetworkStatus) -> dict:
     }
 
 
+_COUNTED: dict = {}  # leases file -> ((inode, mtime, size), count): parsed again only when dnsmasq rewrote it
+
+
 def _leases6(view: ZoneSettings) -> int:
+    path = view.leases_file
     try:
-        text = view.leases_file.read_text(errors="replace")
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if _COUNTED.get(path, (None,))[0] != key:
+            text = path.read_text(errors="replace")
+            _COUNTED[path] = (key, sum(1 for lease in parse_leases(text, str(path))[0] if lease.version == 6))
     except OSError:
         return 0
-    return sum(1 for lease in parse_leases(text, str(view.leases_file))[0] if lease.version == 6)
+    return _COUNTED[path][1]
 
 
 def zone_status(manager: NetworkManager, name: str) -> NetworkStatus:
