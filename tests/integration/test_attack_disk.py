@@ -12,37 +12,21 @@ import subprocess
 
 import pytest
 
-from proximity import sandbox as sandboxes
 from proximity.errors import HostError
 from proximity.host import Host
 from proximity.network import intent as intents
 from proximity.network.reservations import Reservations
 from tests.integration.conftest import unique_name
-from tests.integration.tools import proximity
+from tests.integration.tools import proximity, small_disk_sandbox
 
 
 @pytest.fixture(scope="module")
 def sb(tmp_path_factory):
     name = unique_name("pk")
-    sandboxes.destroy(name)
-    box = sandboxes.create(name)
-    mounted = []
-    try:
-        for directory in (box.state_dir, box.run_dir, box.dnsmasq_conf.parent):
-            keep = tmp_path_factory.mktemp("keep")
-            subprocess.run(["cp", "-a", f"{directory}/.", str(keep)], check=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "proximity-test", str(directory)],
-                           check=True)
-            mounted.append(directory)
-            subprocess.run(["cp", "-a", f"{keep}/.", str(directory)], check=True)
+    with small_disk_sandbox(name, lambda: tmp_path_factory.mktemp("keep")) as box:
         proximity("up", "--sandbox", name)
         proximity("token", "create", "--sandbox", name)
         yield box
-    finally:
-        proximity("down", "--purge", "--force", "--sandbox", name, check=False)
-        for directory in reversed(mounted):
-            subprocess.run(["umount", "-l", str(directory)], check=False)
-        sandboxes.destroy(name)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from proximity import sandbox as sandboxes
 from proximity.sandbox import pve_host
 from tests.integration.conftest import unique_name
-from tests.integration.tools import nft_table, proximity
+from tests.integration.tools import nft_table, proximity, small_disk_sandbox
 from tests.unit.pve_rewrite import PveRewrite
 
 WEB_NET = "10.20.0.0/24"
@@ -31,26 +31,10 @@ def sb(tmp_path_factory):
     """A sandbox whose state, run and /etc/proximity directories are small tmpfs mounts (to fill them),
     with prox-net and zone web up."""
     name = unique_name("pz")
-    sandboxes.destroy(name)
-    box = sandboxes.create(name)
-    mounted = []
-    try:
-        for directory in (box.state_dir, box.run_dir, box.dnsmasq_conf.parent):
-            directory.mkdir(parents=True, exist_ok=True)
-            keep = tmp_path_factory.mktemp("keep")
-            subprocess.run(["cp", "-a", f"{directory}/.", str(keep)], check=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "proximity-test", str(directory)],
-                           check=True)
-            mounted.append(directory)
-            subprocess.run(["cp", "-a", f"{keep}/.", str(directory)], check=True)
+    with small_disk_sandbox(name, lambda: tmp_path_factory.mktemp("keep")) as box:
         proximity("up", "--sandbox", name)
         proximity("zone", "create", "web", "--subnet", WEB_NET, "--ipv6", "off", "--sandbox", name)
         yield box
-    finally:
-        proximity("down", "--purge", "--force", "--sandbox", name, check=False)
-        for directory in reversed(mounted):
-            subprocess.run(["umount", "-l", str(directory)], check=False)
-        sandboxes.destroy(name)
 
 
 def run(sb, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

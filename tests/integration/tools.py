@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -117,3 +118,30 @@ def wait_or_fail(check, timeout: float, what: str, max_delay: float = 0.25):
             pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {result!r})")
         time.sleep(delay)
         delay = min(delay * 1.5, max_delay)
+
+
+@contextlib.contextmanager
+def small_disk_sandbox(name: str, keep_dir):
+    """A sandbox whose state, run and /etc/proximity directories are 4 MiB tmpfs mounts (so a test can
+    fill them); ``keep_dir()`` gives a fresh directory to carry their files over. Taken down after."""
+    from proximity import sandbox as sandboxes
+
+    sandboxes.destroy(name)
+    box = sandboxes.create(name)
+    mounted = []
+    try:
+        for directory in (box.state_dir, box.run_dir, box.dnsmasq_conf.parent):
+            directory.mkdir(parents=True, exist_ok=True)
+            keep = keep_dir()
+            subprocess.run(["cp", "-a", f"{directory}/.", str(keep)], check=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "proximity-test", str(directory)],
+                           check=True)
+            mounted.append(directory)
+            subprocess.run(["cp", "-a", f"{keep}/.", str(directory)], check=True)
+        yield box
+    finally:
+        proximity("down", "--purge", "--force", "--sandbox", name, check=False)
+        for directory in reversed(mounted):
+            subprocess.run(["umount", "-l", str(directory)], check=False)
+        sandboxes.destroy(name)
+
