@@ -1,7 +1,9 @@
 """TCP throughput (iperf3) on Proximity's data path, each against the same path without Proximity.
 
 (a) container to container over ``prox-net`` (two client namespaces, veth -> bridge -> veth)
-    against a direct veth pair between two fresh namespaces;
+    against a direct veth pair between two fresh namespaces. Two diagnostic rows take turns with it on
+    the same bridge: without Proximity's table, and without the table and br_netfilter's IP hooks
+    (``bridge-nf-call-iptables=0`` in the sandbox host), so each run shows what the bridge costs alone;
 (b) container to the "internet" test host 203.0.113.10 through Proximity's NAT (bridge, routing,
     the nft table's masquerade out of vmbr0) against the same path routed without NAT (the table's
     postrouting chain flushed in the sandbox host, a return route 10.10.0.0/16 via 198.51.100.2 in
@@ -105,7 +107,7 @@ def run(quick: bool = False) -> list[Row]:
     name = sandbox_name("bp")
     sandboxes.destroy(name)
     sb = sandboxes.create(name)
-    gbps: dict[str, list[float]] = {"bridge": [], "veth": [], "nat": [], "routed": []}
+    gbps: dict[str, list[float]] = {"bridge": [], "veth": [], "no table": [], "bare bridge": [], "nat": [], "routed": []}
     try:
         proximity_up(name)
         settings = sandbox_settings(sb)
@@ -120,10 +122,21 @@ def run(quick: bool = False) -> list[Row]:
         pair.create()
         nf_call = host.read_sysctl("net.bridge.bridge-nf-call-iptables")  # None: br_netfilter not loaded
 
-        # (a) container to container: over prox-net against a direct veth pair
+        # (a) container to container: over prox-net against a direct veth pair; then, as diagnostics, the
+        # same bridge without Proximity's table, and without it and br_netfilter's IP hooks (the bare bridge)
         for _ in range(rounds):
             gbps["bridge"].append(iperf3(server_ns, client_ns, SERVER_ADDR, seconds))
             gbps["veth"].append(iperf3(pair.b, pair.a, PAIR_B, seconds))
+            if nf_call is None:
+                continue
+            host.run(["nft", "delete", "table", "inet", "proximity"])
+            try:
+                gbps["no table"].append(iperf3(server_ns, client_ns, SERVER_ADDR, seconds))
+                host.write_sysctl("net.bridge.bridge-nf-call-iptables", "0")
+                gbps["bare bridge"].append(iperf3(server_ns, client_ns, SERVER_ADDR, seconds))
+            finally:
+                host.write_sysctl("net.bridge.bridge-nf-call-iptables", nf_call)
+                host.run(["nft", "-f", str(settings.ruleset_file)])
 
         # (b) container to the internet host: through NAT against the same path routed without NAT
         for _ in range(rounds):
@@ -149,6 +162,13 @@ def run(quick: bool = False) -> list[Row]:
             notes=f"{bridge / veth:.0%} of the baseline (a veth pair between two namespaces); {runs}; "
                   f"bridge-nf-call-iptables={nf_call or 'n/a (no br_netfilter)'} in the sandbox host",
             samples={"prox_net": gbps["bridge"], "veth_pair": gbps["veth"]}),
+        *[Row(f"TCP container -> container over prox-net, {what} (diagnostic)", median(gbps[what]), veth, "Gbit/s",
+              "", None, lower_is_better=False,
+              notes=f"{median(gbps[what]) / veth:.0%} of the baseline (the same veth pair, same rounds); {how}; {runs}",
+              samples={what.replace(" ", "_"): gbps[what], "veth_pair": gbps["veth"]})
+          for what, how in (("no table", "Proximity's table deleted, bridge-nf-call-iptables as the host has it"),
+                            ("bare bridge", "no table and bridge-nf-call-iptables=0: what the kernel's bridge costs alone"))
+          if gbps[what]],
         Row("TCP container -> internet host through NAT", nat, routed, "Gbit/s", ">= 80% of the same path without NAT",
             nat >= 0.8 * routed, lower_is_better=False,
             notes=f"{nat / routed:.0%} of the baseline (masquerade removed, return route in the LAN); {runs}",
