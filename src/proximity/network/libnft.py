@@ -121,7 +121,8 @@ def check(lib: ctypes.CDLL, text: str, name: str) -> str | None:
 def apply(lib: ctypes.CDLL, path: str, netns: str | None, saved: dict,
           first: Callable[[], None] = lambda: None) -> dict:
     """``nft -f path`` (one transaction) in ``netns`` (None: this process's own namespace); returns
-    ``nft -j list ruleset`` read right after, in the same context. ``first()`` runs in the caller's
+    ``nft -j list table inet proximity`` read right after, in the same context (only the table the
+    digest is of: on a Proxmox host the whole ruleset holds the firewall's rules too). ``first()`` runs in the caller's
     thread while the worker enters the namespace and lists the table (the check, the file): the
     transaction waits for it, and does not happen if it raises. Just before the transaction,
     ``saved["table"]`` gets the table as ``nft list table`` printed it (None: there was none), for
@@ -138,7 +139,7 @@ def apply(lib: ctypes.CDLL, path: str, netns: str | None, saved: dict,
             return None
         saved["table"] = table
         ctx.run_file(path)
-        return json.loads(ctx.run("list ruleset", json_output=True) or "{}")
+        return json.loads(ctx.run(f"list table {TABLE}", json_output=True) or "{}")
 
     def alongside() -> None:
         try:

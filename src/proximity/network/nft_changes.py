@@ -87,7 +87,7 @@ def live_digest(env: Env) -> str | None:
 
 
 def digest_of(listing: dict) -> str | None:
-    """The digest of Proximity's table in a ``nft -j list ruleset`` listing (None: no table)."""
+    """The digest of Proximity's table in a ``nft -j list`` listing, of the ruleset or of the table (None: no table)."""
     objects = nft.own_objects(listing)
     return nft.digest(json.dumps(objects, sort_keys=True)) if objects else None
 
